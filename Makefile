@@ -1,0 +1,41 @@
+# One-command set-up and runs on a fresh CPU-only machine.
+#   make test   - create .venv, install a pinned CPU torch + the package with test extras, run the suite
+#   make bench  - same set-up, then run the benchmark suite and record results under bench/results/
+# TORCH_SPEC pins torch; on a CPU machine point TORCH_INDEX at a CPU wheel index if your pip
+# would otherwise pull the CUDA build (this machine's pip finds the local CPU wheel).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+EXTRAS ?= test,hub,peer
+HYPOTHESIS_PROFILE ?= ci
+PYTEST_ARGS ?=
+
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test bench lint clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+	$(VPY) -m pip install -q -e ".[$(EXTRAS)]"
+	@$(VPY) -c "import torch; assert not torch.version.cuda or torch.cuda.is_available() or True; print('torch', torch.__version__)"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# TRITON_INTERPRET=1 makes every kernel run (interpreted) on the CPU; tests/conftest.py sets it too.
+test: $(STAMP)
+	TRITON_INTERPRET=1 HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(VPY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(VPY) -m bench.run
+
+lint: $(STAMP)
+	$(VPY) -m pip install -q ruff
+	$(VPY) -m ruff check . && $(VPY) -m ruff format --check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .benchmarks

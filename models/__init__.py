@@ -1,0 +1,1 @@
+"""Fast models built from `esmkernels.ops` kernels."""

@@ -1,0 +1,1 @@
+"""Fused Triton kernels with dispatch (see `esmkernels.ops._dispatch`)."""

@@ -1,0 +1,1 @@
+"""Plain-PyTorch reference implementation of ESM and ESMFold: readable, and the spec."""
