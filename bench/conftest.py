@@ -1,0 +1,100 @@
+"""Benchmark fixtures shared by every bench file.
+
+Benchmarks run with pytest-benchmark. On a CUDA machine they use the real ESM-2 / ESMFold shapes;
+on a CPU they run a tiny shape or two so the suite finishes in minutes and reports the reference
+timings. Every result carries the device name, torch/triton versions and the git commit
+(see `pytest_benchmark_update_machine_info`), and `bench/run.py` copies the JSON under
+`bench/results/`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+import torch
+
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+
+
+def device_name() -> str:
+    if on_gpu():
+        return torch.cuda.get_device_name(0)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(__file__),
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(__file__),
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    info = {"torch": torch.__version__}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception:
+        info["triton"] = "absent"
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except Exception:
+        info["transformers"] = "absent"
+    return info
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["device"] = device_name()
+    machine_info["git_commit"] = git_commit()
+    machine_info.update(versions())
+
+
+@pytest.fixture(scope="session")
+def bench_device() -> torch.device:
+    return torch.device("cuda") if on_gpu() else torch.device("cpu")
+
+
+@pytest.fixture(scope="session")
+def sync(bench_device):
+    """Call inside every timed function so device work is inside the measurement."""
+    if bench_device.type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def run_or_record_oom(benchmark, fn, *args, **kwargs):
+    """Benchmark fn; an out-of-memory is recorded in extra_info (not dropped) and skipped."""
+    try:
+        return benchmark(fn, *args, **kwargs)
+    except torch.cuda.OutOfMemoryError:
+        benchmark.extra_info["oom"] = True
+        torch.cuda.empty_cache()
+        pytest.skip("out of memory (recorded as oom)")
+
+
+def peak_memory_mb(bench_device) -> float | None:
+    if bench_device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
