@@ -1,0 +1,283 @@
+"""Plain-PyTorch functional reference for the ESMFold folding-trunk ops: the oracle for
+`esmkernels.ops.triangle_multiplicative` and `esmkernels.ops.axial_attention`.
+
+The reference trunk modules (`EsmFoldTriangleMultiplicativeUpdate`, `EsmFoldTriangleAttention`,
+`EsmFoldSelfAttention`) call these functions; the fast ops take the same arguments.
+
+Triangle multiplicative update (AlphaFold 2 supplement, Algorithms 11 and 12; openfold
+`triangular_multiplicative_update.py`), with z: [B, L, L, C], mask m: [B, L, L] (1 = keep):
+
+    zn       = LayerNorm_in(z)
+    a        = m * sigmoid(zn @ Wag^T + bag) * (zn @ Wap^T + bap)          [B, L, L, Ch]
+    b        = m * sigmoid(zn @ Wbg^T + bbg) * (zn @ Wbp^T + bbp)
+    outgoing:  x[i, j] = sum_k a[i, k] * b[j, k]     ("starting" edges)
+    incoming:  x[i, j] = sum_k a[k, i] * b[k, j]     ("ending" edges)
+    update   = sigmoid(zn @ Wg^T + bg) * (LayerNorm_out(x) @ Wz^T + bz)    [B, L, L, C]
+
+The incoming update is the outgoing one on the transposed pair tensor (a^T, b^T), which is how
+it is written below. The contraction accumulates in fp32 (ESMFold turns autocast off for it)
+and is rounded to z.dtype before LayerNorm_out, as the bf16 / fp32 module does.
+
+Axial (triangle) attention (Algorithms 13 and 14; ESMFold's sequence attention is the R = 1
+case): q, k, v: [B, R, N, H, D]; within each row r independently, every query n attends over
+the keys of the same row:
+
+    s[b, r, h, n, m] = scale * q[b, r, n, h] . k[b, r, m, h] + bias[b, h, n, m]
+    s                = -inf where mask[b, r, m] == 0          (key mask per row, 1 = keep)
+    out[b, r, n, h]  = sigmoid(gate[b, r, n, h]) * sum_m softmax_m(s) * v[b, r, m, h]
+
+openfold adds `1e9 * (mask - 1)` instead of -inf; for a row with at least one kept key the two
+are identical in fp32 (exp underflows to exactly 0). A query whose keys are ALL masked gives
+zeros here (openfold would average v uniformly over the masked keys; such rows are padding and
+never reach unpadded outputs). The "ending node" attention is the starting-node attention on
+the transposed pair tensor: callers pass `x.transpose(1, 2)` views.
+
+`chunk_rows` is the one chunking utility (the idea of openfold `chunk_utils.chunk_layer`, much
+smaller): apply a function to blocks of rows and reassemble; chunked == unchunked exactly up to
+floating-point summation order (none here: rows are independent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from esmkernels.reference.functional import layer_norm
+
+Tensor = torch.Tensor
+
+__all__ = ["axial_attention", "chunk_rows", "triangle_multiplicative_update"]
+
+
+def chunk_rows(
+    fn: Callable[..., Tensor],
+    *row_args: Tensor | None,
+    chunk_size: int | None,
+    dim: int = 1,
+    **shared,
+) -> Tensor:
+    """Apply `fn` to blocks of at most `chunk_size` rows along `dim` and reassemble.
+
+    Every tensor in `row_args` is sliced along `dim` (None passes through as None); `shared`
+    keyword arguments are passed whole to every call. `fn` must return a tensor whose `dim`
+    indexes the same rows. `chunk_size=None` (or >= the row count) calls `fn` once.
+
+    Peak memory is one chunk's intermediates plus the assembled output, which is written in
+    place (no concatenation copy).
+
+    Example:
+        >>> x = torch.randn(2, 7, 3)
+        >>> y = chunk_rows(lambda t: t * 2, x, chunk_size=3)
+        >>> torch.equal(y, x * 2)
+        True
+    """
+    present = [t for t in row_args if t is not None]
+    if not present:
+        raise ValueError("chunk_rows: at least one row argument must be a tensor")
+    rows = present[0].shape[dim]
+    for t in present:
+        if t.shape[dim] != rows:
+            raise ValueError(
+                f"chunk_rows: row arguments disagree along dim {dim}: {t.shape[dim]} != {rows}"
+            )
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(
+            f"chunk_rows: chunk_size must be a positive int or None, got {chunk_size!r}"
+        )
+    if chunk_size is None or chunk_size >= rows:
+        return fn(*row_args, **shared)
+    out = None
+    for start in range(0, rows, chunk_size):
+        stop = min(start + chunk_size, rows)
+        piece = fn(
+            *(None if t is None else t.narrow(dim, start, stop - start) for t in row_args), **shared
+        )
+        if out is None:
+            shape = list(piece.shape)
+            shape[dim] = rows
+            out = piece.new_empty(shape)
+        out.narrow(dim, start, stop - start).copy_(piece)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Triangle multiplicative update
+# ----------------------------------------------------------------------------------------------
+
+
+def _gated_projection(
+    zn: Tensor, mask: Tensor | None, proj_w: Tensor, proj_b: Tensor, gate_w: Tensor, gate_b: Tensor
+) -> Tensor:
+    """mask * sigmoid(zn Wg^T + bg) * (zn Wp^T + bp). zn: [B, I, K, C]; mask: [B, I, K]."""
+    out = torch.sigmoid(F.linear(zn, gate_w, gate_b)) * F.linear(zn, proj_w, proj_b)
+    if mask is not None:
+        out = out * mask.unsqueeze(-1).to(out.dtype)
+    return out
+
+
+def triangle_multiplicative_update(
+    z: Tensor,
+    mask: Tensor | None,
+    *,
+    ln_in_weight: Tensor,
+    ln_in_bias: Tensor,
+    a_proj_weight: Tensor,
+    a_proj_bias: Tensor,
+    a_gate_weight: Tensor,
+    a_gate_bias: Tensor,
+    b_proj_weight: Tensor,
+    b_proj_bias: Tensor,
+    b_gate_weight: Tensor,
+    b_gate_bias: Tensor,
+    ln_out_weight: Tensor,
+    ln_out_bias: Tensor,
+    out_proj_weight: Tensor,
+    out_proj_bias: Tensor,
+    out_gate_weight: Tensor,
+    out_gate_bias: Tensor,
+    outgoing: bool,
+    eps: float = 1e-5,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Triangle multiplicative update (outgoing = Algorithm 11, incoming = Algorithm 12).
+
+    Args:
+        z: [B, L, L, C] pair representation (fp32 / bf16 / fp16).
+        mask: [B, L, L] pair mask, 1 = keep (masked pairs contribute nothing to the sums), or None.
+        ln_in_weight, ln_in_bias: [C] (layer_norm_in).
+        a_proj_weight, a_proj_bias: [Ch, C], [Ch] (linear_a_p); a_gate_*: linear_a_g; b_*: likewise.
+        ln_out_weight, ln_out_bias: [Ch] (layer_norm_out).
+        out_proj_weight, out_proj_bias: [C, Ch], [C] (linear_z).
+        out_gate_weight, out_gate_bias: [C, C], [C] (linear_g).
+        outgoing: True for "outgoing edges" x[i,j] = sum_k a[i,k] b[j,k]; False for incoming
+            x[i,j] = sum_k a[k,i] b[k,j].
+        eps: LayerNorm epsilon (openfold / ESMFold: 1e-5).
+        chunk_size: compute the output in blocks of this many rows i (b is computed once).
+
+    Returns:
+        [B, L, L, C] in z.dtype: the update only; the caller adds the residual (and dropout).
+
+    Example:
+        >>> C = 8
+        >>> p = {n: torch.randn(C) for n in ("ln_in_weight", "ln_in_bias", "ln_out_weight",
+        ...      "ln_out_bias", "a_proj_bias", "a_gate_bias", "b_proj_bias", "b_gate_bias",
+        ...      "out_proj_bias", "out_gate_bias")}
+        >>> p.update({n: torch.randn(C, C) for n in ("a_proj_weight", "a_gate_weight",
+        ...      "b_proj_weight", "b_gate_weight", "out_proj_weight", "out_gate_weight")})
+        >>> triangle_multiplicative_update(torch.randn(1, 5, 5, C), None, outgoing=True, **p).shape
+        torch.Size([1, 5, 5, 8])
+    """
+    if z.dim() != 4 or z.shape[1] != z.shape[2]:
+        raise ValueError(
+            f"triangle_multiplicative_update: z must be [B, L, L, C], got {tuple(z.shape)}"
+        )
+    if mask is not None and tuple(mask.shape) != tuple(z.shape[:3]):
+        raise ValueError(
+            f"triangle_multiplicative_update: mask must be {tuple(z.shape[:3])}, got {tuple(mask.shape)}"
+        )
+    zn = layer_norm(z, ln_in_weight, ln_in_bias, eps)
+    # Incoming is outgoing on the transposed pair tensor: a_t[i, k] = a[k, i], b_t[j, k] = b[k, j].
+    zt = zn if outgoing else zn.transpose(1, 2)
+    mt = None if mask is None else (mask if outgoing else mask.transpose(1, 2))
+    b_t = _gated_projection(zt, mt, b_proj_weight, b_proj_bias, b_gate_weight, b_gate_bias)
+
+    def rows(zn_rows: Tensor, zt_rows: Tensor, mt_rows: Tensor | None) -> Tensor:
+        a_t = _gated_projection(
+            zt_rows, mt_rows, a_proj_weight, a_proj_bias, a_gate_weight, a_gate_bias
+        )
+        # [B, I, J, Ch]: x[i, j] = sum_k a_t[i, k] b_t[j, k], accumulated in fp32.
+        x = torch.einsum("bikc,bjkc->bijc", a_t.float(), b_t.float()).to(z.dtype)
+        x = layer_norm(x, ln_out_weight, ln_out_bias, eps)
+        gate = torch.sigmoid(F.linear(zn_rows, out_gate_weight, out_gate_bias))
+        return F.linear(x, out_proj_weight, out_proj_bias) * gate
+
+    return chunk_rows(rows, zn, zt, mt, chunk_size=chunk_size, dim=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Axial (triangle / row) attention
+# ----------------------------------------------------------------------------------------------
+
+
+def _attend_rows(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    gate: Tensor | None,
+    *,
+    bias: Tensor | None,
+    scale: float,
+) -> Tensor:
+    """One block of rows: q, k, v, gate [B, R, N, H, D]; mask [B, R, N]; bias [B, H, N, N]."""
+    # [B, R, H, Nq, Nk] in fp32
+    s = torch.einsum("brqhd,brkhd->brhqk", q.float() * scale, k.float())
+    if bias is not None:
+        s = s + bias.float()[:, None]
+    if mask is not None:
+        keep = mask.bool()[:, :, None, None, :]  # [B, R, 1, 1, Nk]
+        s = s.masked_fill(~keep, float("-inf"))
+        # A query with no key left attends to nothing: zeros, with zero (not NaN) gradients.
+        has_key = keep.any(dim=-1, keepdim=True)
+        s = s.masked_fill(~has_key, 0.0)
+        p = torch.softmax(s, dim=-1) * has_key
+    else:
+        p = torch.softmax(s, dim=-1)
+    out = torch.einsum("brhqk,brkhd->brqhd", p, v.float())
+    if gate is not None:
+        out = out * torch.sigmoid(gate.float())
+    return out.to(q.dtype)
+
+
+def axial_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    bias: Tensor | None = None,
+    mask: Tensor | None = None,
+    gate: Tensor | None = None,
+    scale: float | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Gated multi-head attention over N within each of R rows, with a bias shared by all rows.
+
+    Triangle attention around the starting node passes the pair tensor's projections as
+    [B, R=L, N=L, H, D]; around the ending node, the same on `x.transpose(1, 2)` views. The
+    ESMFold sequence attention is R = 1 with the pair bias.
+
+    Args:
+        q, k, v: [B, R, N, H, D], any strides.
+        bias: [B, H, N, N] additive logits bias shared by all rows (triangle / pair bias), or None.
+        mask: [B, R, N] key mask per row, 1 = keep; a query whose keys are all masked gives zeros.
+        gate: [B, R, N, H, D] gate logits: out *= sigmoid(gate), or None.
+        scale: logits scale applied to q; default D ** -0.5.
+        chunk_size: process rows in blocks of this many (bounds the [.., N, N] logits memory).
+
+    Returns:
+        [B, R, N, H, D] in q.dtype (softmax and sums in fp32). The output projection (linear_o)
+        is the caller's.
+
+    Example:
+        >>> q = k = v = torch.randn(1, 3, 5, 2, 8)
+        >>> axial_attention(q, k, v, bias=torch.zeros(1, 2, 5, 5)).shape
+        torch.Size([1, 3, 5, 2, 8])
+    """
+    if q.dim() != 5:
+        raise ValueError(f"axial_attention: q must be [B, R, N, H, D], got {tuple(q.shape)}")
+    for name, t in (("k", k), ("v", v), ("gate", gate)):
+        if t is not None and t.shape != q.shape:
+            raise ValueError(
+                f"axial_attention: {name} shape {tuple(t.shape)} != q shape {tuple(q.shape)}"
+            )
+    B, R, N, H, D = q.shape
+    if bias is not None and tuple(bias.shape) != (B, H, N, N):
+        raise ValueError(f"axial_attention: bias must be {(B, H, N, N)}, got {tuple(bias.shape)}")
+    if mask is not None and tuple(mask.shape) != (B, R, N):
+        raise ValueError(f"axial_attention: mask must be {(B, R, N)}, got {tuple(mask.shape)}")
+    scale = D**-0.5 if scale is None else float(scale)
+    return chunk_rows(
+        _attend_rows, q, k, v, mask, gate, chunk_size=chunk_size, dim=1, bias=bias, scale=scale
+    )
