@@ -45,6 +45,7 @@ import logging
 import os
 import pickle
 import re
+import uuid
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -161,6 +162,72 @@ def resolve_path(
         f"no checkpoint at {text!r}: not an existing file or directory (a Hub id looks like "
         "'facebook/esm2_t6_8M_UR50D')"
     )
+
+
+def save_checkpoint(
+    save_directory: str | os.PathLike,
+    config: EsmConfig,
+    state_dict: Mapping[str, Tensor],
+    *,
+    safe_serialization: bool = True,
+) -> Path:
+    """Write an HF checkpoint directory: `config.json` + `model.safetensors` (or `pytorch_model.bin`).
+
+    Rotary `inv_freq` is written per layer (transformers v4 layout; transformers 5.23 loads it
+    too, renaming it to its shared buffer). Tensors are moved to CPU and made contiguous; tensors
+    sharing memory are copied (safetensors refuses shared storage). Each file is written to a
+    temporary name and moved into place with `os.replace`, so a crash leaves either the old file
+    or the new one, never half of one.
+
+    Args:
+        save_directory: created if missing.
+        config: written as `config.json`.
+        state_dict: HF key names -> tensors (tied duplicates already removed).
+        safe_serialization: False writes `pytorch_model.bin` (a pickle) instead.
+
+    Returns:
+        The directory.
+
+    Example:
+        >>> cfg, sd, _ = load_checkpoint("esm2_t6_8M_UR50D.pt")  # doctest: +SKIP
+        >>> save_checkpoint("esm2_t6_8M_UR50D_hf", cfg, sd)  # doctest: +SKIP
+    """
+    directory = Path(save_directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"save_checkpoint: {directory} exists and is not a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = _detach_unshared(normalize_state_dict(state_dict, config.num_hidden_layers))
+    name = SAFE_WEIGHTS_NAME if safe_serialization else WEIGHTS_NAME
+    target = directory / name
+    tmp = directory / f".{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        if safe_serialization:
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        else:
+            torch.save(tensors, tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    config.save_pretrained(directory)
+    return directory
+
+
+def _detach_unshared(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for key, value in state.items():
+        t = value.detach().to("cpu").contiguous()
+        storage = t.untyped_storage()
+        if t.numel() and (
+            storage.data_ptr() in seen or storage.nbytes() != t.numel() * t.element_size()
+        ):
+            t = t.clone()  # shares memory with another entry, or is a view of a larger buffer
+        seen.add(t.untyped_storage().data_ptr())
+        out[key] = t
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,8 +451,204 @@ def format_keys(keys, limit: int = 20) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+# fairseq prefixes of the released files: the body lives under `encoder.sentence_encoder.`, the
+# LM head under `encoder.` (fair-esm strips both in `pretrained.py`); `model.` appears in some
+# re-saved files.
+_FAIR_PREFIX = re.compile(r"^(model\.)?(encoder\.sentence_encoder\.|encoder\.|sentence_encoder\.)?")
+# fair-esm module name (after the prefix) -> HF name; `{i}` is the layer index.
+_FAIR_LAYER: dict[str, str] = {
+    "self_attn.q_proj": "attention.self.query",
+    "self_attn.k_proj": "attention.self.key",
+    "self_attn.v_proj": "attention.self.value",
+    "self_attn.out_proj": "attention.output.dense",
+    "self_attn.rot_emb": "attention.self.rotary_embeddings",
+    "self_attn_layer_norm": "attention.LayerNorm",
+    "fc1": "intermediate.dense",
+    "fc2": "output.dense",
+    "final_layer_norm": "LayerNorm",
+}
+_FAIR_TOP: dict[str, str] = {
+    "embed_tokens.weight": "esm.embeddings.word_embeddings.weight",
+    "embed_positions.weight": "esm.embeddings.position_embeddings.weight",
+    "emb_layer_norm_before.weight": "esm.embeddings.layer_norm.weight",
+    "emb_layer_norm_before.bias": "esm.embeddings.layer_norm.bias",
+    "emb_layer_norm_after.weight": "esm.encoder.emb_layer_norm_after.weight",
+    "emb_layer_norm_after.bias": "esm.encoder.emb_layer_norm_after.bias",
+    "lm_head.dense.weight": "lm_head.dense.weight",
+    "lm_head.dense.bias": "lm_head.dense.bias",
+    "lm_head.layer_norm.weight": "lm_head.layer_norm.weight",
+    "lm_head.layer_norm.bias": "lm_head.layer_norm.bias",
+    "lm_head.weight": "lm_head.decoder.weight",
+    "lm_head.bias": "lm_head.bias",
+    "contact_head.regression.weight": "esm.contact_head.regression.weight",
+    "contact_head.regression.bias": "esm.contact_head.regression.bias",
+}
+_FAIR_LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)\.(weight|bias|inv_freq)$")
+# fairseq bookkeeping entries that carry no weights
+_FAIR_SKIP = re.compile(r"(^|\.)(version|_float_tensor)$")
+# fair-esm's Alphabet for ESM-1b, ESM-1v and ESM-2 (see configuration.ESM_VOCAB)
+_FAIR_PAD, _FAIR_MASK = 1, 32
+
+
+def _field(ns: Any, *names: str, default: Any = None) -> Any:
+    """First present attribute (Namespace) or item (dict) among `names`."""
+    for name in names:
+        if isinstance(ns, Mapping) and name in ns:
+            return ns[name]
+        if not isinstance(ns, Mapping) and hasattr(ns, name):
+            return getattr(ns, name)
+    return default
+
+
+def fair_esm_to_hf(
+    fair_state: Mapping[str, Tensor], source: str = "checkpoint"
+) -> dict[str, Tensor]:
+    """Rename a fair-esm ESM-1b / ESM-1v / ESM-2 state dict to HF `EsmForMaskedLM` keys.
+
+    Accepts the raw file keys (`encoder.sentence_encoder.layers.0.self_attn.q_proj.weight`,
+    `encoder.lm_head.weight`) and the stripped names fair-esm's modules use
+    (`layers.0.self_attn.q_proj.weight`, `lm_head.weight`). Raises ValueError listing keys that are
+    not ESM-1b / ESM-2 weights (e.g. ESM-1's `bias_k`).
+    """
+    out: dict[str, Tensor] = {}
+    unknown: list[str] = []
+    for raw, value in fair_state.items():
+        key = _FAIR_PREFIX.sub("", raw, count=1)
+        if _FAIR_SKIP.search(key):
+            continue
+        if key in _FAIR_TOP:
+            hf = _FAIR_TOP[key]
+        elif (m := _FAIR_LAYER_KEY.match(key)) and m.group(2) in _FAIR_LAYER:
+            hf = f"esm.encoder.layer.{m.group(1)}.{_FAIR_LAYER[m.group(2)]}.{m.group(3)}"
+        else:
+            unknown.append(raw)
+            continue
+        if hf in out:
+            raise ValueError(f"{source}: two fair-esm keys map to {hf!r} (one is {raw!r})")
+        out[hf] = value
+    if unknown:
+        raise ValueError(
+            f"{source}: {len(unknown)} key(s) are not ESM-1b / ESM-1v / ESM-2 weights: "
+            f"{format_keys(unknown)}"
+        )
+    return out
+
+
+def _fair_config(
+    state: Mapping[str, Tensor], model_args: Any, rotary: bool, path: Path
+) -> EsmConfig:
+    """EsmConfig of a converted fair-esm model: sizes from the weights, heads from args/cfg.
+
+    Constants follow fair-esm's modules: LayerNorm eps 1e-5 (torch's default; ESM1bLayerNorm),
+    no dropout at inference, learned positions of ESM-1b offset by padding_idx + 1 (so the table
+    has `max_positions + 2` rows, as HF's `max_position_embeddings=1026`), ESM-2 FFN 4 x hidden.
+    """
+    words = state.get("esm.embeddings.word_embeddings.weight")
+    if words is None or words.ndim != 2:
+        raise ValueError(f"{path}: no embed_tokens.weight; not an ESM checkpoint")
+    layers = {int(k.split(".")[3]) for k in state if k.startswith("esm.encoder.layer.")}
+    if not layers or layers != set(range(max(layers) + 1)):
+        raise ValueError(f"{path}: layer indices {sorted(layers)} are not 0..N-1")
+    fc1 = state.get("esm.encoder.layer.0.intermediate.dense.weight")
+    heads = _field(model_args, "encoder_attention_heads", "attention_heads")
+    if heads is None:
+        raise ValueError(f"{path}: the args/cfg lack encoder_attention_heads")
+    hidden = int(words.shape[1])
+    n_layers = len(layers)
+    for names, actual in (
+        (("encoder_embed_dim", "embed_dim"), hidden),
+        (("encoder_layers", "layers", "num_layers"), n_layers),
+        (("encoder_ffn_embed_dim", "ffn_embed_dim"), None if fc1 is None else int(fc1.shape[0])),
+    ):
+        stated = _field(model_args, *names)
+        if stated is not None and actual is not None and int(stated) != actual:
+            raise ValueError(
+                f"{path}: args/cfg say {names[0]}={stated} but the weights have {actual}"
+            )
+    if rotary:
+        max_positions = 1026
+    else:
+        pos = state.get("esm.embeddings.position_embeddings.weight")
+        if pos is None:
+            raise ValueError(f"{path}: ESM-1b-style checkpoint without embed_positions.weight")
+        max_positions = int(pos.shape[0])
+    return EsmConfig(
+        vocab_size=int(words.shape[0]),
+        mask_token_id=_FAIR_MASK,
+        pad_token_id=_FAIR_PAD,
+        hidden_size=hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=int(heads),
+        intermediate_size=int(fc1.shape[0]) if fc1 is not None else 4 * hidden,
+        max_position_embeddings=max_positions,
+        layer_norm_eps=1e-5,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        position_embedding_type="rotary" if rotary else "absolute",
+        emb_layer_norm_before="esm.embeddings.layer_norm.weight" in state,
+        # fair-esm: ESM2(token_dropout=True) by default; ProteinBertModel reads it from args, False if absent
+        token_dropout=bool(_field(model_args, "token_dropout", default=rotary)),
+        architectures=["EsmForMaskedLM"],
+    )
+
+
 def _load_fair_esm(path: Path) -> tuple[EsmConfig, dict[str, Tensor], str]:
-    raise ValueError(f"{path}: fair-esm .pt files are not supported yet")
+    if path.name.endswith("-contact-regression.pt"):
+        raise ValueError(f"{path} is a contact-regression file; pass the model .pt beside it")
+    data = torch_load_safe(path)
+    if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping):
+        found = sorted(data)[:10] if isinstance(data, Mapping) else type(data).__name__
+        raise ValueError(
+            f"{path} is neither a fair-esm checkpoint (a dict with 'model' weights and 'args' or "
+            f"'cfg') nor another known format; found {found}"
+        )
+    cfg = data.get("cfg")
+    model_cfg = _field(cfg, "model") if cfg is not None else None
+    args = data.get("args")
+    if model_cfg is not None:
+        fmt, model_args = "fair-esm-cfg", model_cfg
+        arch = _field(model_cfg, "arch", "_name", default="esm2")
+    elif args is not None:
+        fmt, model_args = "fair-esm-args", args
+        arch = _field(args, "arch")
+    else:
+        raise ValueError(
+            f"{path}: fair-esm checkpoint without 'args' or 'cfg'; cannot tell the model"
+        )
+    if fmt == "fair-esm-args" and arch != "roberta_large":
+        raise ValueError(
+            f"{path}: fair-esm arch {arch!r} is not supported; only ESM-1b / ESM-1v "
+            "('roberta_large') and ESM-2 checkpoints are (not ESM-1, the MSA Transformer or ESM-IF)"
+        )
+    state = fair_esm_to_hf(data["model"], source=str(path))
+    if fmt == "fair-esm-args":
+        # fair-esm zeroes the <mask> embedding of ESM-1b/1v when it loads them (pretrained.py,
+        # "for token drop"); transformers' converted files carry that zero row too.
+        words = state["esm.embeddings.word_embeddings.weight"].clone()
+        if words.shape[0] > _FAIR_MASK:
+            words[_FAIR_MASK] = 0
+        state["esm.embeddings.word_embeddings.weight"] = words
+    regression = path.with_name(path.stem + "-contact-regression.pt")
+    if regression.is_file():
+        state.update(_read_regression(regression))
+    rotary = any(k.endswith(_INV_FREQ) for k in state) or fmt == "fair-esm-cfg"
+    return _fair_config(state, model_args, rotary, path), state, fmt
+
+
+def _read_regression(path: Path) -> dict[str, Tensor]:
+    data = torch_load_safe(path)
+    weights = data.get("model", data) if isinstance(data, Mapping) else None
+    out: dict[str, Tensor] = {}
+    for key, value in (weights or {}).items():
+        m = re.search(r"(^|\.)regression\.(weight|bias)$", str(key))
+        if m is None or not isinstance(value, Tensor):
+            raise ValueError(f"{path}: unexpected entry {key!r} in a contact-regression file")
+        out[f"esm.contact_head.regression.{m.group(2)}"] = value
+    if len(out) != 2:
+        raise ValueError(
+            f"{path}: expected regression.weight and regression.bias, found {sorted(out)}"
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,9 +698,11 @@ __all__ = [
     "format_keys",
     "is_inv_freq_key",
     "layer_inv_freq_key",
+    "fair_esm_to_hf",
     "load_checkpoint",
     "normalize_state_dict",
     "read_safetensors",
     "resolve_path",
+    "save_checkpoint",
     "torch_load_safe",
 ]

@@ -39,7 +39,6 @@ import copy
 import logging
 import os
 import re
-import uuid
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -49,11 +48,10 @@ import torch
 from torch import Tensor, nn
 
 from esmkernels.checkpoint import (
-    SAFE_WEIGHTS_NAME,
-    WEIGHTS_NAME,
     format_keys,
     is_inv_freq_key,
     load_checkpoint,
+    save_checkpoint,
 )
 from esmkernels.configuration import EsmConfig
 
@@ -443,11 +441,6 @@ class PreTrainedMixin:
             >>> model.save_pretrained("out/esm2_finetuned")  # doctest: +SKIP
         """
         module: nn.Module = self  # type: ignore[assignment]
-        directory = Path(save_directory)
-        if directory.exists() and not directory.is_dir():
-            raise ValueError(f"save_pretrained: {directory} exists and is not a directory")
-        directory.mkdir(parents=True, exist_ok=True)
-
         state = module.state_dict()
         if self._tying():
             for target, src in self._tied_weights.items():
@@ -457,51 +450,17 @@ class PreTrainedMixin:
                     and state[target].data_ptr() == state[src].data_ptr()
                 ):
                     del state[target]
-        tensors = _detach_unshared(state)
-
         config = copy.deepcopy(self.config)
         config.architectures = [type(self).__name__]
         params = [p for p in module.parameters() if p.is_floating_point()]
         if params and "torch_dtype" in getattr(config, "defaults", {}):
             config.torch_dtype = str(params[0].dtype).removeprefix("torch.")
-
-        name = SAFE_WEIGHTS_NAME if safe_serialization else WEIGHTS_NAME
-        target = directory / name
-        tmp = directory / f".{name}.{uuid.uuid4().hex}.tmp"
-        try:
-            if safe_serialization:
-                from safetensors.torch import save_file
-
-                save_file(tensors, str(tmp), metadata={"format": "pt"})
-            else:
-                torch.save(tensors, tmp)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        config.save_pretrained(directory)
-        return directory
+        return save_checkpoint(save_directory, config, state, safe_serialization=safe_serialization)
 
 
 def _layer_order(key: str) -> tuple[int, str]:
     found = re.search(r"\.layer\.(\d+)\.", key)
     return (int(found.group(1)) if found else -1, key)
-
-
-def _detach_unshared(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """CPU, contiguous tensors where no two share memory (safetensors refuses shared storage)."""
-    out: dict[str, Tensor] = {}
-    seen: set[tuple[int, int]] = set()
-    for key, value in state.items():
-        t = value.detach().to("cpu").contiguous()
-        span = (t.untyped_storage().data_ptr(), t.storage_offset())
-        if t.numel() and (
-            span in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size()
-        ):
-            t = t.clone()
-        seen.add((t.untyped_storage().data_ptr(), t.storage_offset()))
-        out[key] = t
-    return out
 
 
 __all__ = ["PreTrainedMixin", "resolve_dtype"]
