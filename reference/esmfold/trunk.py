@@ -1,0 +1,594 @@
+"""ESMFold folding trunk, plain PyTorch: the spec for the fast trunk.
+
+The trunk (Lin et al. 2023, "Evolutionary-scale prediction of atomic-level protein structure",
+supplement A.1) refines a sequence state `s` [B, L, C_s] and a pair state `z` [B, L, L, C_z]
+with `num_blocks` triangular self-attention blocks, runs the structure module on the result and
+recycles both states plus a distogram of the predicted C-beta atoms `max_recycles` times.
+
+One block (`EsmFoldTriangularSelfAttentionBlock`), with residual additions:
+
+    s += SeqAttention(LN(s), bias = PairToSequence(z), mask)      # gated, pair-biased
+    s  = ResidueMLP(s)
+    z += SequenceToPair(s)                                        # outer product and difference
+    z += TriMulOutgoing(z)   z += TriMulIncoming(z)               # AlphaFold2 Algorithms 11, 12
+    z += TriAttStart(z)      z += TriAttEnd(z)                    # AlphaFold2 Algorithms 13, 14
+    z  = ResidueMLP(z)
+
+Parameter names are those of transformers' `modeling_esmfold.py` (which are fair-esm's and
+openfold's), so `trunk.*` keys of a published checkpoint load unchanged.
+
+The heavy pair ops go through two functional ops, `triangle_multiplicative_update` and
+`axial_attention` (`esmkernels.reference.esmfold.trunk_functional`). Every module takes an `ops`
+argument, an object with those two functions, defaulting to that reference module: a fast model
+passes its kernel namespace instead and reuses these modules unchanged.
+
+Masks are 1 = keep, [B, L] over residues; pair masks are their outer product.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from esmkernels.configuration import TrunkConfig
+from esmkernels.reference.esmfold import trunk_functional as _reference_ops
+from esmkernels.reference.esmfold.structure_module import StructureModule
+
+# Recycled distogram of predicted C-beta atoms: 15 bins, edges 3.375 .. 21.375 A (AlphaFold2 1.10).
+RECYCLE_BINS = 15
+RECYCLE_MIN_BIN = 3.375
+RECYCLE_MAX_BIN = 21.375
+
+# Ideal C-beta from backbone N, CA, C (AlphaFold2 supplement 1.9.3, used by ESMFold's recycling).
+_CB_A, _CB_B, _CB_C = -0.58273431, 0.56802827, -0.54067466
+
+
+def _ops_or_reference(ops: Any) -> Any:
+    return _reference_ops if ops is None else ops
+
+
+class EsmFoldDropout(nn.Module):
+    """Dropout whose mask is shared along `batch_dim` (row-wise or column-wise dropout).
+
+    `batch_dim=2` on a pair tensor [B, I, J, C] drops whole rows (the same mask for every j);
+    `batch_dim=1` drops whole columns. An identity in eval mode.
+    """
+
+    def __init__(self, r: float, batch_dim: int | list[int]):
+        super().__init__()
+        self.r = r
+        self.batch_dim = [batch_dim] if isinstance(batch_dim, int) else list(batch_dim)
+        self.dropout = nn.Dropout(r)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.r == 0:
+            return x
+        shape = list(x.shape)
+        for d in self.batch_dim:
+            shape[d] = 1
+        return x * self.dropout(x.new_ones(shape))
+
+
+class EsmFoldTriangleMultiplicativeUpdate(nn.Module):
+    """Triangle multiplicative update (AlphaFold2 Algorithm 11 outgoing, Algorithm 12 incoming).
+
+    Outgoing: update_ij = g_ij * W_z LN(sum_k a_ik b_jk); incoming: sum_k a_ki b_kj; with
+    a = mask * sigmoid(W_ag LN(z)) * W_ap LN(z) (b alike) and g = sigmoid(W_g LN(z)).
+    Hidden width = `pairwise_state_dim` (as ESMFold).
+    """
+
+    def __init__(self, config: TrunkConfig, _outgoing: bool = True, *, ops: Any = None):
+        super().__init__()
+        c = config.pairwise_state_dim
+        self._outgoing = _outgoing
+        self.ops = _ops_or_reference(ops)
+        self.linear_a_p = nn.Linear(c, c)
+        self.linear_a_g = nn.Linear(c, c)
+        self.linear_b_p = nn.Linear(c, c)
+        self.linear_b_g = nn.Linear(c, c)
+        self.linear_g = nn.Linear(c, c)
+        self.linear_z = nn.Linear(c, c)
+        self.layer_norm_in = nn.LayerNorm(c)
+        self.layer_norm_out = nn.LayerNorm(c)
+        for gate in (self.linear_a_g, self.linear_b_g, self.linear_g):
+            _gating_init_(gate)
+        _zeros_init_(self.linear_z)
+
+    def forward(
+        self, z: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int | None = None
+    ) -> torch.Tensor:
+        """z: [B, L, L, C_z]; mask: [B, L, L] (1 = keep) or None -> update [B, L, L, C_z]."""
+        return self.ops.triangle_multiplicative_update(
+            z,
+            mask,
+            ln_in_weight=self.layer_norm_in.weight,
+            ln_in_bias=self.layer_norm_in.bias,
+            a_proj_weight=self.linear_a_p.weight,
+            a_proj_bias=self.linear_a_p.bias,
+            a_gate_weight=self.linear_a_g.weight,
+            a_gate_bias=self.linear_a_g.bias,
+            b_proj_weight=self.linear_b_p.weight,
+            b_proj_bias=self.linear_b_p.bias,
+            b_gate_weight=self.linear_b_g.weight,
+            b_gate_bias=self.linear_b_g.bias,
+            ln_out_weight=self.layer_norm_out.weight,
+            ln_out_bias=self.layer_norm_out.bias,
+            out_proj_weight=self.linear_z.weight,
+            out_proj_bias=self.linear_z.bias,
+            out_gate_weight=self.linear_g.weight,
+            out_gate_bias=self.linear_g.bias,
+            outgoing=self._outgoing,
+            eps=self.layer_norm_in.eps,
+            chunk_size=chunk_size,
+        )
+
+
+class EsmFoldAttention(nn.Module):
+    """Gated multi-head attention parameters of the triangle attention (`mha`, openfold names).
+
+    `c_hidden` is the per-head width; q, k, v have no bias; the gate `linear_g` and the output
+    `linear_o` do. Attention itself is computed by `EsmFoldTriangleAttention`.
+    """
+
+    def __init__(self, c_in: int, c_hidden: int, no_heads: int):
+        super().__init__()
+        self.c_hidden = c_hidden
+        self.no_heads = no_heads
+        hc = c_hidden * no_heads
+        self.linear_q = nn.Linear(c_in, hc, bias=False)
+        self.linear_k = nn.Linear(c_in, hc, bias=False)
+        self.linear_v = nn.Linear(c_in, hc, bias=False)
+        self.linear_o = nn.Linear(hc, c_in)
+        self.linear_g = nn.Linear(c_in, hc)
+        _gating_init_(self.linear_g)
+        _zeros_init_(self.linear_o)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x: [..., C_in] -> q, k, v, gate logits, each [..., H, c_hidden]."""
+        heads = (self.no_heads, self.c_hidden)
+        return tuple(
+            lin(x).unflatten(-1, heads)
+            for lin in (self.linear_q, self.linear_k, self.linear_v, self.linear_g)
+        )
+
+
+class EsmFoldTriangleAttention(nn.Module):
+    """Triangle self-attention around the starting node (Algorithm 13) or ending node (14).
+
+    Starting node: for each row i, pair (i, j) attends over (i, k) with bias b_jk = W LN(z)_jk.
+    Ending node: the same on the transposed pair state, for each column j over (k, j) with bias
+    b_ik from the transposed state. Implemented on transposed views, never on copies.
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        c_hidden: int,
+        no_heads: int,
+        starting: bool = True,
+        inf: float = 1e9,
+        *,
+        ops: Any = None,
+    ):
+        super().__init__()
+        self.c_in = c_in
+        self.c_hidden = c_hidden
+        self.no_heads = no_heads
+        self.starting = starting
+        self.inf = inf  # kept for config parity; masking is exact in `axial_attention`
+        self.ops = _ops_or_reference(ops)
+        self.layer_norm = nn.LayerNorm(c_in)
+        self.linear = nn.Linear(c_in, no_heads, bias=False)
+        self.mha = EsmFoldAttention(c_in, c_hidden, no_heads)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int | None = None
+    ) -> torch.Tensor:
+        """x: [B, I, J, C_in]; mask: [B, I, J] (1 = keep) or None -> update [B, I, J, C_in]."""
+        x = self.layer_norm(x)
+        q, k, v, g = self.mha.project(x)  # [B, I, J, H, D] each
+        bias = self.linear(x)  # [B, I, J, H]
+        if self.starting:
+            bias = bias.permute(0, 3, 1, 2)  # [B, H, query j, key k] from pairs (j, k)
+        else:
+            # Rows of the transposed state are columns: bias[h, query i, key k] = lin(x)[k, i].
+            q, k, v, g = (t.transpose(1, 2) for t in (q, k, v, g))
+            bias = bias.permute(0, 3, 2, 1)
+            mask = None if mask is None else mask.transpose(1, 2)
+        o = self.ops.axial_attention(
+            q,
+            k,
+            v,
+            bias=bias,
+            mask=mask,
+            gate=g,
+            scale=self.c_hidden**-0.5,
+            chunk_size=chunk_size,
+        )  # [B, R, N, H, D]
+        if not self.starting:
+            o = o.transpose(1, 2)
+        return self.mha.linear_o(o.flatten(-2))
+
+
+class EsmFoldSelfAttention(nn.Module):
+    """Sequence self-attention with an external pair bias and a sigmoid output gate.
+
+    `proj` packs q, k, v per head: the fused output [.., L, 3 * C] reads as [.., L, H, 3 * D] with
+    q, k, v the three D-wide slices of each head (ESM's layout, kept so checkpoints load).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_width: int,
+        gated: bool = False,
+        *,
+        ops: Any = None,
+    ):
+        super().__init__()
+        if embed_dim != num_heads * head_width:
+            raise ValueError(
+                f"EsmFoldSelfAttention: embed_dim={embed_dim} != num_heads={num_heads} * "
+                f"head_width={head_width}"
+            )
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_width = head_width
+        self.gated = gated
+        self.ops = _ops_or_reference(ops)
+        self.proj = nn.Linear(embed_dim, embed_dim * 3, bias=False)
+        self.o_proj = nn.Linear(embed_dim, embed_dim, bias=True)
+        if gated:
+            self.g_proj = nn.Linear(embed_dim, embed_dim)
+            _gating_init_(self.g_proj)
+        self.rescale_factor = head_width**-0.5
+        nn.init.zeros_(self.o_proj.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        chunk_size: int | None = None,
+    ) -> torch.Tensor:
+        """x: [B, L, C]; mask: [B, L] (1 = keep); bias: [B, L, L, H] (query, key) -> [B, L, C]."""
+        B, L, _ = x.shape
+        t = self.proj(x).view(B, 1, L, self.num_heads, 3 * self.head_width)
+        q, k, v = t.split(self.head_width, dim=-1)  # [B, 1, L, H, D] strided views
+        gate = self.g_proj(x).view(B, 1, L, self.num_heads, self.head_width) if self.gated else None
+        y = self.ops.axial_attention(
+            q,
+            k,
+            v,
+            bias=None if bias is None else bias.permute(0, 3, 1, 2),
+            mask=None if mask is None else mask[:, None, :],
+            gate=gate,
+            scale=self.rescale_factor,
+            chunk_size=chunk_size,
+        )
+        return self.o_proj(y.reshape(B, L, self.embed_dim))
+
+
+class EsmFoldSequenceToPair(nn.Module):
+    """Pair update from the sequence state: z_ij = W_o [q_j * k_i, q_j - k_i], (q, k) = W LN(s)."""
+
+    def __init__(self, sequence_state_dim: int, inner_dim: int, pairwise_state_dim: int):
+        super().__init__()
+        self.layernorm = nn.LayerNorm(sequence_state_dim)
+        self.proj = nn.Linear(sequence_state_dim, inner_dim * 2, bias=True)
+        self.o_proj = nn.Linear(2 * inner_dim, pairwise_state_dim, bias=True)
+        nn.init.zeros_(self.proj.bias)
+        _zeros_init_(self.o_proj)
+
+    def forward(self, sequence_state: torch.Tensor) -> torch.Tensor:
+        """sequence_state: [B, L, C_s] -> [B, L, L, C_z]."""
+        q, k = self.proj(self.layernorm(sequence_state)).chunk(2, dim=-1)
+        q_j, k_i = q[:, None, :, :], k[:, :, None, :]
+        return self.o_proj(torch.cat([q_j * k_i, q_j - k_i], dim=-1))
+
+
+class EsmFoldPairToSequence(nn.Module):
+    """Per-head attention bias for the sequence attention: W LN(z), [B, L, L, H]."""
+
+    def __init__(self, pairwise_state_dim: int, num_heads: int):
+        super().__init__()
+        self.layernorm = nn.LayerNorm(pairwise_state_dim)
+        self.linear = nn.Linear(pairwise_state_dim, num_heads, bias=False)
+        nn.init.zeros_(self.linear.weight)
+
+    def forward(self, pairwise_state: torch.Tensor) -> torch.Tensor:
+        """pairwise_state: [B, L, L, C_z] -> pairwise_bias [B, L, L, H]."""
+        return self.linear(self.layernorm(pairwise_state))
+
+
+class EsmFoldResidueMLP(nn.Module):
+    """Pre-norm transition with its residual: x + Dropout(W2 relu(W1 LN(x)))."""
+
+    def __init__(self, embed_dim: int, inner_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(embed_dim),
+            nn.Linear(embed_dim, inner_dim),
+            nn.ReLU(),
+            nn.Linear(inner_dim, embed_dim),
+            nn.Dropout(dropout),
+        )
+        _zeros_init_(self.mlp[-2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(x)
+
+
+class EsmFoldTriangularSelfAttentionBlock(nn.Module):
+    """One folding-trunk block (see the module docstring for the update order)."""
+
+    def __init__(self, config: TrunkConfig, *, ops: Any = None):
+        super().__init__()
+        self.config = config
+        c_s, c_z = config.sequence_state_dim, config.pairwise_state_dim
+        seq_heads = c_s // config.sequence_head_width
+        pair_heads = c_z // config.pairwise_head_width
+
+        self.layernorm_1 = nn.LayerNorm(c_s)
+        self.sequence_to_pair = EsmFoldSequenceToPair(c_s, c_z // 2, c_z)
+        self.pair_to_sequence = EsmFoldPairToSequence(c_z, seq_heads)
+        self.seq_attention = EsmFoldSelfAttention(
+            c_s, seq_heads, config.sequence_head_width, gated=True, ops=ops
+        )
+        self.tri_mul_out = EsmFoldTriangleMultiplicativeUpdate(config, _outgoing=True, ops=ops)
+        self.tri_mul_in = EsmFoldTriangleMultiplicativeUpdate(config, _outgoing=False, ops=ops)
+        self.tri_att_start = EsmFoldTriangleAttention(
+            c_z, config.pairwise_head_width, pair_heads, starting=True, inf=1e9, ops=ops
+        )
+        self.tri_att_end = EsmFoldTriangleAttention(
+            c_z, config.pairwise_head_width, pair_heads, starting=False, inf=1e9, ops=ops
+        )
+        self.mlp_seq = EsmFoldResidueMLP(c_s, 4 * c_s, dropout=config.dropout)
+        self.mlp_pair = EsmFoldResidueMLP(c_z, 4 * c_z, dropout=config.dropout)
+        self.drop = nn.Dropout(config.dropout)
+        self.row_drop = EsmFoldDropout(config.dropout * 2, 2)
+        self.col_drop = EsmFoldDropout(config.dropout * 2, 1)
+
+    def forward(
+        self,
+        sequence_state: torch.Tensor,
+        pairwise_state: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        chunk_size: int | None = None,
+        **_unused: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """sequence_state: [B, L, C_s]; pairwise_state: [B, L, L, C_z]; mask: [B, L] (1 = keep).
+
+        Returns the updated (sequence_state, pairwise_state), same shapes.
+        """
+        _check_states(self.config, sequence_state, pairwise_state, mask)
+        s, z = sequence_state, pairwise_state
+        if mask is not None:
+            mask = mask.to(s.dtype)
+
+        bias = self.pair_to_sequence(z)
+        y = self.seq_attention(self.layernorm_1(s), mask=mask, bias=bias, chunk_size=chunk_size)
+        s = self.mlp_seq(s + self.drop(y))
+
+        z = z + self.sequence_to_pair(s)
+        tri_mask = None if mask is None else mask[:, :, None] * mask[:, None, :]
+        z = z + self.row_drop(self.tri_mul_out(z, mask=tri_mask, chunk_size=chunk_size))
+        z = z + self.col_drop(self.tri_mul_in(z, mask=tri_mask, chunk_size=chunk_size))
+        z = z + self.row_drop(self.tri_att_start(z, mask=tri_mask, chunk_size=chunk_size))
+        z = z + self.col_drop(self.tri_att_end(z, mask=tri_mask, chunk_size=chunk_size))
+        z = self.mlp_pair(z)
+        return s, z
+
+
+class EsmFoldRelativePosition(nn.Module):
+    """Clipped relative-position embedding of residue indices.
+
+    Pair (i, j) gets embedding row clamp(r_j - r_i, -bins, bins) + bins + 1; row 0 is reserved
+    for pairs with a masked residue.
+    """
+
+    def __init__(self, config: TrunkConfig):
+        super().__init__()
+        self.bins = config.position_bins
+        self.embedding = nn.Embedding(2 * self.bins + 2, config.pairwise_state_dim)
+
+    def forward(
+        self, residue_index: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """residue_index: [B, L] int64; mask: [B, L] (1 = keep) -> [B, L, L, C_z]."""
+        if residue_index.dtype != torch.long:
+            raise TypeError(
+                f"EsmFoldRelativePosition: residue_index must be torch.long, got {residue_index.dtype}"
+            )
+        if mask is not None and mask.shape != residue_index.shape:
+            raise ValueError(
+                f"EsmFoldRelativePosition: mask shape {tuple(mask.shape)} != residue_index "
+                f"shape {tuple(residue_index.shape)}"
+            )
+        diff = residue_index[:, None, :] - residue_index[:, :, None]
+        idx = diff.clamp(-self.bins, self.bins) + self.bins + 1
+        if mask is not None:
+            pair = mask[:, None, :].bool() & mask[:, :, None].bool()
+            idx = idx.masked_fill(~pair, 0)
+        return self.embedding(idx)
+
+
+class EsmFoldingTrunk(nn.Module):
+    """Folding trunk with recycling and the structure module.
+
+    Args:
+        config: `TrunkConfig` (with its nested `StructureModuleConfig`).
+        ops: namespace with `triangle_multiplicative_update` and `axial_attention`; default the
+            plain-PyTorch reference ops.
+    """
+
+    def __init__(self, config: TrunkConfig, *, ops: Any = None):
+        super().__init__()
+        self.config = config
+        c_s, c_z = config.sequence_state_dim, config.pairwise_state_dim
+        sm = config.structure_module
+
+        self.pairwise_positional_embedding = EsmFoldRelativePosition(config)
+        self.blocks = nn.ModuleList(
+            [EsmFoldTriangularSelfAttentionBlock(config, ops=ops) for _ in range(config.num_blocks)]
+        )
+        self.recycle_bins = RECYCLE_BINS
+        self.recycle_s_norm = nn.LayerNorm(c_s)
+        self.recycle_z_norm = nn.LayerNorm(c_z)
+        self.recycle_disto = nn.Embedding(RECYCLE_BINS, c_z)
+        with torch.no_grad():
+            self.recycle_disto.weight[0].zero_()
+        self.structure_module = StructureModule(sm)
+        self.trunk2sm_s = nn.Linear(c_s, sm.sequence_dim)
+        self.trunk2sm_z = nn.Linear(c_z, sm.pairwise_dim)
+        self.chunk_size = config.chunk_size
+
+    def set_chunk_size(self, chunk_size: int | None) -> None:
+        """Chunk the axial ops over rows (memory ~O(L) per chunk); None disables chunking."""
+        if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) <= 0):
+            raise ValueError(
+                f"set_chunk_size: chunk_size={chunk_size!r} must be a positive int or None"
+            )
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
+
+    def forward(
+        self,
+        seq_feats: torch.Tensor,
+        pair_feats: torch.Tensor,
+        true_aa: torch.Tensor,
+        residx: torch.Tensor,
+        mask: torch.Tensor,
+        no_recycles: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Run the trunk and the structure module with recycling.
+
+        Args:
+            seq_feats: [B, L, C_s] initial sequence state.
+            pair_feats: [B, L, L, C_z] initial pair state.
+            true_aa: [B, L] AlphaFold2 residue types (for the side chains).
+            residx: [B, L] int64 residue indices.
+            mask: [B, L] residue mask, 1 = keep.
+            no_recycles: recycles after the first pass; None runs `config.max_recycles` passes
+                in all (transformers' and fair-esm's convention: None means max_recycles
+                iterations, an int n means n + 1 iterations).
+
+        Returns:
+            The structure module's dict plus `s_s` [B, L, C_s] and `s_z` [B, L, L, C_z].
+            Gradients flow through the last iteration only.
+        """
+        n_iter = num_trunk_iterations(no_recycles, self.config.max_recycles)
+        s_s_0, s_z_0 = seq_feats, pair_feats
+        recycle_s = torch.zeros_like(s_s_0)
+        recycle_z = torch.zeros_like(s_z_0)
+        recycle_bins = torch.zeros(s_z_0.shape[:-1], dtype=torch.long, device=s_z_0.device)
+        structure: dict[str, torch.Tensor] = {}
+        for i in range(n_iter):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i == n_iter - 1):
+                recycle_s = self.recycle_s_norm(recycle_s.detach())
+                recycle_z = self.recycle_z_norm(recycle_z.detach())
+                recycle_z = recycle_z + self.recycle_disto(recycle_bins)
+
+                s = s_s_0 + recycle_s
+                z = s_z_0 + recycle_z + self.pairwise_positional_embedding(residx, mask=mask)
+                for block in self.blocks:
+                    s, z = block(s, z, mask=mask, chunk_size=self.chunk_size)
+
+                structure = self.structure_module(
+                    {"single": self.trunk2sm_s(s), "pair": self.trunk2sm_z(z)},
+                    true_aa,
+                    mask.to(s.dtype),
+                )
+                recycle_s, recycle_z = s, z
+                backbone = structure["positions"][-1][:, :, :3]  # atom14 N, CA, C
+                recycle_bins = self.distogram(
+                    backbone, RECYCLE_MIN_BIN, RECYCLE_MAX_BIN, RECYCLE_BINS
+                )
+        structure["s_s"] = s
+        structure["s_z"] = z
+        return structure
+
+    @staticmethod
+    def distogram(
+        coords: torch.Tensor, min_bin: float, max_bin: float, num_bins: int
+    ) -> torch.Tensor:
+        """Bin pairwise distances of the virtual C-beta atoms.
+
+        coords: [..., L, 3, 3] backbone (N, CA, C) -> [..., L, L] int64 bins in [0, num_bins),
+        bin edges linspace(min_bin, max_bin, num_bins - 1) in Angstrom.
+        """
+        edges = torch.linspace(min_bin, max_bin, num_bins - 1, device=coords.device) ** 2
+        n, ca, c = coords.unbind(dim=-2)
+        b = ca - n
+        c = c - ca
+        a = torch.cross(b, c, dim=-1)
+        cb = _CB_A * a + _CB_B * b + _CB_C * c + ca
+        d2 = (cb[..., None, :, :] - cb[..., :, None, :]).pow(2).sum(dim=-1, keepdim=True)
+        return (d2 > edges).sum(dim=-1)
+
+
+def num_trunk_iterations(no_recycles: int | None, max_recycles: int) -> int:
+    """Passes through the trunk: `max_recycles` when None, else `no_recycles + 1`."""
+    if no_recycles is None:
+        return int(max_recycles)
+    if isinstance(no_recycles, bool) or not isinstance(no_recycles, int):
+        raise TypeError(f"num_recycles must be an int or None, got {no_recycles!r}")
+    if no_recycles < 0:
+        raise ValueError(f"num_recycles={no_recycles} must be >= 0")
+    return no_recycles + 1
+
+
+def _check_states(
+    config: TrunkConfig, s: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None
+) -> None:
+    if s.dim() != 3 or z.dim() != 4:
+        raise ValueError(
+            f"trunk block: expected sequence_state [B, L, C_s] and pairwise_state [B, L, L, C_z], "
+            f"got shapes {tuple(s.shape)} and {tuple(z.shape)}"
+        )
+    B, L, c_s = s.shape
+    if c_s != config.sequence_state_dim or z.shape[-1] != config.pairwise_state_dim:
+        raise ValueError(
+            f"trunk block: channel sizes ({c_s}, {z.shape[-1]}) != config "
+            f"({config.sequence_state_dim}, {config.pairwise_state_dim})"
+        )
+    if tuple(z.shape[:3]) != (B, L, L):
+        raise ValueError(
+            f"trunk block: pairwise_state shape {tuple(z.shape)} inconsistent with "
+            f"sequence_state shape {tuple(s.shape)}"
+        )
+    if mask is not None and tuple(mask.shape) != (B, L):
+        raise ValueError(f"trunk block: mask shape {tuple(mask.shape)} != {(B, L)}")
+
+
+def _gating_init_(linear: nn.Linear) -> None:
+    """Gates start open at sigmoid(1): zero weight, unit bias (AlphaFold2 1.11.4)."""
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.fill_(1.0)
+
+
+def _zeros_init_(linear: nn.Linear) -> None:
+    """Residual branches start as identities: final projections are zero (AlphaFold2 1.11.4)."""
+    with torch.no_grad():
+        linear.weight.zero_()
+        if linear.bias is not None:
+            linear.bias.zero_()
+
+
+__all__ = [
+    "EsmFoldAttention",
+    "EsmFoldDropout",
+    "EsmFoldPairToSequence",
+    "EsmFoldRelativePosition",
+    "EsmFoldResidueMLP",
+    "EsmFoldSelfAttention",
+    "EsmFoldSequenceToPair",
+    "EsmFoldTriangleAttention",
+    "EsmFoldTriangleMultiplicativeUpdate",
+    "EsmFoldTriangularSelfAttentionBlock",
+    "EsmFoldingTrunk",
+    "num_trunk_iterations",
+]
