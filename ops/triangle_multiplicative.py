@@ -1,0 +1,499 @@
+"""Fused triangle multiplicative update (AlphaFold 2 Algorithms 11 / 12, ESMFold's tri_mul_out /
+tri_mul_in). The spec is `esmkernels.reference.esmfold.trunk_functional.triangle_multiplicative_update`:
+
+    zn = LN_in(z);  a = m * sigmoid(zn Wag^T + bag) * (zn Wap^T + bap);  b likewise
+    outgoing: x[i, j] = sum_k a[i, k] b[j, k]        incoming: x[i, j] = sum_k a[k, i] b[k, j]
+    update = sigmoid(zn Wg^T + bg) * (LN_out(x) Wz^T + bz)
+
+Three kernels (forward):
+1. `_trimul_proj_kernel`, program (block of BLOCK_P pixels of z, block of BLOCK_H hidden
+   channels, b): loads z [BLOCK_P, C] through its strides, LayerNorm in fp32, the four
+   projections as tl.dot against [C, BLOCK_H] weight tiles, gates and mask, and stores a and b
+   channel-major, [B, Ch, L, L] in z.dtype, so each hidden channel is a contiguous L x L matrix
+   (k-contiguous rows for the outgoing contraction).
+2. `_trimul_contract_kernel`, program (tile [BLOCK_I, BLOCK_J] of x, hidden channel, b): a
+   batched matmul over k with fp32 accumulation, tiles swizzled in groups for L2 reuse. One
+   kernel for both directions: the OUTGOING constexpr only swaps which of a tile's two indices
+   is contiguous (outgoing reads a[i, k] and b[j, k] k-contiguous; incoming reads a[k, i] and
+   b[k, j] i/j-contiguous and transposes in shared memory). Writing a transposed layout from
+   kernel 1 instead would make its stores strided by L (uncoalesced), so the transpose lives
+   here, where it is free. x is stored [B, Ch, L, L] in z.dtype (rounded like the reference).
+3. `_trimul_out_kernel`, program (block of BLOCK_P pixels, b): loads x [BLOCK_P, Ch] (pixel-
+   contiguous per channel), LN_out, the output projection, and recomputes LN_in(z) and the
+   output gate from z rather than saving a [B, L, L, C] gate tensor; writes [B, L, L, C].
+
+Memory: a, b and x are [B, Ch, L, L] in z.dtype: 3 |z| extra when Ch = C. `chunk_size` makes
+kernels 1-2 run on `chunk_size` hidden channels at a time (a and b become chunk_size / Ch of
+that; x stays whole, LN_out needs every channel). int64 offsets throughout.
+
+Backward: recomputed through the functional reference inside the autograd Function
+(`torch.enable_grad`, row-chunked with `chunk_size`), which the issue allows: correct by
+construction and O(L^2 C) memory (about 10 |z| of saved activations, the same as eager
+PyTorch), not fast. A kernel backward is future work.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from esmkernels.ops._dispatch import interpreting, poison_empty, resolve_backend
+from esmkernels.reference.esmfold import trunk_functional as ref
+
+# ------------------------------------------------------------------------------------------------
+# Autotune configs, keyed on sizes rounded up to powers of two; one small config interpreted.
+# ------------------------------------------------------------------------------------------------
+
+if interpreting():
+    # Blocks smaller than a GPU allows (tl.dot wants >= 16) so tiny test shapes cross tile
+    # boundaries (several i / j tiles, several k steps, partial tiles); few programs otherwise.
+    PROJ_CONFIGS = [triton.Config({"BLOCK_P": 32, "BLOCK_H": 16}, num_warps=1, num_stages=1)]
+    CONTRACT_CONFIGS = [
+        triton.Config({"BLOCK_I": 8, "BLOCK_J": 8, "BLOCK_K": 8}, num_warps=1, num_stages=1)
+    ]
+    OUT_CONFIGS = [triton.Config({"BLOCK_P": 32}, num_warps=1, num_stages=1)]
+else:  # pragma: no cover - GPU only
+    PROJ_CONFIGS = [
+        triton.Config({"BLOCK_P": bp, "BLOCK_H": bh}, num_warps=w, num_stages=2)
+        for bp in (32, 64)
+        for bh in (64, 128)
+        for w in (4, 8)
+    ]
+    CONTRACT_CONFIGS = [
+        triton.Config({"BLOCK_I": bi, "BLOCK_J": bj, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+        for bi, bj, bk, w, s in (
+            (128, 128, 32, 8, 3),
+            (128, 64, 32, 4, 4),
+            (64, 128, 32, 4, 4),
+            (64, 64, 64, 4, 3),
+            (128, 128, 64, 8, 3),
+        )
+    ]
+    OUT_CONFIGS = [
+        triton.Config({"BLOCK_P": bp}, num_warps=w, num_stages=2) for bp in (32, 64) for w in (4, 8)
+    ]
+KEY = ["L_KEY", "BLOCK_C", "BLOCK_CH"]
+
+
+def round_key(n: int) -> int:
+    """Autotune bucket: n rounded up to a power of two (at least 16)."""
+    return max(16, triton.next_power_of_2(int(n)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels
+# ------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _layer_norm_rows(b_x, w_ptr, b_ptr, o_c, m_c, n_c, eps):
+    """LayerNorm of each row of b_x [BP, BC] (fp32) over its first n_c columns (masked)."""
+    b_mean = tl.sum(b_x, 1) / n_c  # [BP]
+    b_xc = tl.where(m_c[None, :], b_x - b_mean[:, None], 0.0)
+    b_rstd = 1.0 / tl.sqrt(tl.sum(b_xc * b_xc, 1) / n_c + eps)  # [BP]
+    b_w = tl.load(w_ptr + o_c, mask=m_c, other=0.0).to(tl.float32)  # [BC]
+    b_b = tl.load(b_ptr + o_c, mask=m_c, other=0.0).to(tl.float32)  # [BC]
+    return b_xc * b_rstd[:, None] * b_w[None, :] + b_b[None, :]
+
+
+@triton.jit
+def _linear_tile(b_x, w_ptr, b_ptr, o_in, m_in, o_out, m_out, n_in):
+    """b_x [BP, BIN] @ W[o_out, o_in]^T + bias[o_out] -> [BP, BOUT] fp32 (W row-major [out, in])."""
+    p_w = w_ptr + o_out[None, :] * n_in + o_in[:, None]
+    b_w = tl.load(p_w, mask=m_in[:, None] & m_out[None, :], other=0.0)  # [BIN, BOUT]
+    b_y = tl.dot(b_x, b_w.to(b_x.dtype), input_precision="ieee")  # [BP, BOUT]
+    b_bias = tl.load(b_ptr + o_out, mask=m_out, other=0.0).to(tl.float32)  # [BOUT]
+    return b_y + b_bias[None, :]
+
+
+@triton.jit
+def _load_z_ln(z_ptr, ln_w_ptr, ln_b_ptr, i_b, o_p, m_p, o_c, m_c,
+               stride_zb, stride_zi, stride_zj, stride_zc, L, C, eps):  # fmt: skip
+    """LN_in(z) for BLOCK_P flattened pixels p = i * L + j: [BP, BC] in z's dtype."""
+    o_i = o_p // L
+    o_j = o_p % L
+    p_z = z_ptr + i_b * stride_zb + o_i[:, None] * stride_zi + o_j[:, None] * stride_zj
+    b_z = tl.load(p_z + o_c[None, :] * stride_zc, mask=m_p[:, None] & m_c[None, :], other=0.0)
+    b_zn = _layer_norm_rows(b_z.to(tl.float32), ln_w_ptr, ln_b_ptr, o_c, m_c, C, eps)
+    return b_zn.to(b_z.dtype)  # [BP, BC]
+
+
+@triton.autotune(configs=PROJ_CONFIGS, key=KEY)
+@triton.jit
+def _trimul_proj_kernel(
+    z_ptr, mask_ptr, ln_w_ptr, ln_b_ptr,
+    wap_ptr, bap_ptr, wag_ptr, bag_ptr, wbp_ptr, bbp_ptr, wbg_ptr, bbg_ptr,
+    a_ptr, b_ptr,
+    stride_zb, stride_zi, stride_zj, stride_zc,
+    stride_mb, stride_mi, stride_mj,
+    stride_ab, stride_ah,
+    L, C, H_OFF, H_CHUNK, eps, L_KEY,
+    HAS_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CH: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    i_p = tl.program_id(0).to(tl.int64)
+    i_hb = tl.program_id(1).to(tl.int64)
+    i_b = tl.program_id(2).to(tl.int64)
+    o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)  # flattened pixel i * L + k
+    o_c = tl.arange(0, BLOCK_C).to(tl.int64)
+    o_h = i_hb * BLOCK_H + tl.arange(0, BLOCK_H).to(tl.int64)  # hidden channel within the chunk
+    m_p = o_p < L * L
+    m_c = o_c < C
+    m_h = o_h < H_CHUNK
+    b_zn = _load_z_ln(z_ptr, ln_w_ptr, ln_b_ptr, i_b, o_p, m_p, o_c, m_c,
+                      stride_zb, stride_zi, stride_zj, stride_zc, L, C, eps)  # fmt: skip
+    b_keep = tl.full([BLOCK_P], 1.0, tl.float32)
+    if HAS_MASK:
+        p_m = mask_ptr + i_b * stride_mb + (o_p // L) * stride_mi + (o_p % L) * stride_mj
+        b_keep = tl.load(p_m, mask=m_p, other=0.0).to(tl.float32)  # [BP]
+    o_w = H_OFF + o_h  # row of the [Ch, C] weights
+    m_ph = m_p[:, None] & m_h[None, :]
+    p_out = i_b * stride_ab + o_h[None, :] * stride_ah + o_p[:, None]  # [BP, BH], p-contiguous
+    b_g = _linear_tile(b_zn, wag_ptr, bag_ptr, o_c, m_c, o_w, m_h, C)  # [BP, BH]
+    b_a = _linear_tile(b_zn, wap_ptr, bap_ptr, o_c, m_c, o_w, m_h, C)  # [BP, BH]
+    b_a = b_a * tl.sigmoid(b_g) * b_keep[:, None]
+    tl.store(a_ptr + p_out, b_a.to(a_ptr.dtype.element_ty), mask=m_ph)
+    b_g = _linear_tile(b_zn, wbg_ptr, bbg_ptr, o_c, m_c, o_w, m_h, C)  # [BP, BH]
+    b_b = _linear_tile(b_zn, wbp_ptr, bbp_ptr, o_c, m_c, o_w, m_h, C)  # [BP, BH]
+    b_b = b_b * tl.sigmoid(b_g) * b_keep[:, None]
+    tl.store(b_ptr + p_out, b_b.to(b_ptr.dtype.element_ty), mask=m_ph)
+
+
+@triton.autotune(configs=CONTRACT_CONFIGS, key=["L_KEY"])
+@triton.jit
+def _trimul_contract_kernel(
+    a_ptr, b_ptr, x_ptr,
+    stride_ab, stride_ah, stride_xb, stride_xh,
+    L, H_OFF, L_KEY,
+    OUTGOING: tl.constexpr, GROUP_I: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    i_t = tl.program_id(0).to(tl.int64)
+    i_h = tl.program_id(1).to(tl.int64)
+    i_b = tl.program_id(2).to(tl.int64)
+    # Grouped tile order: GROUP_I row-tiles share their b column-tiles in L2.
+    n_i = tl.cdiv(L, BLOCK_I)
+    n_j = tl.cdiv(L, BLOCK_J)
+    group = i_t // (GROUP_I * n_j)
+    first_i = group * GROUP_I
+    size_i = tl.minimum(n_i - first_i, GROUP_I)
+    i_i = first_i + (i_t % (GROUP_I * n_j)) % size_i
+    i_j = (i_t % (GROUP_I * n_j)) // size_i
+    o_i = i_i * BLOCK_I + tl.arange(0, BLOCK_I).to(tl.int64)
+    o_j = i_j * BLOCK_J + tl.arange(0, BLOCK_J).to(tl.int64)
+    m_i = o_i < L
+    m_j = o_j < L
+    base = i_b * stride_ab + i_h * stride_ah
+    b_acc = tl.zeros([BLOCK_I, BLOCK_J], tl.float32)
+    for k0 in range(0, L, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+        m_k = o_k < L
+        if OUTGOING:  # a[i, k] at i * L + k; b[j, k] at j * L + k
+            p_a = a_ptr + base + o_i[:, None] * L + o_k[None, :]
+            p_b = b_ptr + base + o_j[None, :] * L + o_k[:, None]
+        else:  # a[k, i] at k * L + i; b[k, j] at k * L + j
+            p_a = a_ptr + base + o_k[None, :] * L + o_i[:, None]
+            p_b = b_ptr + base + o_k[:, None] * L + o_j[None, :]
+        b_a = tl.load(p_a, mask=m_i[:, None] & m_k[None, :], other=0.0)  # [BI, BK]
+        b_b = tl.load(p_b, mask=m_k[:, None] & m_j[None, :], other=0.0)  # [BK, BJ]
+        b_acc += tl.dot(b_a, b_b, input_precision="ieee")  # [BI, BJ]
+    p_x = x_ptr + i_b * stride_xb + (H_OFF + i_h) * stride_xh + o_i[:, None] * L + o_j[None, :]
+    tl.store(p_x, b_acc.to(x_ptr.dtype.element_ty), mask=m_i[:, None] & m_j[None, :])
+
+
+@triton.autotune(configs=OUT_CONFIGS, key=KEY)
+@triton.jit
+def _trimul_out_kernel(
+    x_ptr, z_ptr, ln_in_w_ptr, ln_in_b_ptr, ln_out_w_ptr, ln_out_b_ptr,
+    wz_ptr, bz_ptr, wg_ptr, bg_ptr, out_ptr,
+    stride_xb, stride_xh,
+    stride_zb, stride_zi, stride_zj, stride_zc,
+    stride_ob, stride_op, stride_oc,
+    L, C, CH, eps, L_KEY,
+    BLOCK_C: tl.constexpr, BLOCK_CH: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    i_p = tl.program_id(0).to(tl.int64)
+    i_b = tl.program_id(1).to(tl.int64)
+    o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    o_c = tl.arange(0, BLOCK_C).to(tl.int64)
+    o_h = tl.arange(0, BLOCK_CH).to(tl.int64)
+    m_p = o_p < L * L
+    m_c = o_c < C
+    m_h = o_h < CH
+    p_x = x_ptr + i_b * stride_xb + o_h[None, :] * stride_xh + o_p[:, None]
+    b_x = tl.load(p_x, mask=m_p[:, None] & m_h[None, :], other=0.0)  # [BP, BCH]
+    b_xn = _layer_norm_rows(b_x.to(tl.float32), ln_out_w_ptr, ln_out_b_ptr, o_h, m_h, CH, eps)
+    b_y = _linear_tile(b_xn.to(b_x.dtype), wz_ptr, bz_ptr, o_h, m_h, o_c, m_c, CH)  # [BP, BC]
+    b_zn = _load_z_ln(z_ptr, ln_in_w_ptr, ln_in_b_ptr, i_b, o_p, m_p, o_c, m_c,
+                      stride_zb, stride_zi, stride_zj, stride_zc, L, C, eps)  # fmt: skip
+    b_g = _linear_tile(b_zn, wg_ptr, bg_ptr, o_c, m_c, o_c, m_c, C)  # [BP, BC]
+    b_y = b_y * tl.sigmoid(b_g)
+    p_o = out_ptr + i_b * stride_ob + o_p[:, None] * stride_op + o_c[None, :] * stride_oc
+    tl.store(p_o, b_y.to(out_ptr.dtype.element_ty), mask=m_p[:, None] & m_c[None, :])
+
+
+# ------------------------------------------------------------------------------------------------
+# Launchers
+# ------------------------------------------------------------------------------------------------
+
+PARAM_NAMES = (
+    "ln_in_weight", "ln_in_bias",
+    "a_proj_weight", "a_proj_bias", "a_gate_weight", "a_gate_bias",
+    "b_proj_weight", "b_proj_bias", "b_gate_weight", "b_gate_bias",
+    "ln_out_weight", "ln_out_bias",
+    "out_proj_weight", "out_proj_bias", "out_gate_weight", "out_gate_bias",
+)  # fmt: skip
+
+
+def trimul_project(
+    z: torch.Tensor,
+    mask: torch.Tensor | None,
+    p: dict[str, torch.Tensor],
+    h_off: int,
+    h_chunk: int,
+    eps: float,
+    *,
+    a: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """a, b for hidden channels [h_off, h_off + h_chunk): [B, h_chunk, L, L] in z.dtype
+    (channel-major: a[b, h, i, k] is the gated, masked projection of pixel (i, k))."""
+    B, L, _, C = z.shape
+    a = poison_empty(B, h_chunk, L, L, dtype=z.dtype, device=z.device) if a is None else a
+    b = poison_empty(B, h_chunk, L, L, dtype=z.dtype, device=z.device) if b is None else b
+    ch = p["a_proj_weight"].shape[0]
+    grid = lambda meta: (
+        triton.cdiv(L * L, meta["BLOCK_P"]),
+        triton.cdiv(h_chunk, meta["BLOCK_H"]),
+        B,
+    )
+    _trimul_proj_kernel[grid](
+        z, mask, p["ln_in_weight"], p["ln_in_bias"],
+        p["a_proj_weight"], p["a_proj_bias"], p["a_gate_weight"], p["a_gate_bias"],
+        p["b_proj_weight"], p["b_proj_bias"], p["b_gate_weight"], p["b_gate_bias"],
+        a, b,
+        *z.stride(), *(mask.stride() if mask is not None else (0, 0, 0)),
+        a.stride(0), a.stride(1),
+        L, C, h_off, h_chunk, eps, round_key(L),
+        HAS_MASK=mask is not None, BLOCK_C=round_key(C), BLOCK_CH=round_key(ch),
+    )  # fmt: skip
+    return a, b
+
+
+def trimul_contract(
+    a: torch.Tensor, b: torch.Tensor, x: torch.Tensor, h_off: int, outgoing: bool
+) -> torch.Tensor:
+    """x[:, h_off + h] = a[:, h] (x) b[:, h] over k for each chunk channel h (fp32 accumulate).
+    a, b: [B, Hc, L, L] contiguous; x: [B, Ch, L, L] contiguous, written in place."""
+    B, hc, L, _ = a.shape
+    grid = lambda meta: (triton.cdiv(L, meta["BLOCK_I"]) * triton.cdiv(L, meta["BLOCK_J"]), hc, B)
+    _trimul_contract_kernel[grid](
+        a, b, x, a.stride(0), a.stride(1), x.stride(0), x.stride(1), L, h_off, round_key(L),
+        OUTGOING=outgoing, GROUP_I=8,
+    )  # fmt: skip
+    return x
+
+
+def trimul_output(
+    x: torch.Tensor, z: torch.Tensor, p: dict[str, torch.Tensor], eps: float
+) -> torch.Tensor:
+    """sigmoid(LN_in(z) Wg^T + bg) * (LN_out(x) Wz^T + bz): [B, L, L, C] contiguous, z.dtype."""
+    B, L, _, C = z.shape
+    ch = x.shape[1]
+    out = poison_empty(B, L, L, C, dtype=z.dtype, device=z.device)
+    grid = lambda meta: (triton.cdiv(L * L, meta["BLOCK_P"]), B)
+    _trimul_out_kernel[grid](
+        x, z, p["ln_in_weight"], p["ln_in_bias"], p["ln_out_weight"], p["ln_out_bias"],
+        p["out_proj_weight"], p["out_proj_bias"], p["out_gate_weight"], p["out_gate_bias"], out,
+        x.stride(0), x.stride(1), *z.stride(), out.stride(0), out.stride(2), out.stride(3),
+        L, C, ch, eps, round_key(L),
+        BLOCK_C=round_key(C), BLOCK_CH=round_key(ch),
+    )  # fmt: skip
+    return out
+
+
+def trimul_fwd(
+    z: torch.Tensor,
+    mask: torch.Tensor | None,
+    p: dict[str, torch.Tensor],
+    outgoing: bool,
+    eps: float,
+    chunk_size: int | None,
+) -> torch.Tensor:
+    """The whole forward: projection and contraction `chunk_size` hidden channels at a time."""
+    B, L, _, C = z.shape
+    ch = p["a_proj_weight"].shape[0]
+    if B * L == 0:
+        return z.new_zeros(B, L, L, C)
+    p = {name: t.contiguous() for name, t in p.items()}
+    if mask is not None and mask.dtype == torch.bool:
+        mask = mask.view(torch.uint8)
+    step = ch if chunk_size is None else min(chunk_size, ch)
+    x = poison_empty(B, ch, L, L, dtype=z.dtype, device=z.device)
+    a = b = None
+    for h_off in range(0, ch, step):
+        h_chunk = min(step, ch - h_off)
+        if a is None or a.shape[1] != h_chunk:
+            a = b = None  # the last, smaller chunk gets its own buffers
+        a, b = trimul_project(z, mask, p, h_off, h_chunk, eps, a=a, b=b)
+        trimul_contract(a, b, x, h_off, outgoing)
+    del a, b
+    return trimul_output(x, z, p, eps)
+
+
+# ------------------------------------------------------------------------------------------------
+# Autograd Function
+# ------------------------------------------------------------------------------------------------
+
+
+class TriangleMultiplicativeFunction(torch.autograd.Function):
+    """Kernel forward; backward by recomputation through the functional reference."""
+
+    @staticmethod
+    def forward(ctx, z, mask, outgoing, eps, chunk_size, *params):
+        p = dict(zip(PARAM_NAMES, params))
+        ctx.save_for_backward(z, mask, *params)
+        ctx.outgoing, ctx.eps, ctx.chunk_size = outgoing, eps, chunk_size
+        return trimul_fwd(z, mask, p, outgoing, eps, chunk_size)
+
+    @staticmethod
+    def backward(ctx, dout):
+        z, mask, *params = ctx.saved_tensors
+        inputs = [
+            t.detach().requires_grad_(need)
+            for t, need in zip([z, *params], (ctx.needs_input_grad[0], *ctx.needs_input_grad[5:]))
+        ]
+        with torch.enable_grad():
+            out = ref.triangle_multiplicative_update(
+                inputs[0], mask, **dict(zip(PARAM_NAMES, inputs[1:])),
+                outgoing=ctx.outgoing, eps=ctx.eps, chunk_size=ctx.chunk_size,
+            )  # fmt: skip
+            wanted = [t for t in inputs if t.requires_grad]
+            grads = iter(torch.autograd.grad(out, wanted, dout)) if wanted else iter(())
+        dz, *dparams = [next(grads) if t.requires_grad else None for t in inputs]
+        return (dz, None, None, None, None, *dparams)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public function
+# ------------------------------------------------------------------------------------------------
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_CHANNELS = 256
+
+
+def _check_args(z, mask, params, chunk_size) -> None:
+    if not isinstance(z, torch.Tensor) or z.dim() != 4 or z.shape[1] != z.shape[2]:
+        raise ValueError(
+            f"triangle_multiplicative_update: z must be [B, L, L, C], got {getattr(z, 'shape', z)!r}"
+        )
+    if z.dtype not in _DTYPES:
+        raise TypeError(
+            f"triangle_multiplicative_update: z dtype {z.dtype} is not one of {_DTYPES}"
+        )
+    B, L, _, C = z.shape
+    if mask is not None and tuple(mask.shape) != (B, L, L):
+        raise ValueError(
+            f"triangle_multiplicative_update: mask must be {(B, L, L)}, got {tuple(mask.shape)}"
+        )
+    ch = params["a_proj_weight"].shape[0]
+    expected = {
+        "ln_in_weight": (C,), "ln_in_bias": (C,),
+        "a_proj_weight": (ch, C), "a_proj_bias": (ch,), "a_gate_weight": (ch, C), "a_gate_bias": (ch,),
+        "b_proj_weight": (ch, C), "b_proj_bias": (ch,), "b_gate_weight": (ch, C), "b_gate_bias": (ch,),
+        "ln_out_weight": (ch,), "ln_out_bias": (ch,),
+        "out_proj_weight": (C, ch), "out_proj_bias": (C,), "out_gate_weight": (C, C), "out_gate_bias": (C,),
+    }  # fmt: skip
+    for name, shape in expected.items():
+        t = params[name]
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+            raise ValueError(
+                f"triangle_multiplicative_update: {name} must have shape {shape}, got {tuple(getattr(t, 'shape', ()))}"
+            )
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(
+            f"triangle_multiplicative_update: chunk_size must be a positive int or None, got {chunk_size!r}"
+        )
+
+
+def triangle_multiplicative_update(
+    z: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    ln_in_weight: torch.Tensor,
+    ln_in_bias: torch.Tensor,
+    a_proj_weight: torch.Tensor,
+    a_proj_bias: torch.Tensor,
+    a_gate_weight: torch.Tensor,
+    a_gate_bias: torch.Tensor,
+    b_proj_weight: torch.Tensor,
+    b_proj_bias: torch.Tensor,
+    b_gate_weight: torch.Tensor,
+    b_gate_bias: torch.Tensor,
+    ln_out_weight: torch.Tensor,
+    ln_out_bias: torch.Tensor,
+    out_proj_weight: torch.Tensor,
+    out_proj_bias: torch.Tensor,
+    out_gate_weight: torch.Tensor,
+    out_gate_bias: torch.Tensor,
+    outgoing: bool,
+    eps: float = 1e-5,
+    chunk_size: int | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Fused triangle multiplicative update (outgoing = Algorithm 11, incoming = Algorithm 12).
+
+    Args:
+        z: [B, L, L, C] pair representation, fp32 / bf16 / fp16, any strides.
+        mask: [B, L, L] pair mask, 1 = keep (masked pairs contribute nothing), or None.
+        ln_in_*: [C]; a_/b_ proj and gate weights [Ch, C] and biases [Ch]; ln_out_*: [Ch];
+            out_proj_weight [C, Ch] (linear_z), out_gate_weight [C, C] (linear_g), biases [C].
+            (HF ESMFold names: layer_norm_in, linear_a_p, linear_a_g, linear_b_p, linear_b_g,
+            layer_norm_out, linear_z, linear_g.)
+        outgoing: True for x[i,j] = sum_k a[i,k] b[j,k]; False for x[i,j] = sum_k a[k,i] b[k,j].
+        eps: LayerNorm epsilon.
+        chunk_size: kernels: project and contract this many hidden channels at a time (bounds
+            the a / b buffers); torch reference: this many output rows at a time.
+        backend: "auto" | "triton" | "torch" (see `esmkernels.ops._dispatch`).
+
+    Returns:
+        [B, L, L, C] in z.dtype: the update (the caller adds the residual and dropout).
+
+    Example:
+        >>> C = 16
+        >>> p = {n: torch.randn(C) for n in ("ln_in_weight", "ln_in_bias", "ln_out_weight",
+        ...      "ln_out_bias", "a_proj_bias", "a_gate_bias", "b_proj_bias", "b_gate_bias",
+        ...      "out_proj_bias", "out_gate_bias")}
+        >>> p.update({n: torch.randn(C, C) / 4 for n in ("a_proj_weight", "a_gate_weight",
+        ...      "b_proj_weight", "b_gate_weight", "out_proj_weight", "out_gate_weight")})
+        >>> triangle_multiplicative_update(torch.randn(1, 6, 6, C), None, outgoing=False, **p).shape
+        torch.Size([1, 6, 6, 16])
+    """
+    params = {
+        "ln_in_weight": ln_in_weight, "ln_in_bias": ln_in_bias,
+        "a_proj_weight": a_proj_weight, "a_proj_bias": a_proj_bias,
+        "a_gate_weight": a_gate_weight, "a_gate_bias": a_gate_bias,
+        "b_proj_weight": b_proj_weight, "b_proj_bias": b_proj_bias,
+        "b_gate_weight": b_gate_weight, "b_gate_bias": b_gate_bias,
+        "ln_out_weight": ln_out_weight, "ln_out_bias": ln_out_bias,
+        "out_proj_weight": out_proj_weight, "out_proj_bias": out_proj_bias,
+        "out_gate_weight": out_gate_weight, "out_gate_bias": out_gate_bias,
+    }  # fmt: skip
+    _check_args(z, mask, params, chunk_size)
+    chosen = resolve_backend(
+        backend, z, mask, *params.values(), op="triangle_multiplicative_update"
+    )
+    if chosen == "torch":
+        return ref.triangle_multiplicative_update(
+            z, mask, **params, outgoing=outgoing, eps=eps, chunk_size=chunk_size
+        )
+    C, ch = z.shape[-1], a_proj_weight.shape[0]
+    if max(C, ch) > MAX_CHANNELS:
+        raise ValueError(
+            f"triangle_multiplicative_update: channels C={C}, Ch={ch} > {MAX_CHANNELS} are not supported by the kernels"
+        )
+    ordered = [params[n] for n in PARAM_NAMES]
+    return TriangleMultiplicativeFunction.apply(
+        z, mask, bool(outgoing), float(eps), chunk_size, *ordered
+    )
