@@ -425,7 +425,7 @@ def torch_load_safe(path: str | os.PathLike) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(err), re.IGNORECASE)
         what = f"class {found.group(1)}" if found else "an object"
         raise ValueError(
             f"refusing to load {path}: it pickles {what}, which is not a tensor, plain container "
