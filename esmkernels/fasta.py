@@ -1,0 +1,146 @@
+"""Reading and writing FASTA files of protein sequences.
+
+`read_fasta` accepts what real files contain: sequences wrapped over several lines, blank lines,
+Windows (`\\r\\n`) or old Mac (`\\r`) line endings, a UTF-8 byte-order mark, `;` comment lines, and
+gzip compression (recognised by its magic bytes, whatever the file name). Sequence lines lose all
+whitespace; case and every other character are kept as they are, so that the tokenizer (or its
+`strict=True` mode) decides what is valid. A header with no sequence lines gives an empty sequence.
+
+Example:
+    >>> from esmkernels.fasta import read_fasta, write_fasta
+    >>> write_fasta([("seq1 some protein", "MKTAYIAKQR"), ("seq2", "MKV")], "/tmp/x.fasta")
+    >>> read_fasta("/tmp/x.fasta")
+    [('seq1 some protein', 'MKTAYIAKQR'), ('seq2', 'MKV')]
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Iterable
+from typing import IO
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _read_text(source: str | os.PathLike | IO) -> tuple[str, str]:
+    """The decoded text of a path or open file, and a name for error messages."""
+    if isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)
+        with open(name, "rb") as f:
+            data: bytes | str = f.read()
+    elif hasattr(source, "read"):
+        name = getattr(source, "name", "<file>")
+        data = source.read()
+    else:
+        raise TypeError(f"read_fasta: expected a path or an open file, got {type(source).__name__}")
+    if isinstance(data, bytes):
+        if data[:2] == _GZIP_MAGIC:
+            data = gzip.decompress(data)
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"read_fasta: {name} is not UTF-8 text ({e})") from None
+    if not isinstance(data, str):
+        raise TypeError(f"read_fasta: {name} returned {type(data).__name__}, not str or bytes")
+    return data.removeprefix("\ufeff"), str(name)
+
+
+def read_fasta(path_or_file: str | os.PathLike | IO) -> list[tuple[str, str]]:
+    """All records of a FASTA file, in order, as `(header, sequence)` pairs.
+
+    Args:
+        path_or_file: a path (plain or gzip-compressed) or an open file (text or binary).
+
+    Returns:
+        `[(header, sequence), ...]`: the header is the text after `>` with surrounding whitespace
+        removed; the sequence is the record's lines joined with all whitespace removed.
+
+    Raises:
+        ValueError: sequence data before the first `>` header (naming the 1-based line number),
+            or bytes that are not UTF-8.
+
+    Example:
+        >>> import io
+        >>> read_fasta(io.StringIO(">a desc\\r\\nMKT\\r\\nAYI\\r\\n\\n>b\\nQ\\n"))
+        [('a desc', 'MKTAYI'), ('b', 'Q')]
+    """
+    text, name = _read_text(path_or_file)
+    records: list[tuple[str, str]] = []
+    header: str | None = None
+    chunks: list[str] = []
+    for number, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
+        if line.startswith(">"):
+            if header is not None:
+                records.append((header, "".join(chunks)))
+            header, chunks = line[1:].strip(), []
+        elif line.startswith(";"):
+            continue
+        else:
+            residues = "".join(line.split())
+            if not residues:
+                continue
+            if header is None:
+                raise ValueError(
+                    f"read_fasta: {name} line {number} holds sequence data before any '>' header: "
+                    f"{line[:40]!r}"
+                )
+            chunks.append(residues)
+    if header is not None:
+        records.append((header, "".join(chunks)))
+    return records
+
+
+def write_fasta(
+    records: Iterable[tuple[str, str]],
+    path: str | os.PathLike | IO,
+    line_width: int | None = 60,
+) -> None:
+    """Write `(header, sequence)` records as FASTA (gzip-compressed when `path` ends in `.gz`).
+
+    Args:
+        records: `(header, sequence)` pairs; the header is written after `>`.
+        path: a file path, or an open text file.
+        line_width: residues per line; None or 0 writes each sequence on one line.
+
+    Raises:
+        ValueError: a header or sequence containing a line break. (Headers with surrounding
+            whitespace and sequences with inner whitespace read back stripped.)
+
+    Example:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> write_fasta([("a", "MKTAYI")], out, line_width=4)
+        >>> out.getvalue()
+        '>a\\nMKTA\\nYI\\n'
+    """
+    if line_width is not None and (isinstance(line_width, bool) or line_width < 0):
+        raise ValueError(f"write_fasta: line_width={line_width!r} must be None or >= 0")
+    lines = []
+    for k, record in enumerate(records):
+        if not (isinstance(record, (tuple, list)) and len(record) == 2):
+            raise TypeError(f"write_fasta: record {k} is not a (header, sequence) pair: {record!r}")
+        header, seq = record
+        if not isinstance(header, str) or not isinstance(seq, str):
+            raise TypeError(f"write_fasta: record {k} must hold two str, got {record!r}")
+        if any(c in header or c in seq for c in "\r\n"):
+            raise ValueError(f"write_fasta: record {k} ({header[:40]!r}) contains a line break")
+        lines.append(f">{header}\n")
+        if line_width:
+            lines.extend(seq[i : i + line_width] + "\n" for i in range(0, len(seq), line_width))
+        elif seq:
+            lines.append(seq + "\n")
+    text = "".join(lines)
+    if hasattr(path, "write"):
+        path.write(text)
+        return
+    name = os.fspath(path)
+    if name.endswith(".gz"):
+        with gzip.open(name, "wt", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+    else:
+        with open(name, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+
+
+__all__ = ["read_fasta", "write_fasta"]
