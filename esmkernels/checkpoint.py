@@ -624,10 +624,15 @@ def _load_fair_esm(path: Path) -> tuple[EsmConfig, dict[str, Tensor], str]:
     if fmt == "fair-esm-args":
         # fair-esm zeroes the <mask> embedding of ESM-1b/1v when it loads them (pretrained.py,
         # "for token drop"); transformers' converted files carry that zero row too.
-        words = state["esm.embeddings.word_embeddings.weight"].clone()
+        # In fair-esm the LM head shares that tensor, so its row is zeroed as well.
+        old = state["esm.embeddings.word_embeddings.weight"]
+        words = old.clone()
         if words.shape[0] > _FAIR_MASK:
             words[_FAIR_MASK] = 0
         state["esm.embeddings.word_embeddings.weight"] = words
+        decoder = state.get("lm_head.decoder.weight")
+        if decoder is not None and decoder.shape == old.shape and torch.equal(decoder, old):
+            state["lm_head.decoder.weight"] = words
     regression = path.with_name(path.stem + "-contact-regression.pt")
     if regression.is_file():
         state.update(_read_regression(regression))
