@@ -131,7 +131,8 @@ class InvariantPointAttention(nn.Module):
 
         # Logits [B, H, N, N] (Alg. 22 line 7, with w_L = sqrt(1/3) over the three terms).
         b = self.linear_b(z)  # [B, N, N, H]
-        logits = torch.einsum("bihc,bjhc->bhij", q.float(), k.float())
+        acc = torch.promote_types(q.dtype, torch.float32)  # fp32 logits, float64 stays float64
+        logits = torch.einsum("bihc,bjhc->bhij", q.to(acc), k.to(acc))
         logits = logits * math.sqrt(1.0 / (3 * c))
         logits = logits + math.sqrt(1.0 / 3) * b.permute(0, 3, 1, 2)
         # Point term: -gamma_h * w_C / 2 * sum_p |q_p - k_p|^2, w_C = sqrt(2 / (9 P_q)).
