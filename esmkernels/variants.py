@@ -1,0 +1,210 @@
+"""Zero-shot variant effect scores from a masked language model (ESM-1v usage).
+
+Meier et al. 2021, "Language models enable zero-shot prediction of the effects of mutations on
+protein function", score a mutation x_i -> m at position i by a log-likelihood ratio. For a
+multi-mutant the marginal methods sum the per-site scores over its set of mutated sites M:
+
+* "masked-marginals": sum_{i in M} log p(x_i = m_i | x_{-i}) - log p(x_i = wt_i | x_{-i}),
+  with position i replaced by `<mask>` in the wild type (one forward per mutated site; the
+  paper's best-performing method).
+* "wt-marginals": the same with the unmasked wild type as input (one forward in total).
+* "pseudo-ppl": PLL(mutant) - PLL(wild type), PLL(s) = sum_i log p(s_i | s_{-i}) with each
+  position masked in turn (Salazar et al. 2020): one forward per position per distinct sequence.
+
+Mutations are written `<wt><position><mut>` with 1-based positions ("A42G"); multi-mutants join
+them with ":" ("A42G:S50T"). The wild-type letter is checked against the sequence.
+
+This module works with any masked LM whose call `model(input_ids=..., attention_mask=...)`
+returns logits `[B, L, V]` (an output with `.logits`, a dict with "logits", or a tuple whose first
+element is the logits): the esmkernels fast and reference classes, or transformers' ESM. It is a
+foundation module: it imports nothing from `models/`, `ops/` or `reference/`.
+
+Example:
+    >>> from esmkernels.tokenization import EsmTokenizer
+    >>> score_variants(model, EsmTokenizer(), "MKTAYIAK", ["K2A", "T3G:A4C"])  # doctest: +SKIP
+    tensor([-1.2031, -3.0245])
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+METHODS = ("masked-marginals", "wt-marginals", "pseudo-ppl")
+_MUTATION = re.compile(r"^([A-Za-z])(\d+)([A-Za-z])$")
+
+
+def parse_mutations(sequence: str, mutant: str) -> list[tuple[int, str, str]]:
+    """Parse "A42G" or "A42G:S50T" into [(0-based index, wild type, mutant)], checked.
+
+    Raises ValueError naming the mutation when the format is wrong, the position is outside the
+    sequence, a site repeats, or the wild-type letter differs from the sequence (the actual
+    residue is named).
+
+    Example:
+        >>> parse_mutations("MKTAY", "K2A:Y5W")
+        [(1, 'K', 'A'), (4, 'Y', 'W')]
+    """
+    if not isinstance(mutant, str):
+        raise TypeError(f"a mutation must be a str like 'A42G', got {type(mutant).__name__}")
+    sites: list[tuple[int, str, str]] = []
+    for part in mutant.split(":"):
+        found = _MUTATION.match(part.strip())
+        if found is None:
+            raise ValueError(
+                f"mutation {mutant!r}: cannot parse {part!r}; expected <wt><position><mut> with "
+                "a 1-based position, e.g. 'A42G', and ':' between sites"
+            )
+        wt, pos, mt = found.group(1).upper(), int(found.group(2)), found.group(3).upper()
+        if not 1 <= pos <= len(sequence):
+            raise ValueError(
+                f"mutation {mutant!r}: position {pos} is outside the sequence (1..{len(sequence)})"
+            )
+        if sequence[pos - 1] != wt:
+            raise ValueError(
+                f"mutation {mutant!r}: the wild type at position {pos} is "
+                f"{sequence[pos - 1]!r}, not {wt!r}"
+            )
+        if any(i == pos - 1 for i, _, _ in sites):
+            raise ValueError(f"mutation {mutant!r}: position {pos} is mutated twice")
+        sites.append((pos - 1, wt, mt))
+    return sites
+
+
+def _logits(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    if isinstance(out, dict):
+        return out["logits"]
+    if hasattr(out, "logits"):
+        return out.logits
+    return out[0]
+
+
+def _log_probs_at(
+    model: Any, tokens: torch.Tensor, rows: list[tuple[int, int]], batch_size: int, mask_id: int
+) -> torch.Tensor:
+    """log p at token position t of sequence s with t masked, for every (s, t) in rows.
+
+    tokens: [S, L] token ids (equal lengths). Returns [len(rows), V] fp32 log-probabilities,
+    computed `batch_size` masked copies per forward.
+    """
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        seq = torch.tensor([s for s, _ in chunk], device=tokens.device)
+        pos = torch.tensor([t for _, t in chunk], device=tokens.device)
+        batch = tokens[seq].clone()
+        batch[torch.arange(len(chunk), device=tokens.device), pos] = mask_id
+        logits = _logits(model, batch)[torch.arange(len(chunk), device=tokens.device), pos]
+        out.append(logits.float().log_softmax(-1))
+    return torch.cat(out)
+
+
+def score_variants(
+    model: Any,
+    tokenizer: Any,
+    sequence: str,
+    mutations: str | Sequence[str],
+    method: str = "masked-marginals",
+    *,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Log-likelihood-ratio scores of mutations of `sequence` under a masked LM.
+
+    Args:
+        model: a masked LM (see the module docstring); it is run in eval mode under no_grad and
+            its training flag is restored afterwards.
+        tokenizer: an ESM tokenizer (`esmkernels.EsmTokenizer` or transformers'): one token per
+            residue, `<cls>` first, `<eos>` last.
+        sequence: the wild type, one letter per residue.
+        mutations: one mutation or a list of them, "A42G" or "A42G:S50T" (1-based positions).
+        method: "masked-marginals" (default), "wt-marginals" or "pseudo-ppl" (module docstring).
+        batch_size: masked copies per forward pass.
+
+    Returns:
+        [N] float32 on the CPU, N = number of mutations; higher means more likely than the wild
+        type. Scores are log-probability differences (natural log).
+
+    Example:
+        >>> score_variants(model, tok, "MKTAYIAK", "K2A")  # doctest: +SKIP
+        tensor([-1.2031])
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {METHODS}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(sequence, str) or not sequence:
+        raise ValueError(f"sequence must be a non-empty str, got {sequence!r}")
+    mutations = [mutations] if isinstance(mutations, str) else list(mutations)
+    parsed = [parse_mutations(sequence, m) for m in mutations]
+
+    ids = tokenizer(sequence, return_tensors="pt")["input_ids"]
+    letters = {a for a in sequence} | {mt for sites in parsed for _, _, mt in sites}
+    vocab = tokenizer.get_vocab()
+    unknown = sorted(a for a in letters if a not in vocab)
+    if unknown:
+        raise ValueError(f"residue letter(s) {unknown} are not in the tokenizer's vocabulary")
+    aa = {a: vocab[a] for a in letters}
+    if ids.shape != (1, len(sequence) + 2) or ids[0, 1:-1].tolist() != [aa[a] for a in sequence]:
+        raise ValueError(
+            "the tokenizer must give <cls>, one token per residue, <eos>; got "
+            f"{ids.shape[-1]} tokens for {len(sequence)} residues"
+        )
+    if not parsed:
+        return torch.zeros(0)
+    params = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    device = params.device if params is not None else torch.device("cpu")
+    wt = ids.to(device)  # [1, L + 2]; residue i (0-based) is token i + 1
+
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        with torch.no_grad():
+            if method == "pseudo-ppl":
+                scores = _pseudo_ppl(model, wt, parsed, aa, batch_size, tokenizer.mask_token_id)
+            else:
+                scores = _marginals(model, wt, parsed, aa, method, batch_size, tokenizer)
+    finally:
+        if was_training and hasattr(model, "train"):
+            model.train(True)
+    return scores.float().cpu()
+
+
+def _marginals(model, wt, parsed, aa, method, batch_size, tokenizer) -> torch.Tensor:
+    sites = sorted({i for sites in parsed for i, _, _ in sites})
+    if method == "wt-marginals":
+        lp = _logits(model, wt)[0].float().log_softmax(-1)  # [L + 2, V]
+        table = dict(zip(sites, lp[[i + 1 for i in sites]].double().cpu().tolist()))
+    else:
+        rows = [(0, i + 1) for i in sites]
+        lp = _log_probs_at(model, wt, rows, batch_size, tokenizer.mask_token_id)
+        table = dict(zip(sites, lp.double().cpu().tolist()))
+    scores = [sum(table[i][aa[mt]] - table[i][aa[w]] for i, w, mt in s) for s in parsed]
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+def _pseudo_ppl(model, wt, parsed, aa, batch_size, mask_id) -> torch.Tensor:
+    # Distinct sequences: index 0 is the wild type; each mutant maps to its sequence's index.
+    keys = [()] + sorted({tuple(sorted((i, mt) for i, _, mt in s)) for s in parsed} - {()})
+    tokens = wt.repeat(len(keys), 1)
+    for s, key in enumerate(keys):
+        for i, mt in key:
+            tokens[s, i + 1] = aa[mt]
+    L = wt.shape[1] - 2
+    rows = [(s, t) for s in range(len(keys)) for t in range(1, L + 1)]
+    lp = _log_probs_at(model, tokens, rows, batch_size, mask_id)  # [S * L, V]
+    seq = torch.tensor([s for s, _ in rows], device=lp.device)
+    pos = torch.tensor([t for _, t in rows], device=lp.device)
+    picked = lp.gather(1, tokens.to(lp.device)[seq, pos][:, None])[:, 0]
+    pll = picked.double().view(len(keys), L).sum(1)
+    index = {key: s for s, key in enumerate(keys)}
+    return torch.stack(
+        [pll[index[tuple(sorted((i, mt) for i, _, mt in s))]] - pll[0] for s in parsed]
+    )
+
+
+__all__ = ["METHODS", "parse_mutations", "score_variants"]

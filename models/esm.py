@@ -1,0 +1,346 @@
+"""Fast ESM-1b / ESM-1v / ESM-2 language models: the reference modules with kernel cores.
+
+Classes (same names, constructor, `forward` signature, outputs, state-dict keys and loaders as
+`esmkernels.reference.esm`, which they subclass): `EsmModel`, `EsmForMaskedLM`,
+`EsmForSequenceClassification`, `EsmForTokenClassification`. Every non-kernel part (embeddings,
+heads, pooler, contact head, checkpoint I/O, input validation) is the reference's own code; this
+module overrides only:
+
+* `EsmLayerNorm.forward` -> `esmkernels.ops.layer_norm.layer_norm` (fused, fp32 statistics);
+* `EsmSelfAttention.attend` -> `esmkernels.ops.rotary_attention.rotary_attention` (fused rotary
+  flash attention; no rotary for absolute-position ESM-1b / ESM-1v);
+* `EsmEncoder.forward` -> unpadding around the reference layer loop.
+
+Unpadding. After the (padded) embeddings, the real tokens (attention_mask != 0) of a `[B, L, C]`
+batch are gathered into `[1, T, C]`, T = number of real tokens, and every layer (LayerNorms,
+projections, feed-forward, varlen attention over `cu_seqlens`) runs on those T tokens only; the
+last hidden state (and every `hidden_states` entry) is scattered back to `[B, L, C]` at the end.
+Rotary positions are each token's column in the padded input (or the caller's `position_ids`), so
+results equal the reference for any mask, left padding and holes included. Positions that are
+padding hold **zeros** in the fast models' hidden states (the reference holds values computed
+from padding there, which mean nothing); heads run on the re-padded states, so logits at padding
+are the head applied to zeros. Losses are unaffected when padding labels are -100, as data
+collators make them.
+
+Exact path. A call with `output_attentions=True` (also `predict_contacts`) runs padded through the
+reference attention (`reference.functional.rotary_attention`), for that call only, so the
+returned probability maps are the reference's. So does training with attention dropout > 0
+(`attention_probs_dropout_prob`): the kernels have no dropout, and that call is as slow as the
+reference. LayerNorm kernels are used in both cases.
+
+Backends. `backend=None | "auto" | "triton" | "torch"` (constructor keyword, or the `backend`
+attribute at any time; None reads the environment variable `ESMKERNELS_BACKEND`) is passed to
+every op call. "torch" is the plain-PyTorch path of each op (works on CPU).
+
+Precision: `from_pretrained(..., dtype=torch.bfloat16)`, `.to(dtype)` and autocast work; LayerNorm
+statistics, softmax statistics and rotary angles are fp32 inside the ops.
+
+Training: gradients flow through every kernel; `gradient_checkpointing_enable()` recomputes each
+packed layer in the backward pass (torch.utils.checkpoint, non-reentrant).
+
+Example:
+    >>> import torch
+    >>> from esmkernels import EsmConfig
+    >>> from esmkernels.models.esm import EsmForMaskedLM
+    >>> cfg = EsmConfig(vocab_size=33, pad_token_id=1, mask_token_id=32, hidden_size=32,
+    ...                 num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    ...                 position_embedding_type="rotary", token_dropout=True)
+    >>> model = EsmForMaskedLM(cfg, backend="torch").eval()
+    >>> tokens = torch.tensor([[0, 5, 32, 7, 2], [0, 8, 9, 2, 1]])
+    >>> model(tokens).logits.shape
+    torch.Size([2, 5, 33])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from esmkernels.ops._dispatch import BACKENDS
+from esmkernels.ops.layer_norm import layer_norm
+from esmkernels.ops.rotary_attention import rotary_attention
+from esmkernels.reference import esm as ref
+from esmkernels.reference import esm_layers as ref_layers
+from esmkernels.tokenization import EsmTokenizer
+from esmkernels.variants import score_variants as _score_variants
+
+
+def check_backend(backend: str | None) -> str | None:
+    """Return `backend` if it is None or one of "auto" / "triton" / "torch", else raise."""
+    if backend is not None and (not isinstance(backend, str) or backend.lower() not in BACKENDS):
+        raise ValueError(f"backend={backend!r} is not None or one of {BACKENDS}")
+    return None if backend is None else backend.lower()
+
+
+@dataclass
+class PackedBatch:
+    """Where the real tokens of a padded `[B, L]` batch sit once packed to `[T]`.
+
+    Passed down the reference layers in place of the attention mask, so `EsmSelfAttention.attend`
+    knows to run varlen attention.
+
+    Fields:
+        indices: [T] int64 flat indices (b * L + l) of the real tokens, row-major.
+        cu_seqlens: [B + 1] int32 offsets of each sequence in the packed tokens.
+        max_seqlen: the longest sequence (python int).
+        position_ids: [T] rotary positions (column index, or the caller's ids), None without
+            rotary.
+        shape: (B, L) of the padded batch.
+    """
+
+    indices: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    position_ids: torch.Tensor | None
+    shape: tuple[int, int]
+
+    @classmethod
+    def from_mask(
+        cls, attention_mask: torch.Tensor, position_ids: torch.Tensor | None, rotary: bool
+    ) -> PackedBatch:
+        """attention_mask [B, L] (1 = keep); position_ids [B, L] / [1, L] rotary ids or None."""
+        keep = attention_mask.ne(0)
+        B, L = keep.shape
+        lengths = keep.sum(1, dtype=torch.int32)
+        cu_seqlens = torch.zeros(B + 1, dtype=torch.int32, device=keep.device)
+        cu_seqlens[1:] = lengths.cumsum(0)
+        indices = keep.reshape(-1).nonzero().squeeze(1)
+        positions = None
+        if rotary:
+            if position_ids is None:
+                positions = indices % L
+            else:
+                positions = position_ids.expand(B, L).reshape(-1).index_select(0, indices)
+        return cls(indices, cu_seqlens, int(lengths.max()), positions, (B, L))
+
+    @property
+    def all_kept(self) -> bool:
+        return self.indices.numel() == self.shape[0] * self.shape[1]
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, C] -> [1, T, C] (real tokens only)."""
+        return x.reshape(-1, x.shape[-1]).index_select(0, self.indices)[None]
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """[1, T, C] -> [B, L, C], zeros at padding."""
+        B, L = self.shape
+        flat = x.new_zeros(B * L, x.shape[-1]).index_copy(0, self.indices, x[0])
+        return flat.view(B, L, x.shape[-1])
+
+
+class EsmLayerNorm(ref_layers.EsmLayerNorm):
+    """The reference LayerNorm (same parameters) computed by the fused kernel.
+
+    x: [..., C] -> [..., C] in x.dtype, fp32 statistics."""
+
+    backend: str | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm(x, self.weight, self.bias, self.eps, backend=self.backend)
+
+
+class EsmSelfAttention(ref_layers.EsmSelfAttention):
+    """The reference self-attention (same projections) whose core is the fused kernel."""
+
+    backend: str | None = None
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_padding_mask: torch.Tensor | PackedBatch | None,
+        position_ids: torch.Tensor | None,
+        output_attentions: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As `reference.esm_layers.EsmSelfAttention.attend`, plus the packed mode.
+
+        Packed: key_padding_mask is a `PackedBatch` and q, k, v are [1, T, H, D]; attention runs
+        per sequence over `cu_seqlens`. Padded with probabilities requested or attention dropout
+        active: the reference core. Otherwise the padded kernel.
+        """
+        exact = output_attentions or (self.training and self.dropout_prob > 0)
+        inv_freq = None if self.rotary_embeddings is None else self.rotary_embeddings.inv_freq
+        inv_freq = None if inv_freq is None else inv_freq.float()
+        if isinstance(key_padding_mask, PackedBatch):
+            if exact:
+                raise RuntimeError(
+                    "internal: packed attention cannot return probabilities or apply dropout"
+                )
+            pack = key_padding_mask
+            out = rotary_attention(
+                q[0],
+                k[0],
+                v[0],
+                inv_freq=inv_freq,
+                position_ids=pack.position_ids,
+                cu_seqlens=pack.cu_seqlens,
+                max_seqlen=pack.max_seqlen,
+                backend=self.backend,
+            )
+            return out[None], None
+        if exact:
+            return super().attend(q, k, v, key_padding_mask, position_ids, output_attentions)
+        out = rotary_attention(
+            q,
+            k,
+            v,
+            inv_freq=inv_freq,
+            position_ids=position_ids,
+            key_padding_mask=key_padding_mask,
+            backend=self.backend,
+        )
+        return out, None
+
+
+class EsmEncoder(ref_layers.EsmEncoder):
+    """The reference layer stack, run on packed real tokens (see the module docstring).
+
+    Set `unpad = False` on an instance to run padded (the kernels with a key mask) instead.
+    """
+
+    unpad: bool = True
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        """hidden_states [B, L, C] padded -> (last [B, L, C], hidden states, attentions), as the
+        reference; positions that are padding hold zeros when the batch was unpadded."""
+        core = self.layer[0].attention.self if len(self.layer) else None
+        dropout = self.training and core is not None and core.dropout_prob > 0
+        if output_attentions or dropout or not self.unpad or attention_mask is None:
+            return super().forward(
+                hidden_states, attention_mask, position_ids, output_attentions, output_hidden_states
+            )
+        rotary = core is not None and core.rotary_embeddings is not None
+        pack = PackedBatch.from_mask(attention_mask, position_ids, rotary)
+        if pack.all_kept:  # nothing to remove: the padded kernel needs no mask and no gather
+            return super().forward(hidden_states, None, position_ids, False, output_hidden_states)
+        h, hidden, _ = super().forward(
+            pack.unpad(hidden_states), pack, None, False, output_hidden_states
+        )
+        hidden = None if hidden is None else tuple(pack.pad(t) for t in hidden)
+        return pack.pad(h), hidden, None
+
+
+class _FastMixin:
+    """Kernel module classes for the reference constructors, and the `backend` switch."""
+
+    layer_norm_cls = EsmLayerNorm
+    self_attention_cls = EsmSelfAttention
+
+    def _init_backend(self, backend: str | None) -> None:
+        self.backend = backend
+
+    @classmethod
+    def from_pretrained(cls, path_or_id, *args, backend: str | None = None, **kwargs):
+        """`PreTrainedMixin.from_pretrained`, plus `backend` for the loaded model."""
+        check_backend(backend)
+        model = super().from_pretrained(path_or_id, *args, **kwargs)
+        model.backend = backend
+        return model
+
+    @property
+    def backend(self) -> str | None:
+        """The backend every op of this model is called with (None: env ESMKERNELS_BACKEND)."""
+        return self.__dict__.get("_backend")
+
+    @backend.setter
+    def backend(self, value: str | None) -> None:
+        value = check_backend(value)
+        for module in self.modules():  # type: ignore[attr-defined]
+            if isinstance(module, _FastMixin):
+                module.__dict__["_backend"] = value
+            elif isinstance(module, (EsmLayerNorm, EsmSelfAttention)):
+                module.backend = value
+
+
+class EsmModel(_FastMixin, ref.EsmModel):
+    """Fast `EsmModel` (kernels, unpadded batches); API as `esmkernels.reference.esm.EsmModel`.
+
+    Args:
+        config: EsmConfig.
+        add_pooling_layer: build the pooler (as the reference).
+        backend: None | "auto" | "triton" | "torch" for every op call.
+
+    Example:
+        >>> model = EsmModel.from_pretrained("facebook/esm2_t6_8M_UR50D")  # doctest: +SKIP
+        >>> model(input_ids, attention_mask=mask).last_hidden_state  # [B, L, C]  # doctest: +SKIP
+    """
+
+    def __init__(self, config, add_pooling_layer: bool = True, *, backend: str | None = None):
+        check_backend(backend)
+        super().__init__(config, add_pooling_layer)
+        # The reference builds its own EsmEncoder; ours adds no state, only `forward` (a hook
+        # `encoder_cls` on the reference would make this unnecessary).
+        if not isinstance(self.encoder, EsmEncoder):
+            self.encoder.__class__ = EsmEncoder
+        self._init_backend(backend)
+
+
+class _FastTaskMixin(_FastMixin):
+    base_model_cls = EsmModel
+
+    def __init__(self, config, *, backend: str | None = None):
+        check_backend(backend)
+        super().__init__(config)
+        self._init_backend(backend)
+
+
+class EsmForMaskedLM(_FastTaskMixin, ref.EsmForMaskedLM):
+    """Fast `EsmForMaskedLM`; API as `esmkernels.reference.esm.EsmForMaskedLM`, plus
+    `score_variants` (ESM-1v scoring)."""
+
+    def score_variants(
+        self,
+        sequence: str,
+        mutations: str | Sequence[str],
+        method: str = "masked-marginals",
+        tokenizer: EsmTokenizer | None = None,
+        batch_size: int = 32,
+    ) -> torch.Tensor:
+        """Log-likelihood-ratio scores of `mutations` (e.g. "A42G", "A42G:S50T") of `sequence`.
+
+        See `esmkernels.variants.score_variants`; `tokenizer` defaults to the ESM vocabulary.
+        Returns [len(mutations)] float32 on the CPU.
+
+        Example:
+            >>> model.score_variants("MKTAYIAK", ["K2A", "T3G:A4C"])  # doctest: +SKIP
+            tensor([-1.2031, -3.0245])
+        """
+        if tokenizer is None:
+            tokenizer = EsmTokenizer()
+            if len(tokenizer) != self.config.vocab_size:
+                raise ValueError(
+                    f"this model has vocab_size={self.config.vocab_size}, the default ESM "
+                    f"tokenizer has {len(tokenizer)} tokens: pass tokenizer="
+                )
+        return _score_variants(self, tokenizer, sequence, mutations, method, batch_size=batch_size)
+
+
+class EsmForSequenceClassification(_FastTaskMixin, ref.EsmForSequenceClassification):
+    """Fast `EsmForSequenceClassification`; API as the reference class."""
+
+
+class EsmForTokenClassification(_FastTaskMixin, ref.EsmForTokenClassification):
+    """Fast `EsmForTokenClassification`; API as the reference class."""
+
+
+__all__ = [
+    "EsmEncoder",
+    "EsmForMaskedLM",
+    "EsmForSequenceClassification",
+    "EsmForTokenClassification",
+    "EsmLayerNorm",
+    "EsmModel",
+    "EsmSelfAttention",
+    "PackedBatch",
+    "check_backend",
+]
