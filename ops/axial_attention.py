@@ -88,6 +88,20 @@ def block_d(d: int) -> int:
 # Kernels
 # ------------------------------------------------------------------------------------------------
 
+# Triton 3.9's interpreter multiplies bf16 operands of tl.dot as their raw uint16 bit patterns.
+# Under the interpreter only, `dot` widens bf16 operands to fp32 first: the same numbers a GPU
+# computes (bf16 products are exact in fp32, accumulation is fp32 on both).
+_WIDEN_BF16_DOT = tl.constexpr(interpreting())
+
+
+@triton.jit
+def dot(a, b):
+    """tl.dot with fp32 accumulation; exact fp32 (no tf32) for fp32 operands."""
+    if _WIDEN_BF16_DOT and a.dtype == tl.bfloat16:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision="ieee")
+
 
 @triton.jit
 def _load_rows(ptr, base, o_rows, stride_rows, o_d, stride_d, m_rows, m_d):
@@ -157,7 +171,7 @@ def _axial_attn_fwd_kernel(
         m_n = o_n < N
         b_k = _load_rows(k_ptr, k_base, o_n, stride_kn, o_d, stride_kd, m_n, m_d)  # [BN, BD]
         b_v = _load_rows(v_ptr, v_base, o_n, stride_vn, o_d, stride_vd, m_n, m_d)  # [BN, BD]
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * qk_scale  # [BM, BN]
+        b_s = dot(b_q, tl.trans(b_k)) * qk_scale  # [BM, BN]
         if HAS_BIAS:
             b_s += _bias_tile(bias_ptr, bias_base, o_m, o_n, stride_biasq, stride_biask, m_m, m_n)
         keep = _key_keep(mask_ptr, mask_base, o_n, stride_maskn, m_n, HAS_MASK)  # [BN]
@@ -168,7 +182,7 @@ def _axial_attn_fwd_kernel(
         b_p = tl.exp2(b_s - b_msafe[:, None])  # [BM, BN]
         b_alpha = tl.exp2(b_mi - b_msafe)
         b_li = b_li * b_alpha + tl.sum(b_p, 1)
-        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision="ieee")
+        b_acc = b_acc * b_alpha[:, None] + dot(b_p.to(b_v.dtype), b_v)
         b_mi = b_mnew
 
     b_empty = b_li == 0.0  # every key masked: zeros out, lse = +inf

@@ -37,6 +37,7 @@ from esmkernels.ops.axial_attention import (
     _key_keep,
     _load_rows,
     block_d,
+    dot,
     empty_like_poisoned,
     mask_as_uint8,
     round_key,
@@ -50,12 +51,12 @@ from esmkernels.ops.axial_attention import (
 @triton.jit
 def _p_ds_tile(b_q, b_k, b_v, b_do, b_lse, b_delta, b_bias, keep, qk_scale, HAS_BIAS: tl.constexpr):
     """Recompute p and ds for one [BM, BN] tile. keep: [BN] or [BM, BN] kept keys."""
-    b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * qk_scale  # [BM, BN]
+    b_s = dot(b_q, tl.trans(b_k)) * qk_scale  # [BM, BN]
     if HAS_BIAS:
         b_s += b_bias
     b_s = tl.where(keep, b_s, float("-inf"))
     b_p = tl.exp2(b_s - b_lse[:, None])  # [BM, BN]; lse = +inf on empty / padding rows -> 0
-    b_dp = tl.dot(b_do, tl.trans(b_v), input_precision="ieee")  # [BM, BN]
+    b_dp = dot(b_do, tl.trans(b_v))  # [BM, BN]
     b_ds = b_p * (b_dp - b_delta[:, None])
     return b_p, b_ds
 
@@ -162,8 +163,8 @@ def _axial_attn_bwd_dkdv_kernel(
         b_p, b_ds = _p_ds_tile(
             b_q, b_k, b_v, b_do, b_lse, b_delta, b_bias, keep[None, :], qk_scale, HAS_BIAS
         )
-        b_dv += tl.dot(tl.trans(b_p.to(b_do.dtype)), b_do, input_precision="ieee")  # [BN, BD]
-        b_dk += tl.dot(tl.trans(b_ds.to(b_q.dtype)), b_q, input_precision="ieee")  # [BN, BD]
+        b_dv += dot(tl.trans(b_p.to(b_do.dtype)), b_do)  # [BN, BD]
+        b_dk += dot(tl.trans(b_ds.to(b_q.dtype)), b_q)  # [BN, BD]
     m_nd = m_n[:, None] & m_d[None, :]
     p_dk = (
         dk_ptr + i_b * stride_dkb + i_r * stride_dkr + i_h * stride_dkh
@@ -226,7 +227,7 @@ def _axial_attn_bwd_dq_kernel(
         _, b_ds = _p_ds_tile(
             b_q, b_k, b_v, b_do, b_lse, b_delta, b_bias, keep[None, :], qk_scale, HAS_BIAS
         )
-        b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision="ieee")  # [BM, BD]
+        b_dq += dot(b_ds.to(b_k.dtype), b_k)  # [BM, BD]
     p_dq = (
         dq_ptr + i_b * stride_dqb + i_r * stride_dqr + i_h * stride_dqh
         + o_m[:, None] * stride_dqn + o_d[None, :] * stride_dqd

@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from esmkernels.ops._dispatch import interpreting, poison_empty, resolve_backend
+from esmkernels.ops.axial_attention import dot
 from esmkernels.reference.esmfold import trunk_functional as ref
 
 # ------------------------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def _linear_tile(b_x, w_ptr, b_ptr, o_in, m_in, o_out, m_out, n_in):
     """b_x [BP, BIN] @ W[o_out, o_in]^T + bias[o_out] -> [BP, BOUT] fp32 (W row-major [out, in])."""
     p_w = w_ptr + o_out[None, :] * n_in + o_in[:, None]
     b_w = tl.load(p_w, mask=m_in[:, None] & m_out[None, :], other=0.0)  # [BIN, BOUT]
-    b_y = tl.dot(b_x, b_w.to(b_x.dtype), input_precision="ieee")  # [BP, BOUT]
+    b_y = dot(b_x, b_w.to(b_x.dtype))  # [BP, BOUT]
     b_bias = tl.load(b_ptr + o_out, mask=m_out, other=0.0).to(tl.float32)  # [BOUT]
     return b_y + b_bias[None, :]
 
@@ -197,7 +198,7 @@ def _trimul_contract_kernel(
             p_b = b_ptr + base + o_k[:, None] * L + o_j[None, :]
         b_a = tl.load(p_a, mask=m_i[:, None] & m_k[None, :], other=0.0)  # [BI, BK]
         b_b = tl.load(p_b, mask=m_k[:, None] & m_j[None, :], other=0.0)  # [BK, BJ]
-        b_acc += tl.dot(b_a, b_b, input_precision="ieee")  # [BI, BJ]
+        b_acc += dot(b_a, b_b)  # [BI, BJ]
     p_x = x_ptr + i_b * stride_xb + (H_OFF + i_h) * stride_xh + o_i[:, None] * L + o_j[None, :]
     tl.store(p_x, b_acc.to(x_ptr.dtype.element_ty), mask=m_i[:, None] & m_j[None, :])
 
