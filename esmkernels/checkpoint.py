@@ -177,7 +177,9 @@ def save_checkpoint(
     too, renaming it to its shared buffer). Tensors are moved to CPU and made contiguous; tensors
     sharing memory are copied (safetensors refuses shared storage). Each file is written to a
     temporary name and moved into place with `os.replace`, so a crash leaves either the old file
-    or the new one, never half of one.
+    or the new one, never half of one. Weights files of the other formats (`model.safetensors`,
+    `pytorch_model.bin`, their shard indices) left by an earlier save are removed afterwards, so
+    they cannot shadow the new file.
 
     Args:
         save_directory: created if missing.
@@ -212,6 +214,12 @@ def save_checkpoint(
         if tmp.exists():
             tmp.unlink()
     config.save_pretrained(directory)
+    # A weights file of another format left from an earlier save would shadow or contradict
+    # the new one (the loader takes the first of _DIR_WEIGHTS it finds).
+    for stale, _ in _DIR_WEIGHTS:
+        if stale != name and (directory / stale).is_file():
+            logger.info("save_checkpoint: removing stale %s", directory / stale)
+            (directory / stale).unlink()
     return directory
 
 

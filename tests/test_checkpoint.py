@@ -77,11 +77,12 @@ def test_safetensors_round_trip_is_lossless_and_drops_tied_duplicate(mlm):
     assert not list(directory.glob(".*.tmp"))
 
 
-def test_bin_round_trip(tmp_path):
+def test_bin_round_trip_replaces_an_older_safetensors_save(tmp_path):
+    randomize(TinyEsmForMaskedLM(tiny_config()), seed=2).save_pretrained(tmp_path)
     model = randomize(TinyEsmForMaskedLM(tiny_config()), seed=1)
     model.save_pretrained(tmp_path, safe_serialization=False)
     assert (tmp_path / "pytorch_model.bin").is_file()
-    assert not (tmp_path / "model.safetensors").exists()
+    assert not (tmp_path / "model.safetensors").exists()  # would otherwise shadow the new file
     _, _, fmt = load_checkpoint(tmp_path)
     assert fmt == "hf-bin"
     _assert_same(_state(model), TinyEsmForMaskedLM.from_pretrained(tmp_path))
@@ -183,7 +184,7 @@ def test_base_checkpoint_into_head_and_head_into_base(tmp_path, mlm):
     assert torch.equal(head.lm_head.decoder.weight, expected["embeddings.word_embeddings.weight"])
 
 
-def test_transformers_v5_layout_star_key_and_gamma_beta(tmp_path, mlm):
+def test_v5_file_layout_star_key_and_gamma_beta(tmp_path, mlm):
     state, directory = mlm
     stored = load_file(directory / "model.safetensors")
     inv = torch.tensor([1.0, 0.5, 0.25, 0.125]).half().float()
@@ -201,6 +202,11 @@ def test_transformers_v5_layout_star_key_and_gamma_beta(tmp_path, mlm):
     v5dir.mkdir()
     save_file(v5, str(v5dir / "model.safetensors"), metadata={"format": "pt"})
     tiny_config().save_pretrained(v5dir)
+
+    _, loaded, _ = load_checkpoint(v5dir)
+    assert set(loaded) == set(stored)  # per-layer inv_freq, LayerNorm.weight / .bias
+    for key, value in loaded.items():
+        assert torch.equal(value, inv if key.endswith("inv_freq") else stored[key]), key
 
     model = TinyEsmForMaskedLM.from_pretrained(v5dir)
     for i, layer in enumerate(model.esm.encoder.layer):
