@@ -1,0 +1,205 @@
+"""fair-esm ESMFold checkpoints (`esmfold_3B_v1.pt`, `esmfold_3B_v0.pt`) -> (EsmConfig, HF keys).
+
+A fair-esm ESMFold file is `{"model": state_dict, "cfg": {"model": cfg}}`. Its `cfg` holds the
+folding head only (`trunk`, `trunk.structure_module` with openfold names `c_s`, `no_blocks`, ...,
+`lddt_head_hid_dim`, ...); its state dict holds every ESMFold weight except the ESM-2 stem, which
+fair-esm loads separately (`esm2_t36_3B_UR50D`). The non-stem key names are already the ones
+transformers uses (`trunk.*`, `esm_s_combine`, `esm_s_mlp.*`, `embedding.*`, `*_head.*`,
+`af2_to_esm`), so they are kept; the structure-module config keys are renamed.
+
+The stem comes from an ESM-2 checkpoint read by `esmkernels.checkpoint.load_checkpoint`, passed
+as `stem=(config, state_dict)`; without it the returned state dict has no `esm.*` keys and the
+config describes ESM-2 3B (ESMFold v0 / v1's stem), so loading needs `strict=False` and leaves the
+stem random.
+
+Files pickled with omegaconf objects (the published ones) cannot be read with
+`torch.load(weights_only=True)`. Convert their cfg to plain containers where the file is
+trusted (`OmegaConf.to_container`) and save again; `convert_fair_esmfold` accepts plain dicts,
+`argparse.Namespace`s and any mapping-like object.
+
+Example:
+    >>> data = torch.load("esmfold_3B_v1_plain.pt", weights_only=True)  # doctest: +SKIP
+    >>> stem = load_checkpoint("esm2_t36_3B_UR50D.pt")[:2]  # doctest: +SKIP
+    >>> config, state_dict = convert_fair_esmfold(data, stem=stem)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from esmkernels.checkpoint import torch_load_safe
+from esmkernels.configuration import (
+    ESM_VOCAB,
+    EsmConfig,
+    EsmFoldConfig,
+    StructureModuleConfig,
+    TrunkConfig,
+)
+
+# openfold / fair-esm structure-module config names -> transformers' names.
+STRUCTURE_MODULE_KEYS = {
+    "c_s": "sequence_dim",
+    "c_z": "pairwise_dim",
+    "c_ipa": "ipa_dim",
+    "c_resnet": "resnet_dim",
+    "no_heads_ipa": "num_heads_ipa",
+    "no_qk_points": "num_qk_points",
+    "no_v_points": "num_v_points",
+    "dropout_rate": "dropout_rate",
+    "no_blocks": "num_blocks",
+    "no_transition_layers": "num_transition_layers",
+    "no_resnet_blocks": "num_resnet_blocks",
+    "no_angles": "num_angles",
+    "trans_scale_factor": "trans_scale_factor",
+    "epsilon": "epsilon",
+    "inf": "inf",
+}
+
+# ESM-2 3B (esm2_t36_3B_UR50D), the stem of ESMFold v0 and v1, in transformers' config keys.
+ESM2_3B_STEM = {
+    "vocab_size": 33,
+    "mask_token_id": 32,
+    "pad_token_id": 1,
+    "hidden_size": 2560,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 40,
+    "intermediate_size": 10240,
+    "max_position_embeddings": 1026,
+    "layer_norm_eps": 1e-5,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+    "position_embedding_type": "rotary",
+    "emb_layer_norm_before": False,
+    "token_dropout": True,
+}
+
+
+def _plain(obj: Any) -> Any:
+    """Nested config object (dict, Namespace, omegaconf-like mapping) -> nested dicts."""
+    if isinstance(obj, argparse.Namespace):
+        obj = vars(obj)
+    if isinstance(obj, Mapping) or (hasattr(obj, "items") and hasattr(obj, "keys")):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def is_fair_esmfold(data: Any) -> bool:
+    """True when `data` (a loaded `.pt` object) looks like a fair-esm ESMFold checkpoint."""
+    if not isinstance(data, Mapping) or "model" not in data or "cfg" not in data:
+        return False
+    model = data["model"]
+    return isinstance(model, Mapping) and any(str(k).startswith("trunk.") for k in model)
+
+
+def esmfold_config_from_fair(cfg: Any, stem_config: EsmConfig | None = None) -> EsmConfig:
+    """`EsmConfig` (is_folding_model=True) from a fair-esm ESMFold `cfg["model"]`.
+
+    Unknown keys are ignored (fair-esm's `_name` markers and training-only options); the stem
+    part comes from `stem_config`, else ESM-2 3B.
+    """
+    cfg = _plain(cfg)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("trunk"), dict):
+        raise ValueError(
+            "not a fair-esm ESMFold config: cfg['model'] has no 'trunk' section "
+            f"(keys: {sorted(cfg) if isinstance(cfg, dict) else type(cfg).__name__})"
+        )
+    trunk = dict(cfg["trunk"])
+    sm_in = trunk.pop("structure_module", None) or {}
+    sm = {}
+    for key, value in sm_in.items():
+        if key in STRUCTURE_MODULE_KEYS:
+            sm[STRUCTURE_MODULE_KEYS[key]] = value
+        elif key in StructureModuleConfig.defaults:
+            sm[key] = value
+    trunk = {k: v for k, v in trunk.items() if k in TrunkConfig.defaults}
+    trunk["structure_module"] = sm
+    fold = {k: v for k, v in cfg.items() if k in EsmFoldConfig.defaults and k != "trunk"}
+    fold["trunk"] = trunk
+    if fold.get("use_esm_attn_map"):
+        raise ValueError(
+            "fair-esm ESMFold config uses use_esm_attn_map=True, which no public model does and we do not support"
+        )
+
+    stem = dict(ESM2_3B_STEM) if stem_config is None else stem_config.to_dict()
+    stem.update(is_folding_model=True, esmfold_config=fold, vocab_list=list(ESM_VOCAB))
+    stem.pop("model_type", None)
+    stem.pop("architectures", None)
+    return EsmConfig(**stem)
+
+
+def convert_fair_esmfold(
+    data: Mapping[str, Any],
+    stem: tuple[EsmConfig, Mapping[str, torch.Tensor]] | None = None,
+) -> tuple[EsmConfig, dict[str, torch.Tensor]]:
+    """A loaded fair-esm ESMFold checkpoint -> `(EsmConfig, HF-named state dict)`.
+
+    Args:
+        data: `{"model": state_dict, "cfg": {"model": cfg}}` as `torch.load` returns it.
+        stem: `(config, state_dict)` of the ESM-2 language model (what
+            `esmkernels.checkpoint.load_checkpoint` returns for `esm2_t36_3B_UR50D.pt` or
+            `facebook/esm2_t36_3B_UR50D`); its keys, with or without the `esm.` prefix, become
+            `esm.*`; its masked-LM head (`lm_head.*`) is dropped.
+
+    Returns:
+        The folding-model config and the state dict for `EsmForProteinFolding`.
+
+    Raises:
+        ValueError: `data` is not an ESMFold checkpoint (no `trunk.*` weights or no trunk
+            config), or it stores its own stem under fair-esm names.
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"not a fair-esm ESMFold checkpoint: expected a dict, got {type(data).__name__}"
+        )
+    if not is_fair_esmfold(data):
+        keys = sorted(data)[:8]
+        raise ValueError(
+            "not a fair-esm ESMFold checkpoint: it needs 'cfg' and a 'model' state dict with "
+            f"trunk.* weights (top-level keys: {keys}); ESM-2 language models load with "
+            "EsmModel / EsmForMaskedLM"
+        )
+    cfg = _plain(data["cfg"])
+    model_cfg = cfg.get("model", cfg) if isinstance(cfg, dict) else cfg
+    config = esmfold_config_from_fair(model_cfg, None if stem is None else stem[0])
+
+    state_dict: dict[str, torch.Tensor] = {}
+    for key, value in data["model"].items():
+        if key.startswith("esm."):
+            if key.startswith(("esm.embed_tokens.", "esm.layers.")):
+                raise ValueError(
+                    "this ESMFold file stores its ESM-2 stem under fair-esm names "
+                    f"({key!r}); save the stem separately and pass it as stem=(config, state_dict)"
+                )
+            continue
+        state_dict[key] = value
+    if stem is not None:
+        for key, value in stem[1].items():
+            if key.startswith("lm_head.") or key.startswith("esm.lm_head."):
+                continue
+            state_dict[key if key.startswith("esm.") else "esm." + key] = value
+    return config, state_dict
+
+
+def load_fair_esmfold(
+    path: str | os.PathLike,
+    stem: tuple[EsmConfig, Mapping[str, torch.Tensor]] | None = None,
+) -> tuple[EsmConfig, dict[str, torch.Tensor]]:
+    """Read a fair-esm ESMFold `.pt` (weights-only unpickling) and convert it; see above."""
+    return convert_fair_esmfold(torch_load_safe(path), stem=stem)
+
+
+__all__ = [
+    "ESM2_3B_STEM",
+    "STRUCTURE_MODULE_KEYS",
+    "convert_fair_esmfold",
+    "esmfold_config_from_fair",
+    "is_fair_esmfold",
+    "load_fair_esmfold",
+]
