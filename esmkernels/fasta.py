@@ -104,8 +104,9 @@ def write_fasta(
         line_width: residues per line; None or 0 writes each sequence on one line.
 
     Raises:
-        ValueError: a header or sequence containing a line break. (Headers with surrounding
-            whitespace and sequences with inner whitespace read back stripped.)
+        ValueError: a header or sequence containing a line break, or a sequence line that would
+            start with `>` or `;` (it would read back as a header or a comment). Headers with
+            surrounding whitespace and sequences with inner whitespace read back stripped.
 
     Example:
         >>> import io
@@ -126,10 +127,15 @@ def write_fasta(
         if any(c in header or c in seq for c in "\r\n"):
             raise ValueError(f"write_fasta: record {k} ({header[:40]!r}) contains a line break")
         lines.append(f">{header}\n")
-        if line_width:
-            lines.extend(seq[i : i + line_width] + "\n" for i in range(0, len(seq), line_width))
-        elif seq:
-            lines.append(seq + "\n")
+        step = line_width or max(len(seq), 1)
+        for i in range(0, len(seq), step):
+            if seq[i] in ">;":
+                raise ValueError(
+                    f"write_fasta: record {k} ({header[:40]!r}) would have a sequence line "
+                    f"starting with {seq[i]!r} (read back as a header or comment); try "
+                    "line_width=None"
+                )
+            lines.append(seq[i : i + step] + "\n")
     text = "".join(lines)
     if hasattr(path, "write"):
         path.write(text)

@@ -47,6 +47,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import operator
@@ -115,6 +116,19 @@ class BatchEncoding(dict):
         return self
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    # Building ~1e5 lists makes the cyclic GC rescan every list built so far, over and over
+    # (3-5x slower); lists of ints hold no cycles, so pause it.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _read_vocab_file(path: str | os.PathLike) -> list[str]:
     with open(path, encoding="utf-8") as f:
         return [line.strip() for line in f.read().splitlines()]
@@ -167,6 +181,14 @@ class EsmTokenizer:
         'M K'
     """
 
+    # Set from the vocabulary: `cls_token`, `pad_token`, `eos_token`, `unk_token`, `mask_token`
+    # (strings) and `cls_token_id`, `pad_token_id`, ... (ints).
+    cls_token_id: int
+    pad_token_id: int
+    eos_token_id: int
+    unk_token_id: int
+    mask_token_id: int
+
     vocab_files_names = {"vocab_file": VOCAB_FILE_NAME}
     model_input_names = ["input_ids", "attention_mask"]
     padding_side = "right"
@@ -203,7 +225,9 @@ class EsmTokenizer:
         for attr, token in self._SPECIAL:
             if token not in seen:
                 raise ValueError(f"{source}: the vocabulary lacks the special token {token!r}")
+            # cls_token / cls_token_id, ... as plain attributes, as in transformers.
             setattr(self, attr, token)
+            setattr(self, attr + "_id", seen[token])
         self._tokens = tuple(tokens)
         self._token_to_id = seen
         self._special_ids = frozenset(seen[t] for _, t in self._SPECIAL)
@@ -250,26 +274,6 @@ class EsmTokenizer:
     @property
     def all_special_ids(self) -> list[int]:
         return [self._token_to_id[token] for _, token in self._SPECIAL]
-
-    @property
-    def cls_token_id(self) -> int:
-        return self._token_to_id[self.cls_token]
-
-    @property
-    def eos_token_id(self) -> int:
-        return self._token_to_id[self.eos_token]
-
-    @property
-    def pad_token_id(self) -> int:
-        return self._token_to_id[self.pad_token]
-
-    @property
-    def unk_token_id(self) -> int:
-        return self._token_to_id[self.unk_token]
-
-    @property
-    def mask_token_id(self) -> int:
-        return self._token_to_id[self.mask_token]
 
     def __repr__(self) -> str:
         return (
@@ -633,6 +637,11 @@ class EsmTokenizer:
             raise ValueError(
                 "EsmTokenizer: padding='max_length' needs max_length (or model_max_length)"
             )
+        if trunc and pad_mode and multiple and max_length is not None and max_length % multiple:
+            raise ValueError(
+                f"EsmTokenizer: truncating to max_length={max_length} and padding to a multiple "
+                f"of pad_to_multiple_of={multiple} contradict each other"
+            )
         if trunc and max_length is not None and max_length < n_special:
             raise ValueError(
                 f"EsmTokenizer: max_length={max_length} leaves no room for the {n_special} "
@@ -658,11 +667,12 @@ class EsmTokenizer:
             target = max_length
         if target is not None and multiple is not None:
             target = -(-target // multiple) * multiple
+        args = (flat, counts, add_special_tokens, target, return_attention_mask)
         if return_tensors is None:
-            pack = self._pack_lists
+            with _gc_paused():
+                enc = self._pack_lists(*args)
         else:
-            pack = self._pack_arrays
-        enc = pack(flat, counts, add_special_tokens, target, return_attention_mask)
+            enc = self._pack_arrays(*args)
         if return_tensors == "pt":
             import torch
 
@@ -713,26 +723,6 @@ class EsmTokenizer:
         return_attention_mask: bool,
     ) -> BatchEncoding:
         """Residue ids `[sum(counts)]` to one list of ids per sequence (and masks)."""
-        # Building ~1e5 lists makes the cyclic GC rescan every list built so far, over and over
-        # (3-5x slower); lists of ints hold no cycles, so pause it.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return self._pack_lists_nogc(
-                flat, counts, add_special_tokens, target, return_attention_mask
-            )
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-
-    def _pack_lists_nogc(
-        self,
-        flat: np.ndarray,
-        counts: np.ndarray,
-        add_special_tokens: bool,
-        target: int | None,
-        return_attention_mask: bool,
-    ) -> BatchEncoding:
         values = flat.tolist()
         ends = np.cumsum(counts).tolist()
         lens = counts.tolist()
