@@ -429,6 +429,7 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # plain pickle.dump file
 def test_pickles_with_disallowed_globals_are_refused(tmp_path):
     tiny_config().save_pretrained(tmp_path)
     marker = tmp_path / "pwned"
