@@ -1,0 +1,299 @@
+"""Triangle multiplicative update: functional reference vs an independent float64 formulation
+(and the transformers module when installed), the fused Triton kernels (interpreted on CPU) vs
+the reference, forward and gradients, and 64-bit index arithmetic in the compiled IR."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from esmkernels.ops.triangle_multiplicative import PARAM_NAMES, triangle_multiplicative_update
+from esmkernels.reference.esmfold import trunk_functional as ref
+from tests.test_ops_axial_attention import addptr_offset_types, assert_all_offsets_int64
+from tests.tolerances import FP32_DOT, assert_within_rule
+
+
+def make_params(C, Ch, *, dtype=torch.float32, seed=0):
+    """Random parameters, scaled so activations stay O(1), as leaves requiring grad."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {
+        "ln_in_weight": (C,), "ln_in_bias": (C,),
+        "a_proj_weight": (Ch, C), "a_proj_bias": (Ch,), "a_gate_weight": (Ch, C), "a_gate_bias": (Ch,),
+        "b_proj_weight": (Ch, C), "b_proj_bias": (Ch,), "b_gate_weight": (Ch, C), "b_gate_bias": (Ch,),
+        "ln_out_weight": (Ch,), "ln_out_bias": (Ch,),
+        "out_proj_weight": (C, Ch), "out_proj_bias": (C,), "out_gate_weight": (C, C), "out_gate_bias": (C,),
+    }  # fmt: skip
+    params = {}
+    for name, shape in shapes.items():
+        t = torch.randn(*shape, generator=g)
+        t = (
+            t / shape[1] ** 0.5
+            if len(shape) == 2
+            else (1 + 0.3 * t if "ln_" in name and "weight" in name else 0.3 * t)
+        )
+        params[name] = t.to(dtype).requires_grad_()
+    return params
+
+
+def make_z(B, L, C, *, layout, dtype=torch.float32, seed=1):
+    """z [B, L, L, C]: contiguous, a transposed view, or a channel slice of a wider tensor."""
+    g = torch.Generator().manual_seed(seed)
+    if layout == "contiguous":
+        z = torch.randn(B, L, L, C, generator=g)
+    elif layout == "transposed":
+        z = torch.randn(B, L, L, C, generator=g).transpose(1, 2)
+    else:
+        z = torch.randn(B, L, L, 2 * C, generator=g)[..., C:]
+    return z.to(dtype).detach().requires_grad_()
+
+
+def make_mask(B, L, *, kind, seed=2):
+    """None, random, or the outer product of a padded sequence mask (whole rows and columns 0)."""
+    if kind == "none":
+        return None
+    g = torch.Generator().manual_seed(seed)
+    if kind == "random":
+        return (torch.rand(B, L, L, generator=g) > 0.3).float()
+    seq = torch.ones(B, L)
+    seq[:, (L + 1) // 2 :] = 0
+    return seq[:, :, None] * seq[:, None, :]
+
+
+def naive_trimul(z, mask, p, outgoing, eps=1e-5):
+    """Float64, written from the AlphaFold 2 supplement (Algorithms 11 / 12) independently."""
+    d = {k: v.double() for k, v in p.items()}
+
+    def ln(x, w, b):
+        mu = x.mean(-1, keepdim=True)
+        var = ((x - mu) ** 2).mean(-1, keepdim=True)
+        return (x - mu) / torch.sqrt(var + eps) * w + b
+
+    def lin(x, name):
+        return x @ d[f"{name}_weight"].T + d[f"{name}_bias"]
+
+    zn = ln(z.double(), d["ln_in_weight"], d["ln_in_bias"])
+    m = 1.0 if mask is None else mask.double()[..., None]
+    a = m * torch.sigmoid(lin(zn, "a_gate")) * lin(zn, "a_proj")
+    b = m * torch.sigmoid(lin(zn, "b_gate")) * lin(zn, "b_proj")
+    x = torch.einsum("bikc,bjkc->bijc", a, b) if outgoing else torch.einsum("bkic,bkjc->bijc", a, b)
+    x = ln(x, d["ln_out_weight"], d["ln_out_bias"])
+    return torch.sigmoid(lin(zn, "out_gate")) * lin(x, "out_proj")
+
+
+def _run(z, mask, p, outgoing, backend, chunk_size=None):
+    out = triangle_multiplicative_update(
+        z, mask, **p, outgoing=outgoing, chunk_size=chunk_size, backend=backend
+    )
+    leaves = [z, *p.values()]
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(out.dtype)
+    return out, torch.autograd.grad(out, leaves, dout)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference
+# ------------------------------------------------------------------------------------------------
+
+
+@given(
+    B=st.integers(1, 2),
+    L=st.integers(1, 9),
+    C=st.sampled_from([4, 8]),
+    Ch=st.sampled_from([4, 6]),
+    outgoing=st.booleans(),
+    mask_kind=st.sampled_from(["none", "random", "padded"]),
+    chunk_size=st.sampled_from([None, 1, 4]),
+)
+@example(B=1, L=1, C=4, Ch=4, outgoing=False, mask_kind="padded", chunk_size=None)
+def test_reference_matches_naive(B, L, C, Ch, outgoing, mask_kind, chunk_size):
+    p = make_params(C, Ch)
+    z = make_z(B, L, C, layout="contiguous")
+    mask = make_mask(B, L, kind=mask_kind)
+    out = ref.triangle_multiplicative_update(z, mask, **p, outgoing=outgoing, chunk_size=chunk_size)
+    torch.testing.assert_close(
+        out.double(), naive_trimul(z, mask, p, outgoing), atol=1e-5, rtol=1e-5
+    )
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("outgoing", [True, False])
+def test_reference_matches_transformers(outgoing):
+    esmfold = pytest.importorskip("transformers.models.esm.modeling_esmfold")
+    C = 8
+    module = esmfold.EsmFoldTriangleMultiplicativeUpdate(
+        types.SimpleNamespace(pairwise_state_dim=C), _outgoing=outgoing
+    )
+    p = make_params(C, C)
+    hf_names = {
+        "ln_in": "layer_norm_in", "a_proj": "linear_a_p", "a_gate": "linear_a_g",
+        "b_proj": "linear_b_p", "b_gate": "linear_b_g", "ln_out": "layer_norm_out",
+        "out_proj": "linear_z", "out_gate": "linear_g",
+    }  # fmt: skip
+    with torch.no_grad():
+        for name, t in p.items():
+            stem, kind = name.rsplit("_", 1)
+            getattr(getattr(module, hf_names[stem]), kind).copy_(t)
+    z, mask = make_z(2, 7, C, layout="contiguous"), make_mask(2, 7, kind="padded")
+    with torch.no_grad():
+        expected = module(z, mask=mask, inplace_safe=False)
+        out = ref.triangle_multiplicative_update(z, mask, **p, outgoing=outgoing)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels vs reference
+# ------------------------------------------------------------------------------------------------
+
+
+@given(
+    B=st.integers(1, 2),
+    L=st.integers(1, 12),
+    C=st.sampled_from([8, 16, 32]),
+    Ch=st.sampled_from([8, 12, 16]),
+    outgoing=st.booleans(),
+    layout=st.sampled_from(["contiguous", "transposed", "sliced"]),
+    mask_kind=st.sampled_from(["none", "random", "padded"]),
+    chunk_size=st.sampled_from([None, 5]),
+)
+@example(B=1, L=1, C=8, Ch=8, outgoing=True, layout="contiguous", mask_kind="none", chunk_size=None)
+@example(
+    B=1, L=2, C=16, Ch=12, outgoing=False, layout="transposed", mask_kind="padded", chunk_size=5
+)
+@example(
+    B=1, L=11, C=32, Ch=16, outgoing=False, layout="sliced", mask_kind="random", chunk_size=None
+)
+def test_kernel_matches_reference_fp32(B, L, C, Ch, outgoing, layout, mask_kind, chunk_size):
+    p = make_params(C, Ch)
+    z = make_z(B, L, C, layout=layout)
+    mask = make_mask(B, L, kind=mask_kind)
+    out, grads = _run(z, mask, p, outgoing, "triton", chunk_size)
+    out_ref, grads_ref = _run(z, mask, p, outgoing, "torch")
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, out_ref, **FP32_DOT)
+    for name, g, gr in zip(("z", *PARAM_NAMES), grads, grads_ref):
+        torch.testing.assert_close(g, gr, **FP32_DOT, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+def test_kernel_chunked_equals_unchunked():
+    """Channel chunks (the last one smaller) reproduce the unchunked kernel bit for bit."""
+    p, z, mask = (
+        make_params(8, 12),
+        make_z(1, 10, 8, layout="contiguous"),
+        make_mask(1, 10, kind="random"),
+    )
+    for outgoing in (True, False):
+        with torch.no_grad():
+            full = triangle_multiplicative_update(z, mask, **p, outgoing=outgoing, backend="triton")
+            for cs in (5, 64):
+                chunked = triangle_multiplicative_update(
+                    z, mask, **p, outgoing=outgoing, chunk_size=cs, backend="triton"
+                )
+                torch.testing.assert_close(chunked, full, atol=0, rtol=0)
+
+
+def test_kernel_masked_rows_and_columns_are_finite():
+    """A padded sequence masks whole rows and columns: a = b = 0 there, x = 0, LN_out(0) = bias."""
+    p, z = make_params(8, 8), make_z(1, 9, 8, layout="contiguous")
+    mask = make_mask(1, 9, kind="padded")
+    with torch.no_grad():
+        out = triangle_multiplicative_update(z, mask, **p, outgoing=True, backend="triton")
+        expected = naive_trimul(z, mask, p, True)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), expected, **FP32_DOT)
+
+
+@pytest.mark.parametrize(
+    "dtype, outgoing", [(torch.float16, True), (torch.bfloat16, False), (torch.bfloat16, True)]
+)
+def test_kernel_low_precision_within_rule(dtype, outgoing):
+    B, L, C = 1, 7, 16
+    p32, z32, mask = (
+        make_params(C, C),
+        make_z(B, L, C, layout="transposed"),
+        make_mask(B, L, kind="random"),
+    )
+    with torch.no_grad():
+        ref32 = ref.triangle_multiplicative_update(z32, mask, **p32, outgoing=outgoing)
+        p = {k: v.detach().to(dtype) for k, v in p32.items()}
+        z = z32.detach().to(dtype)
+        at_dtype = ref.triangle_multiplicative_update(z, mask, **p, outgoing=outgoing)
+        out = triangle_multiplicative_update(z, mask, **p, outgoing=outgoing, backend="triton")
+    assert out.dtype == dtype
+    assert_within_rule(out, at_dtype, ref32, dtype, "update")
+
+
+def test_auto_on_cpu_is_the_reference():
+    p, z = make_params(8, 8), make_z(1, 5, 8, layout="contiguous")
+    with torch.no_grad():
+        expected = ref.triangle_multiplicative_update(z, None, **p, outgoing=True)
+        out = triangle_multiplicative_update(z, None, **p, outgoing=True, backend="auto")
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize(
+    "change, exc",
+    [
+        (lambda a: a.update(z=torch.zeros(1, 4, 5, 8)), ValueError),
+        (lambda a: a.update(mask=torch.ones(1, 4, 4)), ValueError),
+        (lambda a: a.update(a_gate_weight=torch.zeros(8, 7)), ValueError),
+        (lambda a: a.update(out_proj_weight=torch.zeros(8, 9)), ValueError),
+        (lambda a: a.update(chunk_size=-1), ValueError),
+        (lambda a: a.update(z=torch.zeros(1, 5, 5, 8, dtype=torch.float64)), TypeError),
+        (lambda a: a.update(backend="gpu"), ValueError),
+    ],
+)
+def test_bad_arguments_raise_before_launch(change, exc):
+    args = {k: v.detach() for k, v in make_params(8, 8).items()}
+    args.update(z=torch.zeros(1, 5, 5, 8), mask=None, outgoing=True, backend="triton")
+    change(args)
+    z, mask = args.pop("z"), args.pop("mask")
+    with pytest.raises(exc):
+        triangle_multiplicative_update(z, mask, **args)
+
+
+def test_kernel_offsets_are_int64():
+    """z at L = 4,096, C = 128 has 2^31 elements: every pointer offset must be 64-bit even when
+    every stride arrives as i32."""
+    mod = "esmkernels.ops.triangle_multiplicative"
+    sizes = {"BLOCK_C": 128, "BLOCK_CH": 128}
+    kernels = [
+        (mod, "_trimul_proj_kernel", {**sizes, "HAS_MASK": True, "BLOCK_P": 32, "BLOCK_H": 64}),
+        (
+            mod,
+            "_trimul_contract_kernel",
+            {"OUTGOING": True, "GROUP_I": 8, "BLOCK_I": 64, "BLOCK_J": 64, "BLOCK_K": 32},
+        ),
+        (
+            mod,
+            "_trimul_contract_kernel",
+            {"OUTGOING": False, "GROUP_I": 8, "BLOCK_I": 64, "BLOCK_J": 64, "BLOCK_K": 32},
+        ),
+        (mod, "_trimul_out_kernel", {**sizes, "BLOCK_P": 32}),
+    ]
+    assert_all_offsets_int64(addptr_offset_types(kernels))
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU (real compilation) at ESMFold sizes
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("L", [512, 1024, 2048])
+@pytest.mark.parametrize("outgoing", [True, False])
+def test_gpu_trimul_large(device, L, outgoing):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    C = 128
+    p = {k: v.detach().to(device) for k, v in make_params(C, C).items()}
+    z = torch.randn(1, L, L, C, device=device)
+    seq = (torch.arange(L, device=device) < L - 7).float()
+    mask = (seq[:, None] * seq[None, :])[None]
+    with torch.no_grad():
+        out = triangle_multiplicative_update(z, mask, **p, outgoing=outgoing, backend="triton")
+        expected = ref.triangle_multiplicative_update(
+            z, mask, **p, outgoing=outgoing, chunk_size=256
+        )
+    torch.testing.assert_close(out, expected, atol=5e-4, rtol=5e-4)
