@@ -143,6 +143,10 @@ def test_structure_module_fully_masked_is_finite():
     feats, aatype = _inputs(torch.Generator().manual_seed(2), 2, 4)
     out = sm(feats, aatype, torch.zeros(2, 4))
     assert all(torch.isfinite(v).all() for v in out.values())
+    # A bool mask means the same as a float one.
+    mask = torch.tensor([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    want, got = sm(feats, aatype, mask), sm(feats, aatype, mask.bool())
+    torch.testing.assert_close(got["positions"], want["positions"], atol=0, rtol=0)
 
 
 def test_structure_module_gradients_flow():

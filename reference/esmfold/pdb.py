@@ -15,7 +15,7 @@ Example:
     >>> pos = np.zeros((1, 37, 3)); mask = np.zeros((1, 37)); mask[0, :3] = 1
     >>> text = to_pdb(aatype, pos, mask, residue_index=np.array([1]),
     ...               b_factors=np.full((1, 37), 87.5))
-    >>> print(text.splitlines()[1])
+    >>> print(text.splitlines()[1].rstrip())
     ATOM      2  CA  GLY A   1       0.000   0.000   0.000  1.00 87.50           C
 """
 

@@ -131,28 +131,33 @@ class InvariantPointAttention(nn.Module):
 
         # Logits [B, H, N, N] (Alg. 22 line 7, with w_L = sqrt(1/3) over the three terms).
         b = self.linear_b(z)  # [B, N, N, H]
-        acc = torch.promote_types(q.dtype, torch.float32)  # fp32 logits, float64 stays float64
-        logits = torch.einsum("bihc,bjhc->bhij", q.to(acc), k.to(acc))
-        logits = logits * math.sqrt(1.0 / (3 * c))
-        logits = logits + math.sqrt(1.0 / 3) * b.permute(0, 3, 1, 2)
-        # Point term: -gamma_h * w_C / 2 * sum_p |q_p - k_p|^2, w_C = sqrt(2 / (9 P_q)).
-        sq_dist = (q_pts[:, :, None] - k_pts[:, None, :]).pow(2).sum(-1)  # [B, N, N, H, P]
-        gamma = nn.functional.softplus(self.head_weights)
-        gamma = gamma * math.sqrt(1.0 / (3 * (self.num_qk_points * 9.0 / 2)))
-        pt_term = -0.5 * (sq_dist * gamma[:, None]).sum(-1)  # [B, N, N, H]
-        logits = logits + pt_term.permute(0, 3, 1, 2)
-        # Masked keys get -inf (a large finite value, so fully masked rows stay finite).
-        pair_mask = mask[..., :, None] * mask[..., None, :]
-        logits = logits + (cfg.inf * (pair_mask - 1))[:, None]
-        attn = torch.softmax(logits, dim=-1)  # [B, H, N, N], fp32
+        # Everything that mixes with point distances runs in fp32 (float64 stays float64), also
+        # under autocast: HF disables fp16 autocast for q.k and its points are fp32 already.
+        acc = torch.promote_types(q.dtype, torch.float32)
+        with torch.autocast(device_type=s.device.type, enabled=False):
+            logits = torch.einsum("bihc,bjhc->bhij", q.to(acc), k.to(acc))
+            logits = logits * math.sqrt(1.0 / (3 * c))
+            logits = logits + math.sqrt(1.0 / 3) * b.permute(0, 3, 1, 2)
+            # Point term: -gamma_h * w_C / 2 * sum_p |q_p - k_p|^2, w_C = sqrt(2 / (9 P_q)).
+            sq_dist = (q_pts[:, :, None] - k_pts[:, None, :]).pow(2).sum(-1)  # [B, N, N, H, P]
+            gamma = nn.functional.softplus(self.head_weights)
+            gamma = gamma * math.sqrt(1.0 / (3 * (self.num_qk_points * 9.0 / 2)))
+            pt_term = -0.5 * (sq_dist * gamma[:, None]).sum(-1)  # [B, N, N, H]
+            logits = logits + pt_term.permute(0, 3, 1, 2)
+            # Masked keys get -inf (a large finite value, so fully masked rows stay finite).
+            mask = mask.to(acc)  # bool or float, 1 = keep
+            pair_mask = mask[..., :, None] * mask[..., None, :]
+            logits = logits + (cfg.inf * (pair_mask - 1))[:, None]
+            attn = torch.softmax(logits, dim=-1)  # [B, H, N, N], fp32
 
-        # Outputs (Alg. 22 lines 8-10).
-        o = torch.einsum("bhij,bjhc->bihc", attn, v.to(attn.dtype)).flatten(-2)  # [B, N, H*C]
-        o_pt = torch.einsum("bhij,bjhpx->bihpx", attn, v_pts)  # [B, N, H, P_v, 3] global
-        o_pt = r[..., None, None].invert_apply(o_pt)  # back into each residue's frame
-        o_pt_norm = torch.sqrt(o_pt.pow(2).sum(-1) + cfg.epsilon).flatten(-2)  # [B, N, H*P_v]
-        o_pt = o_pt.flatten(-3, -2)  # [B, N, H*P_v, 3]
-        o_pair = torch.einsum("bhij,bijc->bihc", attn, z.to(attn.dtype)).flatten(-2)
+            # Outputs (Alg. 22 lines 8-10).
+            o = torch.einsum("bhij,bjhc->bihc", attn, v.to(attn.dtype)).flatten(-2)  # [B, N, H*C]
+            # Value points averaged in the global frame: [B, N, H, P_v, 3].
+            o_pt = torch.einsum("bhij,bjhpx->bihpx", attn, v_pts.to(acc))
+            o_pt = r[..., None, None].invert_apply(o_pt)  # back into each residue's frame
+            o_pt_norm = torch.sqrt(o_pt.pow(2).sum(-1) + cfg.epsilon).flatten(-2)  # [B, N, H*P_v]
+            o_pt = o_pt.flatten(-3, -2)  # [B, N, H*P_v, 3]
+            o_pair = torch.einsum("bhij,bijc->bihc", attn, z.to(attn.dtype)).flatten(-2)
 
         # Channel order of AF2's checkpoint: scalars, point x, y, z, point norms, pair.
         features = torch.cat([o, *o_pt.unbind(dim=-1), o_pt_norm, o_pair], dim=-1)
