@@ -587,8 +587,9 @@ class EsmTokenizer:
                 "max_length" (to `max_length`; longer sequences stay longer, as in transformers).
                 Padding is `<pad>` on the right.
             truncation: True / "longest_first" cuts residues from the end so that each output
-                holds at most `max_length` tokens including `<cls>`/`<eos>`. None (default)
-                truncates when `max_length` is given and `padding` is off (transformers' rule).
+                holds at most `max_length` tokens including `<cls>`/`<eos>` (without
+                `max_length`: `model_max_length`, or no limit). None (default) truncates when
+                `max_length` is given and `padding` is False (transformers' rule).
             max_length: length limit for truncation and "max_length" padding.
             add_special_tokens: wrap each sequence in `<cls>` ... `<eos>`.
             return_tensors: None (lists), "np" or "pt": int64 `[B, L]`, also for a single str.
