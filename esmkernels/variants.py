@@ -188,8 +188,11 @@ def _marginals(model, wt, parsed, aa, method, batch_size, tokenizer) -> torch.Te
 
 
 def _pseudo_ppl(model, wt, parsed, aa, batch_size, mask_id) -> torch.Tensor:
-    # Distinct sequences: index 0 is the wild type; each mutant maps to its sequence's index.
-    keys = [()] + sorted({tuple(sorted((i, mt) for i, _, mt in s)) for s in parsed} - {()})
+    # Distinct sequences: index 0 is the wild type (also for synonymous "mutations").
+    def seq_key(sites):
+        return tuple(sorted((i, mt) for i, w, mt in sites if mt != w))
+
+    keys = [()] + sorted({seq_key(s) for s in parsed} - {()})
     tokens = wt.repeat(len(keys), 1)
     for s, key in enumerate(keys):
         for i, mt in key:
@@ -202,9 +205,7 @@ def _pseudo_ppl(model, wt, parsed, aa, batch_size, mask_id) -> torch.Tensor:
     picked = lp.gather(1, tokens.to(lp.device)[seq, pos][:, None])[:, 0]
     pll = picked.double().view(len(keys), L).sum(1)
     index = {key: s for s, key in enumerate(keys)}
-    return torch.stack(
-        [pll[index[tuple(sorted((i, mt) for i, _, mt in s))]] - pll[0] for s in parsed]
-    )
+    return torch.stack([pll[index[seq_key(s)]] - pll[0] for s in parsed])
 
 
 __all__ = ["METHODS", "parse_mutations", "score_variants"]

@@ -36,6 +36,16 @@ GRAD_TOL = {"atol": 2e-4, "rtol": 2e-4}
 TRITON_EXAMPLES = 2 if os.environ.get("TRITON_INTERPRET") == "1" else settings().max_examples
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny shapes: one intra-op thread. On a loaded machine a second OpenMP thread makes each
+    small op wait for a descheduled worker (milliseconds per op instead of microseconds)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_config(style: str = "esm2", **overrides) -> EsmConfig:
     """ESM-2 style: rotary, token dropout. ESM-1b style: absolute positions, embedding LN."""
     values = dict(
