@@ -19,7 +19,11 @@ from esmkernels.reference.esmfold.modeling import (
     EsmForProteinFoldingOutput,
     encode_sequences,
 )
-from tests.test_esmfold_trunk import randomize_, tiny_trunk_config
+from tests.test_esmfold_trunk import (  # one_torch_thread: autouse fixture
+    one_torch_thread,  # noqa: F401
+    randomize_,
+    tiny_trunk_config,
+)
 from tests.tolerances import FP32, MODEL_FP32
 
 AF2 = "ARNDCQEGHILKMFPSTWYV"
@@ -166,7 +170,7 @@ def test_output_fields_and_shapes():
 
 
 @given(
-    lengths=st.lists(st.integers(1, 9), min_size=2, max_size=2),
+    lengths=st.lists(st.integers(1, 9), min_size=2, max_size=3),
     seed=st.integers(0, 1000),
 )
 @example(lengths=[1, 7], seed=0)
@@ -369,3 +373,15 @@ def test_fair_conversion_refuses_other_checkpoints():
         convert.convert_fair_esmfold(lm_like)
     with pytest.raises(ValueError, match="not a fair-esm ESMFold checkpoint"):
         convert.convert_fair_esmfold([1, 2])
+
+
+def test_fair_esmfold_stem_stored_in_the_file():
+    """A stem stored under fair-esm names is converted, and must be ESM-2 3B's."""
+    data = _fair_esmfold_file(tiny_model())
+    data["model"]["esm.embed_tokens.weight"] = torch.zeros(33, 32)
+    data["model"]["esm.layers.0.fc1.weight"] = torch.zeros(64, 32)
+    with pytest.raises(ValueError, match=r"not ESM-2 3B's \(\(33, 2560\), 36\)"):
+        convert.convert_fair_esmfold(data)
+    data["model"]["esm.layers.0.bias_k"] = torch.zeros(32)  # ESM-1 only: not a stem weight
+    with pytest.raises(ValueError, match="bias_k"):
+        convert.convert_fair_esmfold(data)

@@ -20,6 +20,15 @@ from esmkernels.reference.esmfold import trunk as T
 from tests.tolerances import FP32
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Run these tiny models on one thread: on a loaded CPU, 2 threads are ~6x slower here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_trunk_config(**kw) -> TrunkConfig:
     sm = StructureModuleConfig(
         sequence_dim=16,

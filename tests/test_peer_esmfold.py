@@ -14,7 +14,11 @@ import torch
 from esmkernels.reference.esmfold import trunk as T
 from esmkernels.reference.esmfold.modeling import EsmForProteinFolding
 from tests.test_esmfold_model import STEM, parse_atoms, random_sequence
-from tests.test_esmfold_trunk import randomize_, tiny_trunk_config
+from tests.test_esmfold_trunk import (  # one_torch_thread: autouse fixture
+    one_torch_thread,  # noqa: F401
+    randomize_,
+    tiny_trunk_config,
+)
 from tests.tolerances import MODEL_FP32
 
 transformers = pytest.importorskip("transformers")

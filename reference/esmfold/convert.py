@@ -10,7 +10,7 @@ transformers uses (`trunk.*`, `esm_s_combine`, `esm_s_mlp.*`, `embedding.*`, `*_
 The stem comes from an ESM-2 checkpoint read by `esmkernels.checkpoint.load_checkpoint`, passed
 as `stem=(config, state_dict)`; without it the returned state dict has no `esm.*` keys and the
 config describes ESM-2 3B (ESMFold v0 / v1's stem), so loading needs `strict=False` and leaves the
-stem random.
+stem random. A file that does store the stem (fair-esm names under `esm.`) has it converted.
 
 Files pickled with omegaconf objects (the published ones) cannot be read with
 `torch.load(weights_only=True)`. Convert their cfg to plain containers where the file is
@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from esmkernels.checkpoint import torch_load_safe
+from esmkernels.checkpoint import fair_esm_to_hf, torch_load_safe
 from esmkernels.configuration import (
     ESM_VOCAB,
     EsmConfig,
@@ -152,7 +152,7 @@ def convert_fair_esmfold(
 
     Raises:
         ValueError: `data` is not an ESMFold checkpoint (no `trunk.*` weights or no trunk
-            config), or it stores its own stem under fair-esm names.
+            config), or the stem it stores (fair-esm names, `esm.layers.*`) is not ESM-2 3B.
     """
     if not isinstance(data, Mapping):
         raise ValueError(
@@ -170,21 +170,38 @@ def convert_fair_esmfold(
     config = esmfold_config_from_fair(model_cfg, None if stem is None else stem[0])
 
     state_dict: dict[str, torch.Tensor] = {}
+    fair_stem: dict[str, torch.Tensor] = {}
     for key, value in data["model"].items():
         if key.startswith("esm."):
-            if key.startswith(("esm.embed_tokens.", "esm.layers.")):
-                raise ValueError(
-                    "this ESMFold file stores its ESM-2 stem under fair-esm names "
-                    f"({key!r}); save the stem separately and pass it as stem=(config, state_dict)"
-                )
-            continue
-        state_dict[key] = value
+            fair_stem[key[len("esm.") :]] = value
+        else:
+            state_dict[key] = value
     if stem is not None:
         for key, value in stem[1].items():
-            if key.startswith("lm_head.") or key.startswith("esm.lm_head."):
+            if key.startswith(("lm_head.", "esm.lm_head.")):
                 continue
             state_dict[key if key.startswith("esm.") else "esm." + key] = value
+    elif fair_stem:
+        state_dict.update(_convert_fair_stem(fair_stem, config))
     return config, state_dict
+
+
+def _convert_fair_stem(
+    fair_stem: dict[str, torch.Tensor], config: EsmConfig
+) -> dict[str, torch.Tensor]:
+    """fair-esm ESM-2 stem weights stored inside the ESMFold file -> `esm.*` HF keys."""
+    hf = fair_esm_to_hf(fair_stem, source="ESMFold checkpoint stem (esm.*)")
+    hf = {k: v for k, v in hf.items() if k.startswith("esm.")}  # drop the stem's MLM head
+    words = hf.get("esm.embeddings.word_embeddings.weight")
+    layers = {k.split(".")[3] for k in hf if k.startswith("esm.encoder.layer.")}
+    found = (None if words is None else tuple(words.shape), len(layers))
+    want = ((config.vocab_size, config.hidden_size), config.num_hidden_layers)
+    if found != want:
+        raise ValueError(
+            f"the ESMFold file's stem has (embedding shape, layers) = {found}, not ESM-2 3B's "
+            f"{want}; pass the stem as stem=(config, state_dict) instead"
+        )
+    return hf
 
 
 def load_fair_esmfold(
