@@ -56,21 +56,20 @@ LOG2E = 1.4426950408889634
 # ------------------------------------------------------------------------------------------------
 
 
-def _configs(blocks, warps, stages):
+def _configs(choices):
     if interpreting():
         # 8-wide blocks (a GPU needs >= 16 for tl.dot; the interpreter does not) so that tiny
         # test shapes still cross block boundaries: multi-block online softmax, partial tiles.
         return [triton.Config({"BLOCK_M": 8, "BLOCK_N": 8}, num_warps=1, num_stages=1)]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn in blocks
-        for w in warps
-        for s in stages
+        for bm, bn, w, s in choices
     ]
 
 
-FWD_CONFIGS = _configs([(64, 32), (64, 64), (128, 64), (128, 32)], [4, 8], [2, 3])
-BWD_CONFIGS = _configs([(64, 32), (32, 64), (64, 64)], [4, 8], [2, 3])
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). Few configs: each costs a compile on first use.
+FWD_CONFIGS = _configs([(64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 2), (64, 32, 4, 2)])
+BWD_CONFIGS = _configs([(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2)])
 AUTOTUNE_KEY = ["N_KEY", "BLOCK_D"]
 
 
@@ -287,18 +286,26 @@ def _rows(rows: slice, *tensors: torch.Tensor | None) -> list[torch.Tensor | Non
     return [None if t is None else t[:, rows] for t in tensors]
 
 
+def axial_attention_fwd_rows(q, k, v, bias, mask, gate, scale, chunk_size, keep_ungated):
+    """Forward over row blocks of `chunk_size` into one output: (out, lse, ungated or None)."""
+    B, R, N, H, D = q.shape
+    out = empty_like_poisoned(q)
+    lse = poison_empty(B, R, H, N, dtype=torch.float32, device=q.device)
+    ungated = empty_like_poisoned(q) if gate is not None and keep_ungated else None
+    for rows in _row_blocks(R, chunk_size):
+        q_, k_, v_, m_, g_, o_, l_, u_ = _rows(rows, q, k, v, mask, gate, out, lse, ungated)
+        axial_attention_fwd(q_, k_, v_, bias, m_, g_, scale, out=o_, lse=l_, ungated=u_)
+    return out, lse, ungated
+
+
 class AxialAttentionFunction(torch.autograd.Function):
     """Kernel forward and backward; rows are processed in blocks of `chunk_size`."""
 
     @staticmethod
     def forward(ctx, q, k, v, bias, mask, gate, scale, chunk_size):
-        B, R, N, H, D = q.shape
-        out = empty_like_poisoned(q)
-        lse = poison_empty(B, R, H, N, dtype=torch.float32, device=q.device)
-        ungated = empty_like_poisoned(q) if gate is not None else None
-        for rows in _row_blocks(R, chunk_size):
-            q_, k_, v_, m_, g_, o_, l_, u_ = _rows(rows, q, k, v, mask, gate, out, lse, ungated)
-            axial_attention_fwd(q_, k_, v_, bias, m_, g_, scale, out=o_, lse=l_, ungated=u_)
+        out, lse, ungated = axial_attention_fwd_rows(
+            q, k, v, bias, mask, gate, scale, chunk_size, keep_ungated=True
+        )
         ctx.save_for_backward(q, k, v, bias, mask, gate, out if gate is None else ungated, lse)
         ctx.scale, ctx.chunk_size = scale, chunk_size
         return out
@@ -421,4 +428,8 @@ def axial_attention(
         raise ValueError(
             f"axial_attention: head width D={D} > {MAX_HEAD_DIM} is not supported by the kernel"
         )
-    return AxialAttentionFunction.apply(q, k, v, bias, mask, gate, scale, chunk_size)
+    inputs = (q, k, v, bias, gate)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        return AxialAttentionFunction.apply(q, k, v, bias, mask, gate, scale, chunk_size)
+    # Inference: no autograd node, and no ungated output kept for a backward.
+    return axial_attention_fwd_rows(q, k, v, bias, mask, gate, scale, chunk_size, False)[0]

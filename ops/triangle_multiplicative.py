@@ -55,24 +55,22 @@ if interpreting():
     ]
     OUT_CONFIGS = [triton.Config({"BLOCK_P": 32}, num_warps=1, num_stages=1)]
 else:  # pragma: no cover - GPU only
+    # Few configs: each costs a compile on first use.
     PROJ_CONFIGS = [
         triton.Config({"BLOCK_P": bp, "BLOCK_H": bh}, num_warps=w, num_stages=2)
-        for bp in (32, 64)
-        for bh in (64, 128)
-        for w in (4, 8)
+        for bp, bh, w in ((32, 64, 4), (64, 64, 8), (32, 128, 8))
     ]
     CONTRACT_CONFIGS = [
         triton.Config({"BLOCK_I": bi, "BLOCK_J": bj, "BLOCK_K": bk}, num_warps=w, num_stages=s)
         for bi, bj, bk, w, s in (
             (128, 128, 32, 8, 3),
             (128, 64, 32, 4, 4),
-            (64, 128, 32, 4, 4),
             (64, 64, 64, 4, 3),
             (128, 128, 64, 8, 3),
         )
     ]
     OUT_CONFIGS = [
-        triton.Config({"BLOCK_P": bp}, num_warps=w, num_stages=2) for bp in (32, 64) for w in (4, 8)
+        triton.Config({"BLOCK_P": bp}, num_warps=w, num_stages=2) for bp, w in ((32, 4), (64, 8))
     ]
 KEY = ["L_KEY", "BLOCK_C", "BLOCK_CH"]
 

@@ -124,6 +124,71 @@ def test_reference_chunked_equals_unchunked():
         )
 
 
+def _randomize(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for prm in module.parameters():
+            prm.copy_(torch.randn(prm.shape, generator=g) / max(1, prm.shape[-1]) ** 0.5)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("starting", [True, False])
+def test_reference_composes_to_transformers_triangle_attention(starting):
+    """HF EsmFoldTriangleAttention == layer_norm -> projections -> axial_attention (ending node
+    on transposed views) -> linear_o, with every row keeping at least one key."""
+    esmfold = pytest.importorskip("transformers.models.esm.modeling_esmfold")
+    import torch.nn.functional as F
+
+    B, L, C, H, D = 2, 6, 8, 2, 4
+    module = esmfold.EsmFoldTriangleAttention(C, D, H, starting=starting)
+    _randomize(module)
+    x = torch.randn(B, L, L, C)
+    mask = (torch.rand(B, L, L) > 0.4).float()
+    mask[:, :, 0] = 1
+    mask[:, 0, :] = 1
+    with torch.no_grad():
+        expected = module(x, mask=mask)
+        xs, ms = (x, mask) if starting else (x.transpose(1, 2), mask.transpose(1, 2))
+        xn = F.layer_norm(xs, (C,), module.layer_norm.weight, module.layer_norm.bias, 1e-5)
+        mha = module.mha
+        heads = lambda t: t.view(B, L, L, H, D)
+        out = ref.axial_attention(
+            heads(F.linear(xn, mha.linear_q.weight)),
+            heads(F.linear(xn, mha.linear_k.weight)),
+            heads(F.linear(xn, mha.linear_v.weight)),
+            bias=F.linear(xn, module.linear.weight).permute(0, 3, 1, 2),
+            mask=ms,
+            gate=heads(F.linear(xn, mha.linear_g.weight, mha.linear_g.bias)),
+        )
+        out = F.linear(out.reshape(B, L, L, H * D), mha.linear_o.weight, mha.linear_o.bias)
+        out = out if starting else out.transpose(1, 2)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.peer
+def test_reference_composes_to_transformers_sequence_attention():
+    """HF EsmFoldSelfAttention (gated, pair bias, key padding) is the R = 1 case."""
+    esmfold = pytest.importorskip("transformers.models.esm.modeling_esmfold")
+    import torch.nn.functional as F
+
+    B, L, H, D = 2, 7, 2, 4
+    module = esmfold.EsmFoldSelfAttention(H * D, H, D, gated=True)
+    _randomize(module)
+    x, pair_bias = torch.randn(B, L, H * D), torch.randn(B, L, L, H)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[1, 5:] = False
+    with torch.no_grad():
+        expected, _ = module(x, mask=mask, bias=pair_bias)
+        q, k, v = F.linear(x, module.proj.weight).view(B, L, H, 3 * D).split(D, dim=-1)
+        gate = F.linear(x, module.g_proj.weight, module.g_proj.bias).view(B, L, H, D)
+        out = ref.axial_attention(
+            q[:, None], k[:, None], v[:, None],
+            bias=pair_bias.permute(0, 3, 1, 2), mask=mask[:, None], gate=gate[:, None],
+        )[:, 0]  # fmt: skip
+        out = F.linear(out.reshape(B, L, H * D), module.o_proj.weight, module.o_proj.bias)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------
 # Kernels vs reference
 # ------------------------------------------------------------------------------------------------
