@@ -34,6 +34,17 @@ Masks are `[B, L]` with 1 = keep (a real token), 0 = padding.
 Hooks for the fast models: `EsmSelfAttention.attend` is the whole attention core, and every
 LayerNorm is an instance of the `layer_norm_cls` passed down from the model (an `EsmLayerNorm`
 here).
+
+Example:
+    >>> import torch
+    >>> from esmkernels import EsmConfig
+    >>> cfg = EsmConfig(vocab_size=33, pad_token_id=1, hidden_size=32, num_hidden_layers=1,
+    ...                 num_attention_heads=4, intermediate_size=64,
+    ...                 position_embedding_type="rotary")
+    >>> layer = EsmLayer(cfg).eval()
+    >>> out, probs = layer(torch.randn(2, 7, 32), torch.ones(2, 7), output_attentions=True)
+    >>> out.shape, probs.shape
+    (torch.Size([2, 7, 32]), torch.Size([2, 4, 7, 7]))
 """
 
 from __future__ import annotations

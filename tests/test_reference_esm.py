@@ -33,6 +33,7 @@ from esmkernels.reference.esm_layers import (
     EsmContactPredictionHead,
     EsmEmbeddings,
     EsmLayer,
+    EsmLayerNorm,
     EsmSelfAttention,
     absolute_position_ids,
     gelu,
@@ -502,6 +503,50 @@ def test_hf_key_names():
     tok = set(EsmForTokenClassification(make_config("esm2")).state_dict())
     assert {"classifier.weight", "classifier.bias"} <= tok
     assert "pooler.dense.weight" in EsmModel(make_config("esm2")).state_dict()
+
+
+class _CountingLayerNorm(EsmLayerNorm):
+    calls = 0
+
+    def forward(self, x):
+        type(self).calls += 1
+        return super().forward(x)
+
+
+class _CountingAttention(EsmSelfAttention):
+    calls = 0
+
+    def attend(self, q, k, v, key_padding_mask, position_ids, output_attentions):
+        type(self).calls += 1
+        return super().attend(q, k, v, key_padding_mask, position_ids, output_attentions)
+
+
+class _HookedModel(EsmModel):
+    layer_norm_cls = _CountingLayerNorm
+    self_attention_cls = _CountingAttention
+
+
+class _HookedMaskedLM(EsmForMaskedLM):
+    base_model_cls = _HookedModel
+    layer_norm_cls = _CountingLayerNorm
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_subclass_hooks_replace_every_layer_norm_and_attention(kind):
+    """What the fast models rely on: overriding `layer_norm_cls`, `self_attention_cls` and
+    `base_model_cls` reaches every LayerNorm and attention, keeping the keys and the outputs."""
+    base = make_model(EsmForMaskedLM, kind)
+    hooked = _HookedMaskedLM(base.config).eval()
+    assert hooked.state_dict().keys() == base.state_dict().keys()
+    hooked.load_state_dict(base.state_dict())
+    _CountingLayerNorm.calls = _CountingAttention.calls = 0
+    tokens, mask = tokens_of(BATCH)
+    with torch.no_grad():
+        torch.testing.assert_close(hooked(tokens, mask).logits, base(tokens, mask).logits)
+    n_layers = base.config.num_hidden_layers
+    # two per layer, emb_layer_norm_after, the LM head, and ESM-1b's embedding LayerNorm
+    assert _CountingLayerNorm.calls == 2 * n_layers + 2 + (kind == "esm1b")
+    assert _CountingAttention.calls == n_layers
 
 
 # --------------------------------------------------------------------------------------------
