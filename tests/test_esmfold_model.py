@@ -6,6 +6,9 @@ transformers comparisons are in `test_peer_esmfold.py`.
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from hypothesis import example, given
@@ -210,6 +213,24 @@ def test_chunked_equals_unchunked():
         torch.testing.assert_close(chunked[k], full[k], **MODEL_FP32)
 
 
+def test_training_gradients_and_dropout():
+    """Training: gradients reach trunk and heads (not the frozen stem); dropout is live."""
+    torch.manual_seed(3)
+    model = randomize_(EsmForProteinFolding(tiny_config(dropout=0.2)), scale=0.5, seed=3).train()
+    ids = torch.tensor([[1, 5, 9, 12, 3]])
+    out = model(ids, num_recycles=1)
+    (out.positions[-1].square().mean() + out.plddt.mean() + out.ptm.sum()).backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    for name in ("trunk.blocks.0.tri_mul_in.linear_a_p.weight", "esm_s_combine", "lddt_head.1.weight", "ptm_head.weight", "trunk.recycle_disto.weight"):  # fmt: skip
+        assert grads[name] is not None and grads[name].abs().sum() > 0, name
+    assert all(g is None for n, g in grads.items() if n.startswith("esm."))
+    again = model(ids, num_recycles=1)
+    assert not torch.allclose(again.s_z, out.s_z)  # a different dropout draw
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, num_recycles=1).s_z, model(ids, num_recycles=1).s_z)
+
+
 # ------------------------------------------------------------------------------------------------
 # Errors
 # ------------------------------------------------------------------------------------------------
@@ -312,9 +333,11 @@ def test_save_load_round_trip(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
     ids = torch.tensor([[3, 4, 5, 6]])
+    clone = pickle.loads(pickle.dumps(copy.deepcopy(model)))
     with torch.no_grad():
-        a, b = model(ids, num_recycles=1), loaded(ids, num_recycles=1)
+        a, b, c = (m(ids, num_recycles=1) for m in (model, loaded, clone))
     torch.testing.assert_close(a.positions, b.positions, rtol=0, atol=0)
+    torch.testing.assert_close(a.positions, c.positions, rtol=0, atol=0)
 
 
 def test_language_model_checkpoint_is_refused(tmp_path):

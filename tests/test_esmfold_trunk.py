@@ -8,7 +8,10 @@ the last pass) and input errors.
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
+from collections import Counter
 
 import pytest
 import torch
@@ -17,6 +20,7 @@ from hypothesis import strategies as st
 
 from esmkernels.configuration import StructureModuleConfig, TrunkConfig
 from esmkernels.reference.esmfold import trunk as T
+from esmkernels.reference.esmfold import trunk_functional
 from tests.tolerances import FP32
 
 
@@ -315,3 +319,36 @@ def test_recycle_and_chunk_errors():
             trunk.set_chunk_size(bad)
     trunk.set_chunk_size(None)
     assert trunk.chunk_size is None
+
+
+# ------------------------------------------------------------------------------------------------
+# Op injection (how the fast model reuses these modules)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_trunk_ops_are_injected_and_picklable():
+    calls = Counter()
+
+    class Counting:
+        def triangle_multiplicative_update(self, *args, **kwargs):
+            calls["tri_mul"] += 1
+            return trunk_functional.triangle_multiplicative_update(*args, **kwargs)
+
+        def axial_attention(self, *args, **kwargs):
+            calls["attention"] += 1
+            return trunk_functional.axial_attention(*args, **kwargs)
+
+    cfg = tiny_trunk_config()
+    reference = randomize_(T.EsmFoldTriangularSelfAttentionBlock(cfg), seed=8).eval()
+    counted = T.EsmFoldTriangularSelfAttentionBlock(cfg, ops=Counting()).eval()
+    counted.load_state_dict(reference.state_dict())
+    s, z, mask = _block_inputs(1, 4, cfg)
+    for got, want in zip(counted(s, z, mask), reference(s, z, mask)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert calls == {"tri_mul": 2, "attention": 3}  # two updates; seq, start, end attention
+
+    clone = pickle.loads(pickle.dumps(copy.deepcopy(reference)))
+    for got, want in zip(clone(s, z, mask), reference(s, z, mask)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="axial_attention"):
+        T.EsmFoldTriangularSelfAttentionBlock(cfg, ops=object())

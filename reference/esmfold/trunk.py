@@ -19,14 +19,17 @@ openfold's), so `trunk.*` keys of a published checkpoint load unchanged.
 
 The heavy pair ops go through two functional ops, `triangle_multiplicative_update` and
 `axial_attention` (`esmkernels.reference.esmfold.trunk_functional`). Every module takes an `ops`
-argument, an object with those two functions, defaulting to that reference module: a fast model
-passes its kernel namespace instead and reuses these modules unchanged.
+argument, a module or object with those two functions, defaulting to that reference module: a
+fast model passes its kernel namespace instead and reuses these modules unchanged (`TrunkOps`
+keeps the choice picklable).
 
 Masks are 1 = keep, [B, L] over residues; pair masks are their outer product.
 """
 
 from __future__ import annotations
 
+import importlib
+import types
 from typing import Any
 
 import torch
@@ -45,8 +48,36 @@ RECYCLE_MAX_BIN = 21.375
 _CB_A, _CB_B, _CB_C = -0.58273431, 0.56802827, -0.54067466
 
 
-def _ops_or_reference(ops: Any) -> Any:
-    return _reference_ops if ops is None else ops
+class TrunkOps:
+    """Handle on a trunk-op namespace that survives `copy.deepcopy` and pickling.
+
+    `ops` is a module (kept by name, re-imported on use) or any object with
+    `triangle_multiplicative_update` and `axial_attention`; None means the reference ops.
+    """
+
+    _REQUIRED = ("triangle_multiplicative_update", "axial_attention")
+
+    def __init__(self, ops: Any = None):
+        if isinstance(ops, TrunkOps):
+            ops = ops.namespace
+        ops = _reference_ops if ops is None else ops
+        missing = [f for f in self._REQUIRED if not callable(getattr(ops, f, None))]
+        if missing:
+            raise TypeError(f"trunk ops {ops!r} lack {missing}")
+        self._module = ops.__name__ if isinstance(ops, types.ModuleType) else None
+        self._object = None if self._module else ops
+
+    @property
+    def namespace(self) -> Any:
+        return importlib.import_module(self._module) if self._module else self._object
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not yet set while unpickling
+            raise AttributeError(name)
+        return getattr(self.namespace, name)
+
+    def __repr__(self) -> str:
+        return f"TrunkOps({self._module or self._object!r})"
 
 
 class EsmFoldDropout(nn.Module):
@@ -83,7 +114,7 @@ class EsmFoldTriangleMultiplicativeUpdate(nn.Module):
         super().__init__()
         c = config.pairwise_state_dim
         self._outgoing = _outgoing
-        self.ops = _ops_or_reference(ops)
+        self.ops = TrunkOps(ops)
         self.linear_a_p = nn.Linear(c, c)
         self.linear_a_g = nn.Linear(c, c)
         self.linear_b_p = nn.Linear(c, c)
@@ -178,7 +209,7 @@ class EsmFoldTriangleAttention(nn.Module):
         self.no_heads = no_heads
         self.starting = starting
         self.inf = inf  # kept for config parity; masking is exact in `axial_attention`
-        self.ops = _ops_or_reference(ops)
+        self.ops = TrunkOps(ops)
         self.layer_norm = nn.LayerNorm(c_in)
         self.linear = nn.Linear(c_in, no_heads, bias=False)
         self.mha = EsmFoldAttention(c_in, c_hidden, no_heads)
@@ -238,7 +269,7 @@ class EsmFoldSelfAttention(nn.Module):
         self.num_heads = num_heads
         self.head_width = head_width
         self.gated = gated
-        self.ops = _ops_or_reference(ops)
+        self.ops = TrunkOps(ops)
         self.proj = nn.Linear(embed_dim, embed_dim * 3, bias=False)
         self.o_proj = nn.Linear(embed_dim, embed_dim, bias=True)
         if gated:
@@ -590,5 +621,6 @@ __all__ = [
     "EsmFoldTriangleMultiplicativeUpdate",
     "EsmFoldTriangularSelfAttentionBlock",
     "EsmFoldingTrunk",
+    "TrunkOps",
     "num_trunk_iterations",
 ]
