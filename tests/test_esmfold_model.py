@@ -231,6 +231,20 @@ def test_training_gradients_and_dropout():
         torch.testing.assert_close(model(ids, num_recycles=1).s_z, model(ids, num_recycles=1).s_z)
 
 
+def test_fp16_esm_runs_the_stem_in_fp32_on_cpu():
+    """`fp16_esm` only affects CUDA (autocast); on the CPU the stem runs in fp32."""
+    model = tiny_model()
+    config = tiny_config()
+    config.esmfold_config.fp16_esm = True
+    fp16_flagged = EsmForProteinFolding(config).eval()
+    fp16_flagged.load_state_dict(model.state_dict())
+    assert fp16_flagged.esm.embeddings.word_embeddings.weight.dtype == torch.float32
+    ids = torch.tensor([[2, 4, 6, 8]])
+    with torch.no_grad():
+        a, b = model(ids, num_recycles=0), fp16_flagged(ids, num_recycles=0)
+    torch.testing.assert_close(a.positions, b.positions, rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------------------------------
 # Errors
 # ------------------------------------------------------------------------------------------------
