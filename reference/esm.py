@@ -26,8 +26,10 @@ maps are computed in fp32.
 
 Subclassing (the fast models in `esmkernels.models` reuse every module here): override
 `layer_norm_cls` and `self_attention_cls` on a subclass of `EsmModel` (its LayerNorms and
-`EsmSelfAttention.attend` are then the kernels), and `base_model_cls` (plus `layer_norm_cls` for
-the LM head's LayerNorm) on subclasses of the task models.
+`EsmSelfAttention.attend` are then the kernels; `encoder_cls` replaces the layer loop, e.g. to
+unpad), and `base_model_cls` (plus `layer_norm_cls` for the LM head's LayerNorm) on subclasses
+of the task models. A LayerNorm class should subclass `EsmLayerNorm` (same parameters, and
+`_init_weights` recognises it).
 
 Example:
     >>> import torch
@@ -77,8 +79,10 @@ class EsmPreTrainedModel(PreTrainedMixin, nn.Module):
     # Published ESM-2 checkpoints hold no pooler: it keeps its initial values, as in HF.
     _ignore_missing = (*PreTrainedMixin._ignore_missing, r"(^|\.)pooler\.dense\.")
 
+    # Module classes the constructors build; the fast models override them (see module doc).
     layer_norm_cls: type[nn.Module] = EsmLayerNorm
     self_attention_cls: type[nn.Module] = EsmSelfAttention
+    encoder_cls: type[EsmEncoder] = EsmEncoder
 
     def __init__(self, config: EsmConfig):
         if not isinstance(config, EsmConfig):
@@ -234,7 +238,7 @@ class EsmModel(EsmPreTrainedModel):
     def __init__(self, config: EsmConfig, add_pooling_layer: bool = True):
         super().__init__(config)
         self.embeddings = EsmEmbeddings(config, self.layer_norm_cls)
-        self.encoder = EsmEncoder(config, self.layer_norm_cls, self.self_attention_cls)
+        self.encoder = self.encoder_cls(config, self.layer_norm_cls, self.self_attention_cls)
         self.pooler = EsmPooler(config) if add_pooling_layer else None
         self.contact_head = EsmContactPredictionHead(
             config.num_hidden_layers * config.num_attention_heads,

@@ -32,6 +32,7 @@ from esmkernels.reference.esm import (
 from esmkernels.reference.esm_layers import (
     EsmContactPredictionHead,
     EsmEmbeddings,
+    EsmEncoder,
     EsmLayer,
     EsmLayerNorm,
     EsmSelfAttention,
@@ -521,9 +522,18 @@ class _CountingAttention(EsmSelfAttention):
         return super().attend(q, k, v, key_padding_mask, position_ids, output_attentions)
 
 
+class _CountingEncoder(EsmEncoder):
+    calls = 0
+
+    def forward(self, *args, **kwargs):
+        type(self).calls += 1
+        return super().forward(*args, **kwargs)
+
+
 class _HookedModel(EsmModel):
     layer_norm_cls = _CountingLayerNorm
     self_attention_cls = _CountingAttention
+    encoder_cls = _CountingEncoder
 
 
 class _HookedMaskedLM(EsmForMaskedLM):
@@ -533,13 +543,14 @@ class _HookedMaskedLM(EsmForMaskedLM):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_subclass_hooks_replace_every_layer_norm_and_attention(kind):
-    """What the fast models rely on: overriding `layer_norm_cls`, `self_attention_cls` and
-    `base_model_cls` reaches every LayerNorm and attention, keeping the keys and the outputs."""
+    """What the fast models rely on: overriding `layer_norm_cls`, `self_attention_cls`,
+    `encoder_cls` and `base_model_cls` reaches every LayerNorm, attention and the encoder,
+    keeping the keys and the outputs."""
     base = make_model(EsmForMaskedLM, kind)
     hooked = _HookedMaskedLM(base.config).eval()
     assert hooked.state_dict().keys() == base.state_dict().keys()
     hooked.load_state_dict(base.state_dict())
-    _CountingLayerNorm.calls = _CountingAttention.calls = 0
+    _CountingLayerNorm.calls = _CountingAttention.calls = _CountingEncoder.calls = 0
     tokens, mask = tokens_of(BATCH)
     with torch.no_grad():
         torch.testing.assert_close(hooked(tokens, mask).logits, base(tokens, mask).logits)
@@ -547,6 +558,7 @@ def test_subclass_hooks_replace_every_layer_norm_and_attention(kind):
     # two per layer, emb_layer_norm_after, the LM head, and ESM-1b's embedding LayerNorm
     assert _CountingLayerNorm.calls == 2 * n_layers + 2 + (kind == "esm1b")
     assert _CountingAttention.calls == n_layers
+    assert _CountingEncoder.calls == 1
 
 
 # --------------------------------------------------------------------------------------------
