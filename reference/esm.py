@@ -22,7 +22,9 @@ take part in attention and count it in token dropout).
 Where this deliberately differs from transformers 5.x: `inputs_embeds` replaces only the token
 embedding lookup (positions, LayerNorm and masking still apply, as in transformers 4.x and
 fair-esm); the attention maps returned in training are those before attention dropout; contact
-maps are computed in fp32.
+maps are computed in fp32; the inferred `problem_type` is not written back into the config.
+As in transformers 5 (not 4.x, which ignored them), explicit `position_ids` of a rotary model are
+its rotary positions.
 
 Subclassing (the fast models in `esmkernels.models` reuse every module here): override
 `layer_norm_cls` and `self_attention_cls` on a subclass of `EsmModel` (its LayerNorms and
