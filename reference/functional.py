@@ -16,15 +16,21 @@ import torch
 import torch.nn.functional as F
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """fp32 for half inputs, float64 kept (so float64 gradchecks of modules are exact)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def layer_norm(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
 ) -> torch.Tensor:
     """LayerNorm over the last dimension. x: [..., N]; weight, bias: [N]. Statistics in fp32."""
+    ct = _compute_dtype(x)
     out = F.layer_norm(
-        x.float(),
+        x.to(ct),
         (x.shape[-1],),
-        None if weight is None else weight.float(),
-        None if bias is None else bias.float(),
+        None if weight is None else weight.to(ct),
+        None if bias is None else bias.to(ct),
         eps,
     )
     return out.to(x.dtype)
@@ -38,8 +44,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def rotary_cos_sin(
     positions: torch.Tensor, inv_freq: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """positions: [...] (int or float), inv_freq: [D/2] -> cos, sin: [..., D] in fp32."""
-    theta = positions.to(torch.float32)[..., None] * inv_freq.to(torch.float32)
+    """positions: [...] (int or float), inv_freq: [D/2] -> cos, sin: [..., D] in fp32 (float64
+    when inv_freq is float64)."""
+    ct = _compute_dtype(inv_freq)
+    theta = positions.to(ct)[..., None] * inv_freq.to(ct)
     emb = torch.cat((theta, theta), dim=-1)
     return emb.cos(), emb.sin()
 
@@ -47,7 +55,8 @@ def rotary_cos_sin(
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [B, L, H, D]; cos, sin: [B or 1, L, D] fp32 -> rotated x in x.dtype."""
     c, s = cos[:, :, None, :], sin[:, :, None, :]
-    return (x.float() * c + rotate_half(x.float()) * s).to(x.dtype)
+    xc = x.to(torch.promote_types(_compute_dtype(x), cos.dtype))
+    return (xc * c + rotate_half(xc) * s).to(x.dtype)
 
 
 def rotary_attention(
@@ -79,8 +88,9 @@ def rotary_attention(
     """
     B, L, H, D = q.shape
     scale = D**-0.5 if scale is None else scale
-    qf = q.float() * scale
-    kf = k.float()
+    ct = _compute_dtype(q)
+    qf = q.to(ct) * scale
+    kf = k.to(ct)
     if inv_freq is not None:
         if position_ids is None:
             position_ids = torch.arange(L, device=q.device)
@@ -96,7 +106,7 @@ def rotary_attention(
     # Rows with every key masked are all -inf -> NaN; they give zeros by definition.
     probs = torch.nan_to_num(probs, nan=0.0)
     p_used = F.dropout(probs, p=dropout_p, training=training) if dropout_p > 0 else probs
-    out = torch.einsum("bhqk,bkhd->bqhd", p_used, v.float()).to(q.dtype)
+    out = torch.einsum("bhqk,bkhd->bqhd", p_used, v.to(ct)).to(q.dtype)
     return (out, probs) if return_probs else out
 
 
@@ -119,6 +129,11 @@ def varlen_rotary_attention(
             continue
         pos = None if position_ids is None else position_ids[s:e][None]
         out[s:e] = rotary_attention(
-            q[None, s:e], k[None, s:e], v[None, s:e], inv_freq=inv_freq, position_ids=pos, scale=scale
+            q[None, s:e],
+            k[None, s:e],
+            v[None, s:e],
+            inv_freq=inv_freq,
+            position_ids=pos,
+            scale=scale,
         )[0]
     return out
