@@ -8,6 +8,10 @@ Formats (the name `load_checkpoint` reports in brackets):
 * fair-esm `.pt` files: ESM-1b / ESM-1v, pickled with an `argparse.Namespace` under `"args"`
   (`"fair-esm-args"`), and ESM-2, with `cfg["model"]` (`"fair-esm-cfg"`). A
   `<name>-contact-regression.pt` file beside the `.pt` is merged in.
+* fair-esm ESMFold `.pt` files (`esmfold_3B_v1.pt`, `"fair-esm-esmfold"`, converted by
+  `esmkernels.convert_esmfold`). They hold the folding trunk and heads only; the ESM-2 3B stem
+  comes from its own checkpoint, `load_checkpoint("esmfold_3B_v1.pt",
+  stem="esm2_t36_3B_UR50D.pt")`. Without `stem` the state dict has no `esm.*` keys.
 * A Hub id such as `facebook/esm2_t6_8M_UR50D` (through `huggingface_hub`, only when installed,
   only when the string is not a local path, and never at import time).
 
@@ -24,9 +28,11 @@ files use):
 * The base-model prefix (`esm.`) is kept as stored; `PreTrainedMixin.from_pretrained` adds or
   strips it to fit the model class.
 
-Security: pickled files are read only with `torch.load(..., weights_only=True)`, allowing one
-extra class, `argparse.Namespace` (fair-esm's `args` and ESM-2's `cfg["model"]` are namespaces of
-plain values). Anything else in the pickle is refused with an error that names it.
+Security: pickled files are read only with `torch.load(..., weights_only=True)`, allowing
+`argparse.Namespace` (fair-esm's `args` and ESM-2's `cfg["model"]` are namespaces of plain
+values) and omegaconf configs, which are read through inert stand-in classes into plain dicts
+without importing omegaconf (`torch_load_safe`). Anything else in the pickle is refused with an
+error that names it.
 
 This module is a foundation leaf: it imports nothing from `models/`, `ops/` or `reference/`.
 
@@ -77,6 +83,7 @@ FORMATS = (
     "hf-bin-sharded",
     "fair-esm-args",
     "fair-esm-cfg",
+    "fair-esm-esmfold",
 )
 
 _INV_FREQ = "rotary_embeddings.inv_freq"
@@ -97,6 +104,7 @@ def load_checkpoint(
     config: EsmConfig | None = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    stem: Any = None,
 ) -> tuple[EsmConfig, dict[str, Tensor], str]:
     """Load any supported ESM checkpoint as `(config, state_dict, format_name)`.
 
@@ -107,6 +115,9 @@ def load_checkpoint(
         config: use this configuration instead of the one stored with the weights (needed for a
             bare weights file without a `config.json` beside it).
         revision, cache_dir: passed to `huggingface_hub` for Hub ids.
+        stem: only for fair-esm ESMFold `.pt` files, which lack their ESM-2 language model:
+            its checkpoint (any path or Hub id this function reads, e.g.
+            `"esm2_t36_3B_UR50D.pt"`) or a loaded `(config, state_dict)`; merged under `esm.`.
 
     Returns:
         `config` (an `EsmConfig`), `state_dict` (HF key names, tensors on CPU in their stored
@@ -116,13 +127,18 @@ def load_checkpoint(
     Raises:
         FileNotFoundError: the path does not exist (and is not a Hub id), or a file it needs
             (config, shard, ...) is missing.
-        ValueError: a file is corrupt, truncated, not ESM, or in no known format.
+        ValueError: a file is corrupt, truncated, not ESM, or in no known format; `stem` given
+            for a checkpoint that is not a fair-esm ESMFold file.
         OSError: a Hub download failed.
 
     Example:
         >>> cfg, sd, fmt = load_checkpoint("checkpoints/esm2_t6_8M_UR50D")  # doctest: +SKIP
         >>> fmt
         'hf-safetensors'
+        >>> cfg, sd, fmt = load_checkpoint(  # doctest: +SKIP
+        ...     "esmfold_3B_v1.pt", stem="esm2_t36_3B_UR50D.pt")
+        >>> fmt, cfg.is_folding_model, "esm.embeddings.word_embeddings.weight" in sd
+        ('fair-esm-esmfold', True, True)
     """
     if config is not None and not isinstance(config, EsmConfig):
         raise TypeError(
@@ -132,11 +148,16 @@ def load_checkpoint(
     if path.is_dir():
         cfg, state_dict, fmt = _load_hf_dir(path, config)
     elif path.suffix in (".pt", ".pth"):
-        cfg, state_dict, fmt = _load_fair_esm(path)
+        cfg, state_dict, fmt = _load_fair_esm(path, stem)
         if config is not None:
             cfg = config
     else:
         cfg, state_dict, fmt = _load_hf_file(path, config)
+    if stem is not None and fmt != "fair-esm-esmfold":
+        raise ValueError(
+            f"load_checkpoint: stem= is only for fair-esm ESMFold .pt files (trunk weights "
+            f"only), but {os.fspath(path_or_id)!r} is a {fmt} checkpoint"
+        )
     return cfg, normalize_state_dict(state_dict, cfg.num_hidden_layers), fmt
 
 
@@ -421,30 +442,160 @@ def _read_sharded(index: Path, read) -> dict[str, Tensor]:
 
 
 def torch_load_safe(path: str | os.PathLike) -> Any:
-    """`torch.load` with `weights_only=True`, allowing only `argparse.Namespace` besides tensors.
+    """`torch.load(weights_only=True)` that also reads configs pickled as omegaconf objects.
 
-    Raises ValueError naming the file and the refused class when the pickle holds anything else,
-    and when the file is truncated or not a torch file.
+    Besides tensors and plain containers it allows `argparse.Namespace` (fair-esm's `args`,
+    ESM-2's `cfg["model"]`) and omegaconf configs (`DictConfig`, `ListConfig` and their nodes,
+    as in the published `esmfold_3B_v1.pt`): the pickle's globals are listed first
+    (`torch.serialization.get_unsafe_globals_in_checkpoint`); if each is an `omegaconf.*` class
+    or a type marker such configs carry (`typing.Any`, `builtins.dict`, ..., see
+    `CONFIG_MARKER_GLOBALS`), the file is read with an inert stand-in class under each of those
+    names, which only records what the pickle hands it, and the configs come back as plain
+    dicts, lists and values. omegaconf itself is never imported and nothing in the file is
+    called. Legacy (non-zip) files, which cannot be listed, learn the names from the refusals.
+
+    Raises ValueError naming the file and the refused global when the pickle holds anything
+    else, and when the file is truncated or not a torch file.
+
+    Example:
+        >>> data = torch_load_safe("esmfold_3B_v1.pt")  # doctest: +SKIP
+        >>> type(data["cfg"]["model"]).__name__, data["cfg"]["model"]["trunk"]["num_blocks"]
+        ('dict', 48)
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"missing file {path}")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(err), re.IGNORECASE)
-        what = f"class {found.group(1)}" if found else "an object"
-        raise ValueError(
-            f"refusing to load {path}: it pickles {what}, which is not a tensor, plain container "
-            "or argparse.Namespace, and unpickling it could run arbitrary code. Convert the file "
-            "where you trust it (e.g. torch.save({'model': state_dict, 'cfg': {'model': "
-            "vars(cfg)}}) or save_pretrained) and load the converted file."
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        listed: list[str] | None = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except ValueError:
+        listed = None  # not a zip checkpoint: a legacy torch.save file or a bare pickle
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError) as err:
         raise ValueError(
             f"{path} is not a readable torch checkpoint (corrupt or truncated?): {err}"
         ) from None
+    stand_ins: dict[str, Any] = {}
+    for name in listed or ():
+        if name == _NAMESPACE:
+            continue
+        if not _is_config_global(name):
+            raise _refusal(path, name)
+        stand_ins[name] = _stand_in(name)
+    for _ in range(256):  # bounded: each round learns one more global of a legacy file
+        allowed = [argparse.Namespace, *((cls, name) for name, cls in stand_ins.items())]
+        try:
+            with torch.serialization.safe_globals(allowed):
+                data = torch.load(path, map_location="cpu", weights_only=True)
+            break
+        except pickle.UnpicklingError as err:
+            found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(err), re.IGNORECASE)
+            name = found.group(1) if found else None
+            if name and "." not in name:
+                name = "builtins." + name  # torch's message drops the builtins module
+            if listed is None and name and _is_config_global(name) and name not in stand_ins:
+                stand_ins[name] = _stand_in(name)
+                continue
+            raise _refusal(path, name) from None
+        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+            raise ValueError(
+                f"{path} is not a readable torch checkpoint (corrupt or truncated?): {err}"
+            ) from None
+        except (TypeError, AttributeError) as err:  # a stand-in used in a way configs never are
+            raise _refusal(path, None, f" ({err})") from None
+    else:
+        raise _refusal(path, None)
+    return _configs_to_plain(data, path) if stand_ins else data
+
+
+_NAMESPACE = "argparse.Namespace"
+# Type markers omegaconf configs pickle in their node metadata (ref_type, object_type, key_type,
+# element_type, the resolver cache) and the fair-esm ESMFold config dataclasses a structured
+# config may name as its object_type. They become inert stand-ins like the omegaconf classes
+# (checked with omegaconf 2.4: typing.Any, builtins.dict / list / int, collections.defaultdict).
+CONFIG_MARKER_GLOBALS = frozenset(
+    {
+        "typing.Any",
+        "builtins.dict",
+        "builtins.list",
+        "builtins.tuple",
+        "builtins.int",
+        "builtins.float",
+        "builtins.str",
+        "builtins.bool",
+        "builtins.bytes",
+        "collections.defaultdict",
+        "esm.esmfold.v1.esmfold.ESMFoldConfig",
+        "esm.esmfold.v1.trunk.FoldingTrunkConfig",
+        "esm.esmfold.v1.trunk.StructureModuleConfig",
+    }
+)
+
+
+def _is_config_global(name: str) -> bool:
+    return name.startswith("omegaconf.") or name in CONFIG_MARKER_GLOBALS
+
+
+def _refusal(path: Path, name: str | None, detail: str = "") -> ValueError:
+    what = f"class {name}" if name else "an object"
+    return ValueError(
+        f"refusing to load {path}: it pickles {what}, which is not a tensor, plain container, "
+        f"argparse.Namespace or omegaconf config, and unpickling it could run arbitrary code"
+        f"{detail}. Convert the file where you trust it (e.g. torch.save({{'model': state_dict, "
+        "'cfg': {'model': vars(cfg)}}) or save_pretrained) and load the converted file."
+    )
+
+
+class _Pickled:
+    """Inert stand-in for a class a config pickle names: it records its arguments and state.
+
+    Unpickling builds it by `__new__` (NEWOBJ), by a call (REDUCE) and `__setstate__` (BUILD);
+    none of these runs code from the file.
+    """
+
+    pickled_name = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        self = object.__new__(cls)
+        self.args = args
+        self.state = None
+        return self
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
+            state = {**state[0], **(state[1] or {})}  # (dict, slots) state
+        self.state = state
+
+
+def _new_dict(*args: Any) -> dict:
+    return {}  # `defaultdict(factory)` in a config's resolver cache; SETITEMS needs a real dict
+
+
+def _stand_in(name: str) -> Any:
+    if name == "collections.defaultdict":
+        return _new_dict
+    return type(f"Pickled[{name}]", (_Pickled,), {"pickled_name": name})
+
+
+def _configs_to_plain(obj: Any, path: Path) -> Any:
+    """Replace pickled omegaconf containers and nodes by the plain values they hold."""
+    if isinstance(obj, _Pickled):
+        state = obj.state if isinstance(obj.state, dict) else {}
+        if obj.pickled_name.startswith("omegaconf."):
+            if "_content" in state:  # DictConfig / ListConfig (None, or a "${..}" string too)
+                return _configs_to_plain(state["_content"], path)
+            if "_val" in state:  # AnyNode, StringNode, IntegerNode, ... hold their value here
+                return _configs_to_plain(state["_val"], path)
+        raise ValueError(
+            f"{path}: {obj.pickled_name} appears outside an omegaconf config's metadata, "
+            "which omegaconf does not write; refusing the file"
+        )
+    if isinstance(obj, Mapping):
+        return {k: _configs_to_plain(v, path) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_configs_to_plain(v, path) for v in obj)
+    return obj
 
 
 def format_keys(keys, limit: int = 20) -> str:
@@ -600,10 +751,16 @@ def _fair_config(
     )
 
 
-def _load_fair_esm(path: Path) -> tuple[EsmConfig, dict[str, Tensor], str]:
+def _load_fair_esm(path: Path, stem: Any = None) -> tuple[EsmConfig, dict[str, Tensor], str]:
     if path.name.endswith("-contact-regression.pt"):
         raise ValueError(f"{path} is a contact-regression file; pass the model .pt beside it")
     data = torch_load_safe(path)
+    # imported here: convert_esmfold imports this module
+    from esmkernels.convert_esmfold import convert_fair_esmfold, is_fair_esmfold
+
+    if is_fair_esmfold(data):
+        config, state = convert_fair_esmfold(data, stem=stem)
+        return config, state, "fair-esm-esmfold"
     if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping):
         found = sorted(data)[:10] if isinstance(data, Mapping) else type(data).__name__
         raise ValueError(

@@ -111,6 +111,12 @@ class PreTrainedMixin:
             embeddings; add e.g. `r"^esm\\.pooler\\."` to a class without a pooler).
         _keep_in_fp32: regexes of floating buffers that stay float32 when `from_pretrained`
             casts to half precision.
+        _init_missing_heads: when true (default), a head class loading a checkpoint that holds
+            its base model (`esm.*`) but none of a head module's keys (e.g. `classifier.*` from
+            a masked-LM checkpoint) keeps that head's fresh initial values with a warning, and
+            drops the checkpoint's keys of modules the class lacks (its `lm_head.*`), as
+            transformers does. A head present in part is still an error. ESMFold sets it
+            false: its heads are part of the pretrained model.
     """
 
     config_class: ClassVar[type] = EsmConfig
@@ -126,6 +132,7 @@ class PreTrainedMixin:
         r"(^|\.)pooler\.",
     )
     _keep_in_fp32: ClassVar[tuple[str, ...]] = (r"inv_freq$",)
+    _init_missing_heads: ClassVar[bool] = True
 
     config: Any
 
@@ -213,6 +220,7 @@ class PreTrainedMixin:
         strict: bool = True,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
+        stem: Any = None,
         **config_overrides: Any,
     ):
         """Build `cls(config)` and load a checkpoint of any supported format into it.
@@ -225,10 +233,15 @@ class PreTrainedMixin:
                 dtype: a `torch.dtype`, "float32" / "float16" / "bfloat16" (or "fp16", "bf16"),
                 "auto" for the stored dtype, or None to keep float32.
             device: where the model ends up (loading itself happens on CPU).
-            strict: raise on missing / unexpected keys (after the class's ignore lists). With
-                False they are reported by `warnings.warn` and logging; missing ones keep their
-                initial values (e.g. a fresh classification head). Shape mismatches always raise.
+            strict: raise on missing / unexpected keys (after the class's ignore lists and the
+                task-head rule of `load_hf_state_dict`: a head the checkpoint lacks entirely is
+                freshly initialised with a warning, as in transformers). With False they are
+                reported by `warnings.warn` and logging; missing ones keep their initial values.
+                Shape mismatches always raise.
             revision, cache_dir: for Hub ids.
+            stem: for a fair-esm ESMFold `.pt` (trunk weights only): the ESM-2 stem's
+                checkpoint, e.g. `"esm2_t36_3B_UR50D.pt"` or `"facebook/esm2_t36_3B_UR50D"`
+                (see `load_checkpoint`).
             **config_overrides: configuration keys to change, e.g. `num_labels=3`,
                 `token_dropout=False`.
 
@@ -238,12 +251,29 @@ class PreTrainedMixin:
         Example:
             >>> model = EsmForMaskedLM.from_pretrained(  # doctest: +SKIP
             ...     "facebook/esm2_t6_8M_UR50D", dtype="bf16", device="cuda")
+            >>> clf = EsmForSequenceClassification.from_pretrained(  # doctest: +SKIP
+            ...     "facebook/esm2_t6_8M_UR50D", num_labels=3)  # fresh classifier, warned
+            >>> fold = EsmForProteinFolding.from_pretrained(  # doctest: +SKIP
+            ...     "esmfold_3B_v1.pt", stem="esm2_t36_3B_UR50D.pt")
         """
         if config is not None:
             cls._make_config(config, {})  # type check before any file is read
         stored_config, state_dict, fmt = load_checkpoint(
-            path_or_id, config=config, revision=revision, cache_dir=cache_dir
+            path_or_id, config=config, revision=revision, cache_dir=cache_dir, stem=stem
         )
+        prefix = cls.base_model_prefix + "."
+        if (
+            fmt == "fair-esm-esmfold"
+            and strict
+            and not any(k.startswith(prefix) for k in state_dict)
+        ):
+            raise ValueError(
+                f"{cls.__name__}: {path_or_id} is a fair-esm ESMFold file, which holds the folding "
+                "trunk and heads only; its ESM-2 language model comes from its own checkpoint. "
+                f"Pass it as stem=, e.g. {cls.__name__}.from_pretrained({os.fspath(path_or_id)!r}, "
+                "stem='esm2_t36_3B_UR50D.pt') (a path, an HF directory or Hub id such as "
+                "'facebook/esm2_t36_3B_UR50D'), or strict=False to leave the stem random"
+            )
         config = cls._make_config(stored_config, config_overrides)
         target_dtype = resolve_dtype(dtype, state_dict)
 
@@ -285,6 +315,7 @@ class PreTrainedMixin:
         expected = module.state_dict()
         mapped = self._fit_prefix(dict(state_dict), expected)
         mapped = self._fit_inv_freq(mapped, expected)
+        stored = set(mapped)  # before tying fills targets the file leaves out
         mapped = self._fit_tied(mapped, expected, source)
 
         mismatched = [
@@ -301,6 +332,7 @@ class PreTrainedMixin:
         unexpected = [
             k for k in mapped if k not in expected and not _matches(k, self._ignore_unexpected)
         ]
+        missing, unexpected = self._fit_task_heads(missing, unexpected, stored, expected, source)
         recomputed = [k for k in expected if k not in mapped and is_inv_freq_key(k)]
         if recomputed:
             logger.warning(
@@ -333,6 +365,56 @@ class PreTrainedMixin:
             module.load_state_dict(loadable, strict=False)
         self.tie_weights()
         return missing, unexpected
+
+    def _fit_task_heads(
+        self,
+        missing: list[str],
+        unexpected: list[str],
+        stored: Iterable[str],
+        expected: Mapping[str, Tensor],
+        source: str,
+    ) -> tuple[list[str], list[str]]:
+        """Split off whole task heads the checkpoint (`stored` keys) or the class lacks.
+
+        See `_init_missing_heads` in the class docstring. Returns the remaining
+        `(missing, unexpected)`.
+        """
+        prefix = self.base_model_prefix + "."
+        stored = list(stored)
+        if not (
+            self._init_missing_heads
+            and self._is_head()
+            and any(k.startswith(prefix) for k in stored)
+        ):
+            return missing, unexpected
+
+        def top(key: str) -> str:
+            return key.split(".", 1)[0]
+
+        in_file = {top(k) for k in stored}
+        in_model = {top(k) for k in expected}
+        fresh = [k for k in missing if not k.startswith(prefix) and top(k) not in in_file]
+        dropped = [k for k in unexpected if not k.startswith(prefix) and top(k) not in in_model]
+        if fresh:
+            message = (
+                f"{type(self).__name__}: {source} has no weights for its task head; "
+                f"{len(fresh)} weight(s) are newly initialised: {format_keys(fresh)}. Train the "
+                "model on a downstream task before using its predictions"
+            )
+            warnings.warn(message, stacklevel=4)
+            logger.warning(message)
+        if dropped:
+            logger.info(
+                "%s: ignoring %d checkpoint key(s) of modules the class does not have: %s",
+                type(self).__name__,
+                len(dropped),
+                format_keys(dropped),
+            )
+        fresh_set, dropped_set = set(fresh), set(dropped)
+        return (
+            [k for k in missing if k not in fresh_set],
+            [k for k in unexpected if k not in dropped_set],
+        )
 
     def _is_head(self) -> bool:
         return isinstance(getattr(self, self.base_model_prefix, None), nn.Module)

@@ -14,9 +14,9 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from esmkernels import convert_esmfold as convert
 from esmkernels.configuration import ESM_VOCAB, EsmConfig
 from esmkernels.reference.esm import EsmModel
-from esmkernels.reference.esmfold import convert
 from esmkernels.reference.esmfold.modeling import (
     EsmForProteinFolding,
     EsmForProteinFoldingOutput,

@@ -108,10 +108,15 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
 
     Keys are transformers' (`esm.*`, `esm_s_combine`, `esm_s_mlp.*`, `embedding.*`, `trunk.*`,
     `distogram_head.*`, `ptm_head.*`, `lm_head.*`, `lddt_head.*`, buffer `af2_to_esm`), so a
-    transformers `save_pretrained` directory loads with `from_pretrained`.
+    transformers `save_pretrained` directory (the published `facebook/esmfold_v1`) loads with
+    `from_pretrained` unchanged. fair-esm's `esmfold_3B_v1.pt` holds the trunk and heads only;
+    its ESM-2 3B stem comes from its own checkpoint, passed as `stem=` (any path or Hub id
+    `load_checkpoint` reads); without it loading raises unless `strict=False`.
 
     Example:
         >>> model = EsmForProteinFolding.from_pretrained("facebook/esmfold_v1")  # doctest: +SKIP
+        >>> model = EsmForProteinFolding.from_pretrained(  # doctest: +SKIP
+        ...     "esmfold_3B_v1.pt", stem="esm2_t36_3B_UR50D.pt")
         >>> pdb_text = model.infer_pdb("MKTVRQERLKSIVRILERSKEPVSGAQ")  # doctest: +SKIP
         >>> out = model.infer(["MKTVRQ", "AAAA:GGGG"])  # multimer: chains split by ":"  # doctest: +SKIP
         >>> out.positions[-1].shape, out.plddt.shape, out.ptm.shape  # doctest: +SKIP
@@ -121,6 +126,8 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
     base_model_prefix: ClassVar[str] = "esm"
     # Trunk op namespace (`triangle_multiplicative_update`, `axial_attention`); None = reference.
     _trunk_ops: ClassVar[Any] = None
+    # The distogram / pTM / pLDDT / AA heads are part of the pretrained model: never fresh.
+    _init_missing_heads: ClassVar[bool] = False
 
     def __init__(self, config: EsmConfig):
         super().__init__()

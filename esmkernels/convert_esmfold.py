@@ -7,20 +7,24 @@ fair-esm loads separately (`esm2_t36_3B_UR50D`). The non-stem key names are alre
 transformers uses (`trunk.*`, `esm_s_combine`, `esm_s_mlp.*`, `embedding.*`, `*_head.*`,
 `af2_to_esm`), so they are kept; the structure-module config keys are renamed.
 
-The stem comes from an ESM-2 checkpoint read by `esmkernels.checkpoint.load_checkpoint`, passed
-as `stem=(config, state_dict)`; without it the returned state dict has no `esm.*` keys and the
-config describes ESM-2 3B (ESMFold v0 / v1's stem), so loading needs `strict=False` and leaves the
-stem random. A file that does store the stem (fair-esm names under `esm.`) has it converted.
+The stem comes from its own ESM-2 checkpoint: `stem=` takes a path or Hub id (read by
+`esmkernels.checkpoint.load_checkpoint`) or a loaded `(config, state_dict)` pair. Without it the
+returned state dict has no `esm.*` keys and the config describes ESM-2 3B (ESMFold v0 / v1's
+stem). A file that does store the stem (fair-esm names under `esm.`) has it converted.
 
-Files pickled with omegaconf objects (the published ones) cannot be read with
-`torch.load(weights_only=True)`. Convert their cfg to plain containers where the file is
-trusted (`OmegaConf.to_container`) and save again; `convert_fair_esmfold` accepts plain dicts,
-`argparse.Namespace`s and any mapping-like object.
+The published files pickle their cfg as omegaconf objects; `esmkernels.checkpoint.torch_load_safe`
+reads those into plain dicts without importing omegaconf (see its docstring), so
+`load_checkpoint("esmfold_3B_v1.pt", stem="esm2_t36_3B_UR50D.pt")` and
+`EsmForProteinFolding.from_pretrained(...)` with the same arguments read them directly.
+
+This module is a foundation leaf: it imports only `esmkernels.configuration` and
+`esmkernels.checkpoint`.
 
 Example:
-    >>> data = torch.load("esmfold_3B_v1_plain.pt", weights_only=True)  # doctest: +SKIP
-    >>> stem = load_checkpoint("esm2_t36_3B_UR50D.pt")[:2]  # doctest: +SKIP
-    >>> config, state_dict = convert_fair_esmfold(data, stem=stem)  # doctest: +SKIP
+    >>> config, state_dict = load_fair_esmfold(  # doctest: +SKIP
+    ...     "esmfold_3B_v1.pt", stem="esm2_t36_3B_UR50D.pt")
+    >>> config.esmfold_config.trunk.num_blocks, "esm.embeddings.word_embeddings.weight" in state_dict
+    (48, True)
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 
-from esmkernels.checkpoint import fair_esm_to_hf, torch_load_safe
+from esmkernels.checkpoint import fair_esm_to_hf, load_checkpoint, torch_load_safe
 from esmkernels.configuration import (
     ESM_VOCAB,
     EsmConfig,
@@ -40,6 +44,9 @@ from esmkernels.configuration import (
     StructureModuleConfig,
     TrunkConfig,
 )
+
+# A stem: a checkpoint path / Hub id, or what `load_checkpoint` returns for one (config, weights).
+Stem: TypeAlias = str | os.PathLike | tuple[EsmConfig, Mapping[str, torch.Tensor]]
 
 # openfold / fair-esm structure-module config names -> transformers' names.
 STRUCTURE_MODULE_KEYS = {
@@ -135,16 +142,15 @@ def esmfold_config_from_fair(cfg: Any, stem_config: EsmConfig | None = None) -> 
 
 
 def convert_fair_esmfold(
-    data: Mapping[str, Any],
-    stem: tuple[EsmConfig, Mapping[str, torch.Tensor]] | None = None,
+    data: Mapping[str, Any], stem: Stem | None = None
 ) -> tuple[EsmConfig, dict[str, torch.Tensor]]:
     """A loaded fair-esm ESMFold checkpoint -> `(EsmConfig, HF-named state dict)`.
 
     Args:
-        data: `{"model": state_dict, "cfg": {"model": cfg}}` as `torch.load` returns it.
-        stem: `(config, state_dict)` of the ESM-2 language model (what
-            `esmkernels.checkpoint.load_checkpoint` returns for `esm2_t36_3B_UR50D.pt` or
-            `facebook/esm2_t36_3B_UR50D`); its keys, with or without the `esm.` prefix, become
+        data: `{"model": state_dict, "cfg": {"model": cfg}}` as `torch_load_safe` returns it.
+        stem: the ESM-2 language model: a path or Hub id (`"esm2_t36_3B_UR50D.pt"`,
+            `"facebook/esm2_t36_3B_UR50D"`, read by `load_checkpoint`) or a loaded
+            `(config, state_dict)`; its keys, with or without the `esm.` prefix, become
             `esm.*`; its masked-LM head (`lm_head.*`) is dropped.
 
     Returns:
@@ -152,7 +158,10 @@ def convert_fair_esmfold(
 
     Raises:
         ValueError: `data` is not an ESMFold checkpoint (no `trunk.*` weights or no trunk
-            config), or the stem it stores (fair-esm names, `esm.layers.*`) is not ESM-2 3B.
+            config), the stem is a folding model or does not fit the trunk (its layer count and
+            width must match `esm_s_combine` and `esm_s_mlp`), or the stem the file stores
+            (fair-esm names, `esm.layers.*`) is not ESM-2 3B.
+        TypeError: `stem` is neither a path nor a `(config, state_dict)` pair.
     """
     if not isinstance(data, Mapping):
         raise ValueError(
@@ -165,9 +174,10 @@ def convert_fair_esmfold(
             f"trunk.* weights (top-level keys: {keys}); ESM-2 language models load with "
             "EsmModel / EsmForMaskedLM"
         )
+    stem_pair = None if stem is None else _resolve_stem(stem)
     cfg = _plain(data["cfg"])
     model_cfg = cfg.get("model", cfg) if isinstance(cfg, dict) else cfg
-    config = esmfold_config_from_fair(model_cfg, None if stem is None else stem[0])
+    config = esmfold_config_from_fair(model_cfg, None if stem_pair is None else stem_pair[0])
 
     state_dict: dict[str, torch.Tensor] = {}
     fair_stem: dict[str, torch.Tensor] = {}
@@ -176,14 +186,54 @@ def convert_fair_esmfold(
             fair_stem[key[len("esm.") :]] = value
         else:
             state_dict[key] = value
-    if stem is not None:
-        for key, value in stem[1].items():
+    if stem_pair is not None:
+        _check_stem_fits(stem_pair[0], state_dict)
+        for key, value in stem_pair[1].items():
             if key.startswith(("lm_head.", "esm.lm_head.")):
                 continue
             state_dict[key if key.startswith("esm.") else "esm." + key] = value
     elif fair_stem:
         state_dict.update(_convert_fair_stem(fair_stem, config))
     return config, state_dict
+
+
+def _resolve_stem(stem: Stem) -> tuple[EsmConfig, Mapping[str, torch.Tensor]]:
+    if isinstance(stem, (str, os.PathLike)):
+        config, weights, _ = load_checkpoint(stem)
+    elif (
+        isinstance(stem, tuple)
+        and len(stem) == 2
+        and isinstance(stem[0], EsmConfig)
+        and isinstance(stem[1], Mapping)
+    ):
+        config, weights = stem
+    else:
+        raise TypeError(
+            "stem must be an ESM-2 checkpoint path / Hub id or a (EsmConfig, state_dict) pair, "
+            f"got {type(stem).__name__}"
+        )
+    if config.is_folding_model:
+        raise ValueError(
+            "stem is an ESMFold checkpoint; pass the ESM-2 language model it was trained on "
+            "(esm2_t36_3B_UR50D for ESMFold v0 / v1)"
+        )
+    return config, weights
+
+
+def _check_stem_fits(stem_config: EsmConfig, trunk_state: Mapping[str, torch.Tensor]) -> None:
+    """The trunk mixes num_layers + 1 stem states of width hidden_size: check the stem has them."""
+    found = (stem_config.num_hidden_layers, stem_config.hidden_size)
+    combine = trunk_state.get("esm_s_combine")
+    norm = trunk_state.get("esm_s_mlp.0.weight")
+    want = (
+        found[0] if combine is None else int(combine.shape[0]) - 1,
+        found[1] if norm is None else int(norm.shape[0]),
+    )
+    if found != want:
+        raise ValueError(
+            f"the stem has (layers, hidden size) = {found}, but the ESMFold trunk was trained on "
+            f"a stem with {want} (ESMFold v0 / v1: esm2_t36_3B_UR50D, (36, 2560))"
+        )
 
 
 def _convert_fair_stem(
@@ -205,10 +255,13 @@ def _convert_fair_stem(
 
 
 def load_fair_esmfold(
-    path: str | os.PathLike,
-    stem: tuple[EsmConfig, Mapping[str, torch.Tensor]] | None = None,
+    path: str | os.PathLike, stem: Stem | None = None
 ) -> tuple[EsmConfig, dict[str, torch.Tensor]]:
-    """Read a fair-esm ESMFold `.pt` (weights-only unpickling) and convert it; see above."""
+    """Read a fair-esm ESMFold `.pt` (weights-only unpickling) and convert it.
+
+    See `convert_fair_esmfold` for `stem` and the errors. `load_checkpoint(path, stem=stem)`
+    does the same and also reads every other format.
+    """
     return convert_fair_esmfold(torch_load_safe(path), stem=stem)
 
 
