@@ -163,7 +163,7 @@ def test_reference_matches_transformers(outgoing):
     B=1, L=2, C=16, Ch=12, outgoing=False, layout="transposed", mask_kind="padded", chunk_size=5
 )
 @example(
-    B=1, L=11, C=32, Ch=16, outgoing=False, layout="sliced", mask_kind="random", chunk_size=None
+    B=1, L=11, C=32, Ch=16, outgoing=False, layout="sliced", mask_kind="random", chunk_size=5
 )
 def test_kernel_matches_reference_fp32(B, L, C, Ch, outgoing, layout, mask_kind, chunk_size):
     p = make_params(C, Ch)

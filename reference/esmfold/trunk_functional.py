@@ -48,7 +48,13 @@ from esmkernels.reference.functional import layer_norm
 
 Tensor = torch.Tensor
 
-__all__ = ["axial_attention", "chunk_rows", "triangle_multiplicative_update"]
+__all__ = [
+    "axial_attention",
+    "chunk_rows",
+    "gated_projection",
+    "triangle_multiplicative_update",
+    "triangle_update_rows",
+]
 
 
 def chunk_rows(
@@ -107,7 +113,7 @@ def chunk_rows(
 # ----------------------------------------------------------------------------------------------
 
 
-def _gated_projection(
+def gated_projection(
     zn: Tensor, mask: Tensor | None, proj_w: Tensor, proj_b: Tensor, gate_w: Tensor, gate_b: Tensor
 ) -> Tensor:
     """mask * sigmoid(zn Wg^T + bg) * (zn Wp^T + bp). zn: [B, I, K, C]; mask: [B, I, K]."""
@@ -181,19 +187,52 @@ def triangle_multiplicative_update(
     # Incoming is outgoing on the transposed pair tensor: a_t[i, k] = a[k, i], b_t[j, k] = b[k, j].
     zt = zn if outgoing else zn.transpose(1, 2)
     mt = None if mask is None else (mask if outgoing else mask.transpose(1, 2))
-    b_t = _gated_projection(zt, mt, b_proj_weight, b_proj_bias, b_gate_weight, b_gate_bias)
+    b_t = gated_projection(zt, mt, b_proj_weight, b_proj_bias, b_gate_weight, b_gate_bias)
+    params = {
+        "a_proj_weight": a_proj_weight, "a_proj_bias": a_proj_bias,
+        "a_gate_weight": a_gate_weight, "a_gate_bias": a_gate_bias,
+        "ln_out_weight": ln_out_weight, "ln_out_bias": ln_out_bias,
+        "out_proj_weight": out_proj_weight, "out_proj_bias": out_proj_bias,
+        "out_gate_weight": out_gate_weight, "out_gate_bias": out_gate_bias,
+    }  # fmt: skip
+    return chunk_rows(
+        triangle_update_rows,
+        zn,
+        zt,
+        mt,
+        chunk_size=chunk_size,
+        dim=1,
+        b_t=b_t,
+        params=params,
+        eps=eps,
+    )
 
-    def rows(zn_rows: Tensor, zt_rows: Tensor, mt_rows: Tensor | None) -> Tensor:
-        a_t = _gated_projection(
-            zt_rows, mt_rows, a_proj_weight, a_proj_bias, a_gate_weight, a_gate_bias
-        )
-        # [B, I, J, Ch]: x[i, j] = sum_k a_t[i, k] b_t[j, k], accumulated in fp32.
-        x = torch.einsum("bikc,bjkc->bijc", a_t.float(), b_t.float()).to(z.dtype)
-        x = layer_norm(x, ln_out_weight, ln_out_bias, eps)
-        gate = torch.sigmoid(F.linear(zn_rows, out_gate_weight, out_gate_bias))
-        return F.linear(x, out_proj_weight, out_proj_bias) * gate
 
-    return chunk_rows(rows, zn, zt, mt, chunk_size=chunk_size, dim=1)
+def triangle_update_rows(
+    zn_rows: Tensor,
+    zt_rows: Tensor,
+    mt_rows: Tensor | None,
+    *,
+    b_t: Tensor,
+    params: dict[str, Tensor],
+    eps: float,
+) -> Tensor:
+    """Rows I of the triangle update, given the whole (oriented) b projection.
+
+    zn_rows: [B, I, L, C] rows of LN_in(z) (for the output gate); zt_rows, mt_rows: the same rows
+    of the oriented pair tensor and mask (z itself for outgoing, its transpose for incoming);
+    b_t: [B, L, L, Ch] oriented b; params: the a_*, ln_out_*, out_* tensors by keyword name.
+    Returns [B, I, L, C] in zn_rows.dtype.
+    """
+    p = params
+    a_t = gated_projection(
+        zt_rows, mt_rows, p["a_proj_weight"], p["a_proj_bias"], p["a_gate_weight"], p["a_gate_bias"]
+    )
+    # [B, I, J, Ch]: x[i, j] = sum_k a_t[i, k] b_t[j, k], accumulated in fp32.
+    x = torch.einsum("bikc,bjkc->bijc", a_t.float(), b_t.float()).to(zn_rows.dtype)
+    x = layer_norm(x, p["ln_out_weight"], p["ln_out_bias"], eps)
+    gate = torch.sigmoid(F.linear(zn_rows, p["out_gate_weight"], p["out_gate_bias"]))
+    return F.linear(x, p["out_proj_weight"], p["out_proj_bias"]) * gate
 
 
 # ----------------------------------------------------------------------------------------------
