@@ -587,9 +587,15 @@ def _configs_to_plain(obj: Any, path: Path) -> Any:
                 return _configs_to_plain(state["_content"], path)
             if "_val" in state:  # AnyNode, StringNode, IntegerNode, ... hold their value here
                 return _configs_to_plain(state["_val"], path)
+        name = obj.pickled_name
+    elif (isinstance(obj, type) and issubclass(obj, _Pickled)) or obj is _new_dict:
+        name = "collections.defaultdict" if obj is _new_dict else obj.pickled_name  # a bare class
+    else:
+        name = None
+    if name is not None:
         raise ValueError(
-            f"{path}: {obj.pickled_name} appears outside an omegaconf config's metadata, "
-            "which omegaconf does not write; refusing the file"
+            f"refusing to load {path}: {name} appears outside an omegaconf config's metadata, "
+            "where omegaconf never puts it"
         )
     if isinstance(obj, Mapping):
         return {k: _configs_to_plain(v, path) for k, v in obj.items()}

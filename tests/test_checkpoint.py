@@ -1,7 +1,8 @@
 """HF-format checkpoints and `PreTrainedMixin`: round trips, key fitting, errors, security.
 
-Uses the tiny stand-in classes of `tests/_ckpt_models.py` (HF key structure, no forward), so it
-does not depend on the reference models. No network: Hub access is monkeypatched.
+Uses the tiny stand-in classes of `tests/_ckpt_models.py` (HF key structure, no forward), so most
+tests do not depend on the reference models; the fine-tuning start (a classifier from a masked-LM
+checkpoint) uses the real reference classes. No network: Hub access is monkeypatched.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tests._ckpt_models import (
     randomize,
     tiny_config,
 )
+from tests.tolerances import MODEL_FP32
 
 DECODER = "lm_head.decoder.weight"
 WORDS = "esm.embeddings.word_embeddings.weight"
@@ -651,3 +653,93 @@ def test_load_checkpoint_rejects_non_config():
     with pytest.raises(TypeError, match="EsmConfig"):
         load_checkpoint("x", config={"a": 1})  # type: ignore[arg-type]
     assert isinstance(tiny_config(), EsmConfig)
+
+
+# ------------------------------------------------------------------------------------------
+# Fine-tuning start: task heads from a masked-LM checkpoint, with the reference classes
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ref_mlm(tmp_path_factory):
+    """A randomized reference EsmForMaskedLM saved as an HF directory: (state, directory)."""
+    from esmkernels.reference import esm as ref
+
+    model = randomize(ref.EsmForMaskedLM(tiny_config()))
+    directory = tmp_path_factory.mktemp("ref_mlm")
+    model.save_pretrained(directory)
+    return _state(model), directory
+
+
+@pytest.mark.parametrize(
+    "name, head", [("EsmForSequenceClassification", "classifier.dense.weight"), ("EsmForTokenClassification", "classifier.weight")]
+)  # fmt: skip
+def test_classifier_from_masked_lm_checkpoint_loads_strictly(ref_mlm, caplog, name, head):
+    from esmkernels.reference import esm as ref
+
+    state, directory = ref_mlm
+    cls = getattr(ref, name)
+    with caplog.at_level(logging.INFO), pytest.warns(UserWarning, match="newly initialised") as rec:
+        model = cls.from_pretrained(directory, num_labels=3)  # strict by default
+    message = str(rec[0].message)
+    assert head in message and "esm." not in message and "lm_head" not in message
+    assert "ignoring" in caplog.text and "lm_head.dense.weight" in caplog.text
+    assert model.config.num_labels == 3
+    got = model.state_dict()
+    for key, value in state.items():
+        if key.startswith("esm.") and "pooler" not in key:
+            assert torch.equal(got[key], value), key
+    with torch.no_grad():
+        logits = model(torch.tensor([[0, 5, 6, 7, 2]])).logits
+    assert logits.shape[-1] == 3 and torch.isfinite(logits).all()
+
+
+def test_partial_heads_and_missing_base_weights_stay_errors(ref_mlm, tmp_path):
+    from esmkernels.reference import esm as ref
+
+    _, directory = ref_mlm
+    clf = randomize(ref.EsmForSequenceClassification(tiny_config(num_labels=3)))
+    clf.save_pretrained(tmp_path / "clf")
+    stored = load_file(tmp_path / "clf/model.safetensors")
+    del stored["classifier.out_proj.weight"]  # half a head: a broken file, not a fresh start
+    save_file(stored, str(tmp_path / "clf/model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"1 missing key\(s\): classifier\.out_proj\.weight"):
+        ref.EsmForSequenceClassification.from_pretrained(tmp_path / "clf")
+
+    stored = load_file(directory / "model.safetensors")
+    del stored["esm.encoder.layer.0.output.dense.weight"]
+    save_file(stored, str(tmp_path / "mlm.safetensors"), metadata={"format": "pt"})
+    with (
+        pytest.warns(UserWarning, match="newly initialised"),  # the head is fresh, as before
+        pytest.raises(ValueError, match=r"missing key\(s\): esm\.encoder\.layer\.0\.output"),
+    ):
+        ref.EsmForSequenceClassification.from_pretrained(
+            tmp_path / "mlm.safetensors", config=tiny_config(), num_labels=3
+        )
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("name", ["EsmForSequenceClassification", "EsmForTokenClassification"])
+def test_classifier_from_transformers_masked_lm_matches_transformers(tmp_path, name):
+    """transformers' MLM checkpoint -> our classifier strictly; same logits as transformers'
+    classifier from the same file once the (fresh, random) head weights are shared."""
+    transformers = pytest.importorskip("transformers")
+    from esmkernels.reference import esm as ref
+
+    torch.manual_seed(0)
+    hf_mlm = transformers.EsmForMaskedLM(transformers.EsmConfig(**tiny_config().to_dict()))
+    with torch.no_grad():
+        for p in hf_mlm.parameters():  # transformers' init leaves biases zero: make them count
+            p.add_(0.1 * torch.randn_like(p))
+    hf_mlm.save_pretrained(tmp_path)
+    hf = getattr(transformers, name).from_pretrained(tmp_path, num_labels=3).eval()
+    with pytest.warns(UserWarning, match="newly initialised: classifier"):
+        ours = getattr(ref, name).from_pretrained(tmp_path, num_labels=3)
+    head = {k: v for k, v in hf.state_dict().items() if k.startswith("classifier.")}
+    assert head and ours.load_state_dict(head, strict=False).unexpected_keys == []
+    ids = torch.tensor([[0, 5, 6, 7, 8, 2, 1], [0, 9, 10, 2, 1, 1, 1]])
+    mask = (ids != 1).long()
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=mask).logits
+        got = ours(ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, want, **MODEL_FP32)
