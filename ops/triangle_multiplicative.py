@@ -55,7 +55,7 @@ if interpreting():
     CONTRACT_CONFIGS = [
         triton.Config({"BLOCK_I": 8, "BLOCK_J": 8, "BLOCK_K": 8}, num_warps=1, num_stages=1)
     ]
-    OUT_CONFIGS = [triton.Config({"BLOCK_P": 32}, num_warps=1, num_stages=1)]
+    OUT_CONFIGS = [triton.Config({"BLOCK_P": 32, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
 else:  # pragma: no cover - GPU only
     # Few configs: each costs a compile on first use.
     PROJ_CONFIGS = [
@@ -72,7 +72,8 @@ else:  # pragma: no cover - GPU only
         )
     ]
     OUT_CONFIGS = [
-        triton.Config({"BLOCK_P": bp}, num_warps=w, num_stages=2) for bp, w in ((32, 4), (64, 8))
+        triton.Config({"BLOCK_P": bp, "BLOCK_N": bn}, num_warps=w, num_stages=2)
+        for bp, bn, w in ((64, 32, 4), (64, 64, 4), (128, 32, 8))
     ]
 KEY = ["L_KEY", "BLOCK_C", "BLOCK_CH"]
 
@@ -212,7 +213,7 @@ def _trimul_out_kernel(
     stride_zb, stride_zi, stride_zj, stride_zc,
     stride_ob, stride_op, stride_oc,
     L, C, CH, eps, L_KEY,
-    BLOCK_C: tl.constexpr, BLOCK_CH: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_CH: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     i_p = tl.program_id(0).to(tl.int64)
     i_b = tl.program_id(1).to(tl.int64)
@@ -225,13 +226,23 @@ def _trimul_out_kernel(
     p_x = x_ptr + i_b * stride_xb + o_h[None, :] * stride_xh + o_p[:, None]
     b_x = tl.load(p_x, mask=m_p[:, None] & m_h[None, :], other=0.0)  # [BP, BCH]
     b_xn = _layer_norm_rows(b_x.to(tl.float32), ln_out_w_ptr, ln_out_b_ptr, o_h, m_h, CH, eps)
-    b_y = _linear_tile(b_xn.to(b_x.dtype), wz_ptr, bz_ptr, o_h, m_h, o_c, m_c, CH)  # [BP, BC]
+    b_xn = b_xn.to(b_x.dtype)  # [BP, BCH]
     b_zn = _load_z_ln(z_ptr, ln_in_w_ptr, ln_in_b_ptr, i_b, o_p, m_p, o_c, m_c,
                       stride_zb, stride_zi, stride_zj, stride_zc, L, C, eps)  # fmt: skip
-    b_g = _linear_tile(b_zn, wg_ptr, bg_ptr, o_c, m_c, o_c, m_c, C)  # [BP, BC]
-    b_y = b_y * tl.sigmoid(b_g)
-    p_o = out_ptr + i_b * stride_ob + o_p[:, None] * stride_op + o_c[None, :] * stride_oc
-    tl.store(p_o, b_y.to(out_ptr.dtype.element_ty), mask=m_p[:, None] & m_c[None, :])
+    p_o = out_ptr + i_b * stride_ob + o_p[:, None] * stride_op
+    # Output channels in blocks of BLOCK_N: two [BP, BLOCK_N] accumulators and [C, BLOCK_N]
+    # weight tiles live at a time, not [BP, C] and [C, C] (255 registers and spills at C = 128).
+    for n0 in range(0, C, BLOCK_N):
+        o_n = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        m_n = o_n < C
+        b_y = _linear_tile(b_xn, wz_ptr, bz_ptr, o_h, m_h, o_n, m_n, CH)  # [BP, BN]
+        b_g = _linear_tile(b_zn, wg_ptr, bg_ptr, o_c, m_c, o_n, m_n, C)  # [BP, BN]
+        b_y = b_y * tl.sigmoid(b_g)
+        tl.store(
+            p_o + o_n[None, :] * stride_oc,
+            b_y.to(out_ptr.dtype.element_ty),
+            mask=m_p[:, None] & m_n[None, :],
+        )
 
 
 # ------------------------------------------------------------------------------------------------
