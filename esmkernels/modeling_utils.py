@@ -69,6 +69,12 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
+def _warn(message: str, stacklevel: int) -> None:
+    """`warnings.warn` pointing `stacklevel` frames up from the caller, and the same log line."""
+    warnings.warn(message, stacklevel=stacklevel + 1)
+    logger.warning(message)
+
+
 def _matches(key: str, patterns: Iterable[str]) -> bool:
     return any(re.search(p, key) for p in patterns)
 
@@ -357,8 +363,7 @@ class PreTrainedMixin:
             message = f"{type(self).__name__} from {source}: " + "; ".join(parts)
             if strict:
                 raise ValueError(message + " (pass strict=False to load anyway)")
-            warnings.warn(message, stacklevel=3)
-            logger.warning(message)
+            _warn(message, stacklevel=3)
 
         loadable = {k: v for k, v in mapped.items() if k in expected}
         with torch.no_grad():
@@ -401,8 +406,7 @@ class PreTrainedMixin:
                 f"{len(fresh)} weight(s) are newly initialised: {format_keys(fresh)}. Train the "
                 "model on a downstream task before using its predictions"
             )
-            warnings.warn(message, stacklevel=4)
-            logger.warning(message)
+            _warn(message, stacklevel=4)
         if dropped:
             logger.info(
                 "%s: ignoring %d checkpoint key(s) of modules the class does not have: %s",
@@ -478,8 +482,7 @@ class PreTrainedMixin:
                     f"config.tie_word_embeddings=True ties them; using {src}. Set "
                     "tie_word_embeddings=False to keep both"
                 )
-                warnings.warn(message, stacklevel=4)
-                logger.warning(message)
+                _warn(message, stacklevel=4)
                 state_dict[target] = state_dict[src]
         return state_dict
 
