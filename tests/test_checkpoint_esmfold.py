@@ -112,6 +112,16 @@ def test_esmfold_heads_are_never_freshly_initialised(files, tmp_path):
         EsmForProteinFolding.from_pretrained(tmp_path / "no_lddt.pt", stem=stem)
 
 
+def test_file_without_the_af2_to_esm_buffer_loads(files, tmp_path):
+    """The buffer is a constant of the vocabulary; a file may leave it out."""
+    model, _, stem = files
+    data = _fair_esmfold_file(model)
+    del data["model"]["af2_to_esm"]
+    torch.save(data, tmp_path / "no_buffer.pt")
+    loaded = EsmForProteinFolding.from_pretrained(tmp_path / "no_buffer.pt", stem=stem)
+    assert torch.equal(loaded.af2_to_esm, model.af2_to_esm)
+
+
 # ------------------------------------------------------------------------------------------------
 # omegaconf configs (the published files), read without omegaconf
 # ------------------------------------------------------------------------------------------------

@@ -128,6 +128,8 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
     _trunk_ops: ClassVar[Any] = None
     # The distogram / pTM / pLDDT / AA heads are part of the pretrained model: never fresh.
     _init_missing_heads: ClassVar[bool] = False
+    # `af2_to_esm` is a constant of the vocabulary (built in __init__); a file may omit it.
+    _ignore_missing: ClassVar[tuple[str, ...]] = (*PreTrainedMixin._ignore_missing, r"^af2_to_esm$")
 
     def __init__(self, config: EsmConfig):
         super().__init__()
