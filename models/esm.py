@@ -183,6 +183,8 @@ class EsmSelfAttention(ref_layers.EsmSelfAttention):
             return out[None], None
         if exact:
             return super().attend(q, k, v, key_padding_mask, position_ids, output_attentions)
+        if position_ids is not None and position_ids.shape[0] == 1 < q.shape[0]:
+            position_ids = position_ids[0]  # [1, L] shared by the batch: the op takes [L]
         out = rotary_attention(
             q,
             k,
