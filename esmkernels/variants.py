@@ -84,22 +84,28 @@ def _logits(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _log_probs_at(
-    model: Any, tokens: torch.Tensor, rows: list[tuple[int, int]], batch_size: int, mask_id: int
+    model: Any,
+    tokens: torch.Tensor,
+    seq: torch.Tensor,
+    pos: torch.Tensor,
+    batch_size: int,
+    mask_id: int,
+    own_token: bool = False,
 ) -> torch.Tensor:
-    """log p at token position t of sequence s with t masked, for every (s, t) in rows.
+    """Log-probabilities at position pos[r] of sequence tokens[seq[r]] with that position masked.
 
-    tokens: [S, L] token ids (equal lengths). Returns [len(rows), V] fp32 log-probabilities,
-    computed `batch_size` masked copies per forward.
+    tokens: [S, L] token ids (equal lengths); seq, pos: [R] int64. Runs `batch_size` masked
+    copies per forward. Returns [R, V] fp32, or with `own_token` only the log-probability of the
+    token that was masked, [R] fp32 (what a pseudo-log-likelihood needs, V times less memory).
     """
     out = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        seq = torch.tensor([s for s, _ in chunk], device=tokens.device)
-        pos = torch.tensor([t for _, t in chunk], device=tokens.device)
-        batch = tokens[seq].clone()
-        batch[torch.arange(len(chunk), device=tokens.device), pos] = mask_id
-        logits = _logits(model, batch)[torch.arange(len(chunk), device=tokens.device), pos]
-        out.append(logits.float().log_softmax(-1))
+    for start in range(0, seq.numel(), batch_size):
+        s, p = seq[start : start + batch_size], pos[start : start + batch_size]
+        rows = torch.arange(s.numel(), device=tokens.device)
+        batch = tokens[s]  # [b, L], a copy
+        batch[rows, p] = mask_id
+        lp = _logits(model, batch)[rows, p].float().log_softmax(-1)  # [b, V]
+        out.append(lp.gather(1, tokens[s, p][:, None])[:, 0] if own_token else lp)
     return torch.cat(out)
 
 
@@ -180,8 +186,9 @@ def _marginals(model, wt, parsed, aa, method, batch_size, tokenizer) -> torch.Te
         lp = _logits(model, wt)[0].float().log_softmax(-1)  # [L + 2, V]
         table = dict(zip(sites, lp[[i + 1 for i in sites]].double().cpu().tolist()))
     else:
-        rows = [(0, i + 1) for i in sites]
-        lp = _log_probs_at(model, wt, rows, batch_size, tokenizer.mask_token_id)
+        pos = torch.tensor(sites, device=wt.device) + 1
+        seq = torch.zeros_like(pos)
+        lp = _log_probs_at(model, wt, seq, pos, batch_size, tokenizer.mask_token_id)
         table = dict(zip(sites, lp.double().cpu().tolist()))
     scores = [sum(table[i][aa[mt]] - table[i][aa[w]] for i, w, mt in s) for s in parsed]
     return torch.tensor(scores, dtype=torch.float64)
@@ -193,17 +200,16 @@ def _pseudo_ppl(model, wt, parsed, aa, batch_size, mask_id) -> torch.Tensor:
         return tuple(sorted((i, mt) for i, w, mt in sites if mt != w))
 
     keys = [()] + sorted({seq_key(s) for s in parsed} - {()})
-    tokens = wt.repeat(len(keys), 1)
+    tokens = wt.cpu().repeat(len(keys), 1)
     for s, key in enumerate(keys):
         for i, mt in key:
             tokens[s, i + 1] = aa[mt]
+    tokens = tokens.to(wt.device)
     L = wt.shape[1] - 2
-    rows = [(s, t) for s in range(len(keys)) for t in range(1, L + 1)]
-    lp = _log_probs_at(model, tokens, rows, batch_size, mask_id)  # [S * L, V]
-    seq = torch.tensor([s for s, _ in rows], device=lp.device)
-    pos = torch.tensor([t for _, t in rows], device=lp.device)
-    picked = lp.gather(1, tokens.to(lp.device)[seq, pos][:, None])[:, 0]
-    pll = picked.double().view(len(keys), L).sum(1)
+    seq = torch.arange(len(keys), device=wt.device).repeat_interleave(L)
+    pos = torch.arange(1, L + 1, device=wt.device).repeat(len(keys))
+    picked = _log_probs_at(model, tokens, seq, pos, batch_size, mask_id, own_token=True)
+    pll = picked.double().view(len(keys), L).sum(1).cpu()
     index = {key: s for s, key in enumerate(keys)}
     return torch.stack([pll[index[seq_key(s)]] - pll[0] for s in parsed])
 

@@ -190,3 +190,29 @@ def test_other_errors(models):
     with pytest.raises(ValueError, match="vocab_size=25"):
         small.score_variants(SEQUENCE, "K2A")
     assert model.score_variants(SEQUENCE, []).shape == (0,)
+
+
+def test_deep_mutational_scan_is_batched(models):
+    """A full DMS of a 300-residue protein: one forward per batch of masked positions."""
+    tok, reference, model = models
+    g = torch.Generator().manual_seed(0)
+    letters = "ACDEFGHIKLMNPQRSTVWY"
+    sequence = "".join(letters[i] for i in torch.randint(0, 20, (300,), generator=g).tolist())
+    scan = [f"{w}{i + 1}{m}" for i, w in enumerate(sequence) for m in letters if m != w]
+    calls = []
+    handle = model.register_forward_hook(
+        lambda m, args, kwargs, out: calls.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True,
+    )
+    try:
+        got = model.score_variants(sequence, scan, batch_size=64)
+        assert len(calls) == 5 and calls[0] == (64, 302)  # ceil(300 / 64) forwards
+        calls.clear()
+        wt = model.score_variants(sequence, scan, method="wt-marginals")
+        assert len(calls) == 1
+    finally:
+        handle.remove()
+    assert got.shape == wt.shape == (len(scan),) == (5700,)
+    picks = [0, 1234, 5699]
+    want = direct_scores(reference, tok, sequence, [scan[i] for i in picks], "masked-marginals")
+    torch.testing.assert_close(got[picks].double(), torch.tensor(want, dtype=torch.float64), **TOL)
