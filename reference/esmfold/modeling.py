@@ -126,6 +126,8 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
     base_model_prefix: ClassVar[str] = "esm"
     # Trunk op namespace (`triangle_multiplicative_update`, `axial_attention`); None = reference.
     _trunk_ops: ClassVar[Any] = None
+    # The ESM-2 stem class (the fast model swaps in its kernel EsmModel; same keys).
+    stem_cls: ClassVar[type[nn.Module]] = EsmModel
     # The distogram / pTM / pLDDT / AA heads are part of the pretrained model: never fresh.
     _init_missing_heads: ClassVar[bool] = False
     # `af2_to_esm` is a constant of the vocabulary (built in __init__); a file may omit it.
@@ -148,7 +150,7 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
         c_s, c_z = trunk_config.sequence_state_dim, trunk_config.pairwise_state_dim
 
         self.distogram_bins = DISTOGRAM_BINS
-        self.esm = EsmModel(config, add_pooling_layer=False)
+        self.esm = self.stem_cls(config, add_pooling_layer=False)
         self.esm.requires_grad_(False)
         self.esm_feats = config.hidden_size
         self.esm_attns = config.num_hidden_layers * config.num_attention_heads

@@ -1,0 +1,92 @@
+"""Fast `esmkernels.models.esmfold.EsmForProteinFolding` vs the reference ESMFold.
+
+The fast model is the reference with the kernel stem and kernel trunk ops; with the same weights
+it must give the same structure and scores, on the torch path and on the Triton kernels (run by
+the interpreter on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+from esmkernels.configuration import EsmConfig
+from esmkernels.models.esmfold import EsmForProteinFolding, KernelTrunkOps
+from esmkernels.reference.esmfold.modeling import EsmForProteinFolding as RefEsmForProteinFolding
+from tests.test_esmfold_model import STEM, random_sequence
+from tests.test_esmfold_trunk import one_torch_thread, randomize_, tiny_trunk_config  # noqa: F401
+from tests.tolerances import MODEL_FP32
+
+_REF: list[RefEsmForProteinFolding] = []
+
+
+def tiny_model() -> RefEsmForProteinFolding:
+    """Reference ESMFold whose stem head dim (16) the Triton attention kernel supports."""
+    if not _REF:
+        torch.manual_seed(0)
+        fold = dict(fp16_esm=False, lddt_head_hid_dim=16, trunk=tiny_trunk_config().to_dict())
+        cfg = EsmConfig(
+            **{**STEM, "num_attention_heads": 2}, is_folding_model=True, esmfold_config=fold
+        )
+        _REF.append(randomize_(RefEsmForProteinFolding(cfg), scale=0.5, seed=0).eval())
+    return _REF[0]
+
+
+def fast_copy(reference, backend):
+    fast = EsmForProteinFolding(reference.config, backend=backend)
+    fast.load_state_dict(reference.state_dict())
+    return fast.eval()
+
+
+FIELDS = ("positions", "plddt", "ptm", "distogram_logits", "s_z", "s_s", "predicted_aligned_error")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_fast_matches_reference(backend):
+    reference = tiny_model()
+    fast = fast_copy(reference, backend)
+    assert isinstance(fast.trunk.blocks[0].tri_mul_out.ops.namespace, KernelTrunkOps)
+    seqs = [random_sequence(7, 1), random_sequence(4, 2)]
+    with torch.no_grad():
+        want = reference.infer(seqs, num_recycles=1)
+        got = fast.infer(seqs, num_recycles=1)
+    # Padded positions are not part of the contract (the fast stem leaves zeros there).
+    real = want.atom37_atom_exists[..., 1].bool()  # [B, L]: CA exists on real residues
+    pair = real[:, :, None] & real[:, None, :]
+    for name in FIELDS:
+        a, b = getattr(got, name), getattr(want, name)
+        if name in ("s_z", "predicted_aligned_error", "distogram_logits"):
+            a, b = a[pair], b[pair]
+        elif name == "positions":  # [blocks, B, L, 14, 3]
+            a, b = a[:, real], b[:, real]
+        elif name != "ptm":
+            a, b = a[real], b[real]
+        torch.testing.assert_close(a, b, **MODEL_FP32, msg=f"{name} ({backend})")
+
+
+def test_backend_switch_and_pickle():
+    fast = fast_copy(tiny_model(), "torch")
+    assert fast.backend == "torch" and fast.esm.backend == "torch"
+    fast.backend = "triton"
+    ops = fast.trunk.blocks[0].tri_att_start.ops.namespace
+    assert ops.backend == "triton" and fast.esm.backend == "triton"
+    clone = pickle.loads(pickle.dumps(copy.deepcopy(fast)))
+    assert clone.backend == "triton"
+    with pytest.raises(ValueError, match="backend"):
+        fast.backend = "cuda"
+
+
+def test_from_pretrained_roundtrip(tmp_path):
+    reference = tiny_model()
+    reference.save_pretrained(tmp_path)
+    fast = EsmForProteinFolding.from_pretrained(tmp_path, backend="torch")
+    for (k, a), (k2, b) in zip(fast.state_dict().items(), reference.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    saved = {
+        k: v for k, v in fast.config.to_dict().items() if k not in ("architectures", "torch_dtype")
+    }
+    assert saved == {k: v for k, v in reference.config.to_dict().items() if k in saved}
+    assert fast.config.architectures == ["EsmForProteinFolding"]
