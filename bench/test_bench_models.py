@@ -104,7 +104,11 @@ def get_model(provider: str, shape: str, device: torch.device, dtype: torch.dtyp
                 model = transformers.EsmForMaskedLM(hf_config)
             model.load_state_dict(ours.state_dict(), strict=False)
             del ours
-        _CACHE[key] = model.to(dtype).eval()
+        if provider == "esmkernels":
+            model.to_device_dtype(dtype=dtype)  # keeps rotary inv_freq in fp32, as from_pretrained
+        else:
+            model.to(dtype)
+        _CACHE[key] = model.eval()
     return _CACHE[key]
 
 
