@@ -33,7 +33,9 @@ attribute at any time; None reads the environment variable `ESMKERNELS_BACKEND`)
 every op call. "torch" is the plain-PyTorch path of each op (works on CPU).
 
 Precision: `from_pretrained(..., dtype=torch.bfloat16)`, `.to(dtype)` and autocast work; LayerNorm
-statistics, softmax statistics and rotary angles are fp32 inside the ops.
+statistics, softmax statistics and rotary angles are fp32 inside the ops. Prefer
+`from_pretrained(dtype=...)` or `model.to_device_dtype(dtype=...)` to a bare `.to(dtype)`: they
+keep the rotary `inv_freq` buffers in fp32, which `.to` would round to the half dtype.
 
 Training: gradients flow through every kernel; `gradient_checkpointing_enable()` recomputes each
 packed layer in the backward pass (torch.utils.checkpoint, non-reentrant).
