@@ -355,9 +355,9 @@ def test_bad_arguments_raise_before_launch(kwargs, exc):
 # 64-bit index arithmetic, checked in the compiled IR (no GPU, no huge allocation)
 # ------------------------------------------------------------------------------------------------
 
-_TTIR_SCRIPT = textwrap.dedent(
+_COMPILE_SCRIPT = textwrap.dedent(
     """
-    import importlib, json, re, sys
+    import importlib, json, os, re, subprocess, sys, tempfile
     import triton
     import triton.runtime.autotuner
     from triton.backends import backends
@@ -366,43 +366,83 @@ _TTIR_SCRIPT = textwrap.dedent(
     from triton._C.libtriton import ir
 
     FLOATS = {"qk_scale", "scale", "eps"}
+    FP32_PTRS = {"lse_ptr", "delta_ptr", "dbias_ptr"}
+    # Strides that are 1 for the usual layouts: Triton specializes an int argument equal to 1.
+    UNIT = {"stride_qd", "stride_kd", "stride_vd", "stride_gd", "stride_od", "stride_ud",
+            "stride_dod", "stride_dkd", "stride_dvd", "stride_dqd", "stride_dd", "stride_dgd",
+            "stride_biask", "stride_maskn", "stride_ptk", "stride_zc", "stride_mj", "stride_oc"}
     target = GPUTarget("cuda", 90, 32)
-    backend = backends["nvidia"].compiler(target)
-    opts = backend.parse_options({})
-    report = {}
-    for module_name, kernel_name, constexprs in json.loads(sys.argv[1]):
-        kernel = getattr(importlib.import_module(module_name), kernel_name)
-        fn = kernel.fn if isinstance(kernel, triton.runtime.autotuner.Autotuner) else kernel
+    mode, kernels = sys.argv[1], json.loads(sys.argv[2])
+
+    def source(fn, constexprs, realistic):
+        constexprs = dict(constexprs)
+        if realistic:
+            constexprs.update({n: 1 for n in fn.arg_names if n in UNIT})
         sig = {}
         for name in fn.arg_names:
             if name in constexprs:
                 sig[name] = "constexpr"
             elif name.endswith("_ptr"):
-                sig[name] = "*u8" if name == "mask_ptr" else "*fp16"
+                sig[name] = "*u8" if name == "mask_ptr" else ("*fp32" if name in FP32_PTRS else "*bf16")
             else:
                 sig[name] = "fp32" if name in FLOATS else "i32"
-        src = ASTSource(fn, signature=sig, constexprs=constexprs)
-        ctx = ir.context(); ir.load_dialects(ctx); backend.load_dialects(ctx)
-        mod = src.make_ir(target, opts, backend.get_codegen_implementation(opts),
-                          backend.get_module_map(), ctx)
-        text = str(mod)
-        offsets = re.findall(r"tt\\.addptr [^:]*: [^,]*, (\\S+?)(?: loc|$)", text, flags=re.M)
-        report[kernel_name] = offsets
+        # As a launch would: pointers and (realistic) strides divisible by 16.
+        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+                 if realistic and n not in constexprs and (n.endswith("_ptr") or n.startswith("stride_"))}
+        return ASTSource(fn, signature=sig, constexprs=constexprs, attrs=attrs)
+
+    report = {}
+    for module_name, kernel_name, constexprs in kernels:
+        kernel = getattr(importlib.import_module(module_name), kernel_name)
+        tuned = isinstance(kernel, triton.runtime.autotuner.Autotuner)
+        fn = kernel.fn if tuned else kernel
+        if mode == "ttir":  # every stride an i32: offsets must be widened explicitly
+            backend = backends["nvidia"].compiler(target)
+            opts = backend.parse_options({})
+            ctx = ir.context(); ir.load_dialects(ctx); backend.load_dialects(ctx)
+            mod = source(fn, constexprs, False).make_ir(
+                target, opts, backend.get_codegen_implementation(opts), backend.get_module_map(), ctx)
+            report[kernel_name] = re.findall(
+                r"tt\\.addptr [^:]*: [^,]*, (\\S+?)(?: loc|$)", str(mod), flags=re.M)
+            continue
+        ptxas = triton.knobs.nvidia.ptxas_blackwell.path
+        for cfg in (kernel.configs if tuned else [triton.Config({}, num_warps=4)]):
+            k = triton.compile(source(fn, {**constexprs, **cfg.kwargs}, True), target=target,
+                               options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "k.ptx")
+                with open(path, "w") as f:
+                    f.write(k.asm["ptx"])
+                out = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", path, "-o", path + ".o"],
+                                     capture_output=True, text=True, check=True).stderr
+            spill = sum(int(x) for x in re.findall(r"(\\d+) bytes spill stores", out))
+            regs = max(int(x) for x in re.findall(r"Used (\\d+) registers", out))
+            key = f"{kernel_name} {json.dumps(constexprs)} {cfg}"
+            report[key] = {"regs": regs, "spill": spill, "shared": k.metadata.shared}
     print(json.dumps(report))
     """
 )
 
 
-def addptr_offset_types(kernels: list[tuple[str, str, dict]]) -> dict[str, list[str]]:
-    """Compile each kernel to TTIR for sm_90 in a subprocess (interpreter off; no GPU needed)
-    with every stride typed i32, and return the type of every pointer offset per kernel."""
+def compile_report(
+    kernels: list[tuple[str, str, dict]], mode: str = "ttir", timeout: int = 300
+) -> dict:
+    """Compile kernels for sm_90 in a subprocess (interpreter off; no GPU needed).
+
+    mode "ttir": every stride typed i32; returns the type of every pointer offset per kernel.
+    mode "cubin": every autotune config, specialised as a launch would (unit strides constexpr,
+    pointers and strides 16-divisible), through ptxas; returns regs / spill bytes / shared."""
     env = dict(os.environ, TRITON_INTERPRET="0")
     proc = subprocess.run(
-        [sys.executable, "-c", _TTIR_SCRIPT, json.dumps(kernels)],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
+        [sys.executable, "-c", _COMPILE_SCRIPT, mode, json.dumps(kernels)],
+        capture_output=True, text=True, env=env, timeout=timeout, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def addptr_offset_types(kernels: list[tuple[str, str, dict]]) -> dict[str, list[str]]:
+    return compile_report(kernels, "ttir")
 
 
 def assert_all_offsets_int64(report: dict[str, list[str]]) -> None:
@@ -410,6 +450,12 @@ def assert_all_offsets_int64(report: dict[str, list[str]]) -> None:
         assert offsets, f"{kernel}: no tt.addptr found (the check would be vacuous)"
         narrow = [o for o in offsets if not o.endswith("i64>") and o != "i64"]
         assert not narrow, f"{kernel}: 32-bit pointer offsets {narrow}"
+
+
+def assert_no_spills(report: dict[str, dict]) -> None:
+    assert report, "no kernel compiled"
+    spilling = {k: v for k, v in report.items() if v["spill"] > 0}
+    assert not spilling, f"register spills: {spilling}"
 
 
 def test_kernel_offsets_are_int64():
@@ -426,6 +472,27 @@ def test_kernel_offsets_are_int64():
         (bwd, "_axial_attn_bwd_dbias_kernel", {k: v for k, v in flags.items() if k != "HAS_BIAS"}),
     ]
     assert_all_offsets_int64(addptr_offset_types(kernels))
+
+
+ATTENTION_KERNELS = [
+    ("esmkernels.ops.axial_attention", "_axial_attn_fwd_kernel",
+     {"HAS_BIAS": True, "HAS_MASK": True, "HAS_GATE": True, "STORE_UNGATED": True, "BLOCK_D": 32}),
+    ("esmkernels.ops.axial_attention_bwd", "_axial_attn_bwd_pre_kernel",
+     {"HAS_GATE": True, "BLOCK_M": 64, "BLOCK_D": 32}),
+    ("esmkernels.ops.axial_attention_bwd", "_axial_attn_bwd_dkdv_kernel",
+     {"HAS_BIAS": True, "HAS_MASK": True, "BLOCK_D": 32}),
+    ("esmkernels.ops.axial_attention_bwd", "_axial_attn_bwd_dq_kernel",
+     {"HAS_BIAS": True, "HAS_MASK": True, "BLOCK_D": 32}),
+    ("esmkernels.ops.axial_attention_bwd", "_axial_attn_bwd_dbias_kernel",
+     {"HAS_MASK": True, "BLOCK_D": 32}),
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_gpu_configs_compile_without_spills():
+    """Every GPU autotune config compiles for sm_90 (bf16, D = 32) and ptxas reports no register
+    spills. CPU only: the CUDA backend and ptxas ship with Triton."""
+    assert_no_spills(compile_report(ATTENTION_KERNELS, "cubin", timeout=900))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 
 from esmkernels.ops.triangle_multiplicative import PARAM_NAMES, triangle_multiplicative_update
 from esmkernels.reference.esmfold import trunk_functional as ref
-from tests.test_ops_axial_attention import addptr_offset_types, assert_all_offsets_int64
+from tests.test_ops_axial_attention import (
+    addptr_offset_types,
+    assert_all_offsets_int64,
+    assert_no_spills,
+    compile_report,
+)
 from tests.tolerances import FP32_DOT, assert_within_rule
 
 
@@ -162,9 +167,7 @@ def test_reference_matches_transformers(outgoing):
 @example(
     B=1, L=2, C=16, Ch=12, outgoing=False, layout="transposed", mask_kind="padded", chunk_size=5
 )
-@example(
-    B=1, L=11, C=32, Ch=16, outgoing=False, layout="sliced", mask_kind="random", chunk_size=5
-)
+@example(B=1, L=11, C=32, Ch=16, outgoing=False, layout="sliced", mask_kind="random", chunk_size=5)
 def test_kernel_matches_reference_fp32(B, L, C, Ch, outgoing, layout, mask_kind, chunk_size):
     p = make_params(C, Ch)
     z = make_z(B, L, C, layout=layout)
@@ -271,9 +274,24 @@ def test_kernel_offsets_are_int64():
             "_trimul_contract_kernel",
             {"OUTGOING": False, "GROUP_I": 8, "BLOCK_I": 64, "BLOCK_J": 64, "BLOCK_K": 32},
         ),
-        (mod, "_trimul_out_kernel", {**sizes, "BLOCK_P": 32}),
+        (mod, "_trimul_out_kernel", {**sizes, "BLOCK_P": 32, "BLOCK_N": 32}),
     ]
     assert_all_offsets_int64(addptr_offset_types(kernels))
+
+
+@pytest.mark.slow
+def test_gpu_configs_compile_without_spills():
+    """Every GPU autotune config compiles for sm_90 (bf16, C = Ch = 128, ESMFold's c_z) and
+    ptxas reports no register spills."""
+    mod = "esmkernels.ops.triangle_multiplicative"
+    sizes = {"BLOCK_C": 128, "BLOCK_CH": 128}
+    kernels = [
+        (mod, "_trimul_proj_kernel", {**sizes, "HAS_MASK": True}),
+        (mod, "_trimul_contract_kernel", {"OUTGOING": True, "GROUP_I": 8}),
+        (mod, "_trimul_contract_kernel", {"OUTGOING": False, "GROUP_I": 8}),
+        (mod, "_trimul_out_kernel", sizes),
+    ]
+    assert_no_spills(compile_report(kernels, "cubin", timeout=900))
 
 
 # ------------------------------------------------------------------------------------------------
