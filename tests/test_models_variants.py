@@ -216,3 +216,22 @@ def test_deep_mutational_scan_is_batched(models):
     picks = [0, 1234, 5699]
     want = direct_scores(reference, tok, sequence, [scan[i] for i in picks], "masked-marginals")
     torch.testing.assert_close(got[picks].double(), torch.tensor(want, dtype=torch.float64), **TOL)
+
+
+def test_esm1v_style_model(models):
+    """ESM-1v: absolute positions, embedding LayerNorm, token dropout."""
+    tok = models[0]
+    config = EsmConfig(
+        vocab_size=len(tok), pad_token_id=tok.pad_token_id, mask_token_id=tok.mask_token_id,
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        layer_norm_eps=1e-5, position_embedding_type="absolute", token_dropout=True,
+        emb_layer_norm_before=True, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(5)
+    reference = ref.EsmForMaskedLM(config).eval()
+    model = fast.EsmForMaskedLM(config, backend="torch").eval()
+    model.load_state_dict(reference.state_dict())
+    for method in METHODS:
+        want = direct_scores(reference, tok, SEQUENCE, MUTATIONS[:3], method)
+        got = model.score_variants(SEQUENCE, MUTATIONS[:3], method=method, batch_size=5)
+        torch.testing.assert_close(got.double(), torch.tensor(want, dtype=torch.float64), **TOL)
