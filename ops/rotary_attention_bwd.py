@@ -33,6 +33,7 @@ import triton.language as tl
 
 from esmkernels.ops._dispatch import poison_empty
 from esmkernels.ops.rotary_attention_fwd import (
+    _LOG2E,
     LOG2E,
     _cast,
     _dot,
@@ -51,23 +52,23 @@ from esmkernels.ops.rotary_attention_fwd import (
     head_dim_contiguous,
     seqlen_bucket,
     side_inputs,
+    tuning_space,
 )
 
-
-def _bwd_configs(tile_pairs) -> list[triton.Config]:
-    if _interpreting():
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn in tile_pairs
-        for w, s in ((4, 2), (8, 3))
-    ]
-
-
 # dK/dV: many keys per program (they stay in registers), small query tiles streamed.
-_DKDV_CONFIGS = _bwd_configs(((32, 128), (64, 64), (32, 64), (16, 128)))
+_DKDV_CONFIGS, _DKDV_PRUNE = tuning_space(
+    {
+        64: ((32, 128, 8, 3), (64, 64, 8, 3), (32, 64, 4, 2), (32, 64, 8, 3), (16, 128, 8, 3)),
+        128: ((32, 32, 8, 3), (16, 64, 8, 3), (16, 32, 4, 2)),
+    }
+)
 # dQ: many queries per program, small key tiles streamed.
-_DQ_CONFIGS = _bwd_configs(((128, 32), (64, 64), (64, 32), (128, 16)))
+_DQ_CONFIGS, _DQ_PRUNE = tuning_space(
+    {
+        64: ((128, 32, 8, 3), (64, 64, 8, 3), (64, 32, 4, 2), (64, 32, 8, 3), (128, 16, 8, 3)),
+        128: ((64, 32, 8, 3), (32, 64, 8, 3), (64, 16, 8, 3)),
+    }
+)
 
 
 @triton.jit
@@ -109,12 +110,16 @@ def _rotary_attention_bwd_preprocess_kernel(
 def _load_row_stats(lse_ptr, delta_ptr, o_stat, m_row):
     """lse in log2 units (+inf for rows with no probability mass) and delta, both [BLOCK] fp32."""
     b_lse = tl.load(lse_ptr + o_stat, mask=m_row, other=float("inf"))
-    b_lse = tl.where(b_lse == float("-inf"), float("inf"), b_lse * LOG2E)
+    b_lse = tl.where(b_lse == float("-inf"), float("inf"), b_lse * _LOG2E)
     b_delta = tl.load(delta_ptr + o_stat, mask=m_row, other=0.0)
     return b_lse, b_delta
 
 
-@triton.autotune(configs=_DKDV_CONFIGS, key=["SEQ_BUCKET", "D", "ROTARY", "HAS_MASK"])
+@triton.autotune(
+    configs=_DKDV_CONFIGS,
+    key=["SEQ_BUCKET", "D", "ROTARY", "HAS_MASK"],
+    prune_configs_by=_DKDV_PRUNE,
+)
 @triton.jit
 def _rotary_attention_bwd_dkdv_kernel(
     q_ptr,
@@ -207,7 +212,7 @@ def _rotary_attention_bwd_dkdv_kernel(
         b_dk += _dot(b_dst, b_q, DOT_PRECISION)  # [BLOCK_N, D]
 
     # b_q carried scale * log2(e): undo the log2(e) to get d(rotated k).
-    b_dk = b_dk / LOG2E
+    b_dk = b_dk / _LOG2E
     if ROTARY:
         b_dk = _unrotate(b_dk, b_pos_n, b_freq, BLOCK_N, D)
     o_dk = _row_offsets(i_b, i_h, bos, o_n, stride_dkb, stride_dkt, stride_dkh)
@@ -215,7 +220,9 @@ def _rotary_attention_bwd_dkdv_kernel(
     _store_tile(dv_ptr, o_dk, m_n, b_dv, D, DOT_PRECISION)  # dv has dk's layout
 
 
-@triton.autotune(configs=_DQ_CONFIGS, key=["SEQ_BUCKET", "D", "ROTARY", "HAS_MASK"])
+@triton.autotune(
+    configs=_DQ_CONFIGS, key=["SEQ_BUCKET", "D", "ROTARY", "HAS_MASK"], prune_configs_by=_DQ_PRUNE
+)
 @triton.jit
 def _rotary_attention_bwd_dq_kernel(
     q_ptr,

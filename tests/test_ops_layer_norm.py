@@ -177,3 +177,31 @@ def test_layer_norm_gpu_model_sizes(device, n, dtype):
     assert_within_rule(y, y_torch, y_ref, dtype, "y")
     for name, g, t, r in zip(("dx", "dw", "db"), got, at_dtype, want):
         assert_within_rule(g, t, r, dtype, name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [128, 1280, 8192])
+def test_layer_norm_kernels_compile_for_sm90(n):
+    from esmkernels.ops import layer_norm as ln
+    from tests.test_ops_rotary_attention import compile_for_sm90
+
+    block_m, block_n, num_warps = ln._launch_shape(n)
+    jobs = []
+    for name, ptrs in (
+        ("_layer_norm_fwd_kernel", ("x_ptr", "w_ptr", "b_ptr", "y_ptr")),
+        ("_layer_norm_bwd_kernel", ("x_ptr", "w_ptr", "dy_ptr", "dx_ptr")),
+    ):
+        for affine in (True, False):
+            types = {p: "*bf16" for p in ptrs}
+            types.update(
+                mean_ptr="*fp32",
+                rstd_ptr="*fp32",
+                dw_part_ptr="*fp32",
+                db_part_ptr="*fp32",
+                eps="fp32",
+            )
+            constexprs = dict(HAS_WEIGHT=affine, HAS_BIAS=affine, BLOCK_M=block_m, BLOCK_N=block_n)
+            if not affine:
+                constexprs.update(w_ptr=None, **({"b_ptr": None} if "b_ptr" in ptrs else {}))
+            jobs.append((ln.__name__, name, types, constexprs, num_warps, 1))
+    compile_for_sm90(jobs)

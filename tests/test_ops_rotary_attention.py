@@ -1,5 +1,7 @@
 """Fused rotary flash attention (Triton, interpreted on CPU) against the reference op."""
 
+import os
+
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
@@ -397,3 +399,100 @@ def test_gpu_varlen_head_dims(device, D, dtype):
     else:
         at_dtype = rotary_attention(q, k, v, cu_seqlens=cu, inv_freq=inv, backend="torch")
         assert_within_rule(out, at_dtype, want, dtype, "out")
+
+
+# Compiling for sm_90 needs no GPU: Triton ships ptxas. This runs the real front end, the
+# Hopper lowering and ptxas on every kernel variant, which the interpreter never does (it
+# happily reads non-constexpr globals, for one). A subprocess, because the interpreter flag is
+# fixed when Triton is first imported.
+_COMPILE_SCRIPT = r"""
+import importlib, json, os, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+for module, name, types, constexprs, num_warps, num_stages in json.loads(sys.argv[1]):
+    kernel = getattr(importlib.import_module(module), name)
+    fn = kernel.fn if hasattr(kernel, "configs") else kernel  # unwrap an Autotuner
+    sig = {a: "constexpr" if a in constexprs else types.get(a, "i32") for a in fn.arg_names}
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    triton.compile(ASTSource(fn, sig, constexprs), target=GPUTarget("cuda", 90, 32), options=options)
+    print("compiled", name, constexprs, flush=True)
+"""
+
+
+def compile_for_sm90(jobs):
+    """jobs: (module, kernel name, {arg: triton type}, {constexpr: value}, num_warps, num_stages)."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia")
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SCRIPT, json.dumps(jobs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
+    assert proc.stdout.count("compiled") == len(jobs)
+
+
+def _attention_types(kernel_args, dtype):
+    types = {a: f"*{dtype}" for a in kernel_args if a.endswith("_ptr")}
+    types.update(
+        lse_ptr="*fp32", delta_ptr="*fp32", freq_ptr="*fp32", pos_ptr="*i64", mask_ptr="*u8",
+        cu_ptr="*i32", qk_scale="fp32", scale="fp32",
+    )  # fmt: skip
+    return types
+
+
+@pytest.mark.slow
+def test_attention_kernels_compile_for_sm90():
+    from esmkernels.ops import rotary_attention_bwd as bwd
+    from esmkernels.ops import rotary_attention_fwd as fwd
+
+    variants = [  # dtype, D, ROTARY, HAS_POS, HAS_MASK, IS_VARLEN, BLOCK_M, BLOCK_N, warps, stages
+        ("bf16", 64, True, False, True, False, 64, 64, 8, 3),
+        ("fp16", 16, True, True, False, True, 64, 32, 4, 2),
+        ("fp32", 128, False, False, True, False, 32, 32, 4, 2),
+    ]
+    jobs = []
+    for name, module in (
+        ("_rotary_attention_fwd_kernel", fwd),
+        ("_rotary_attention_bwd_dkdv_kernel", bwd),
+        ("_rotary_attention_bwd_dq_kernel", bwd),
+    ):
+        args = getattr(module, name).fn.arg_names
+        for dt, D, rot, pos, mask, varlen, bm, bn, w, s in variants:
+            constexprs = dict(
+                D=D, ROTARY=rot, HAS_POS=pos, HAS_MASK=mask, IS_VARLEN=varlen,
+                DOT_PRECISION="ieee" if dt == "fp32" else "tf32", BLOCK_M=bm, BLOCK_N=bn,
+            )  # fmt: skip
+            for ptr, present in (
+                ("freq_ptr", rot),
+                ("pos_ptr", pos),
+                ("mask_ptr", mask),
+                ("cu_ptr", varlen),
+            ):
+                if not present:
+                    constexprs[ptr] = None
+            jobs.append((module.__name__, name, _attention_types(args, dt), constexprs, w, s))
+    pre = bwd._rotary_attention_bwd_preprocess_kernel.arg_names
+    for varlen in (False, True):
+        constexprs = dict(
+            D=64, IS_VARLEN=varlen, BLOCK_M=64, **({} if varlen else {"cu_ptr": None})
+        )
+        jobs.append(
+            (
+                bwd.__name__,
+                "_rotary_attention_bwd_preprocess_kernel",
+                _attention_types(pre, "bf16"),
+                constexprs,
+                4,
+                2,
+            )
+        )
+    compile_for_sm90(jobs)
