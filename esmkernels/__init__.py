@@ -1,16 +1,62 @@
 """esmkernels: fast, checkpoint-compatible ESM-1b / ESM-1v / ESM-2 / ESMFold.
 
+The public model classes are the fast ones (`esmkernels.models`): the same API, outputs,
+parameter names and checkpoints as transformers' ESM classes, running fused Triton kernels on
+CUDA and PyTorch elsewhere. The plain-PyTorch spec is `esmkernels.reference`.
+
+    >>> from esmkernels import EsmForMaskedLM, EsmTokenizer  # doctest: +SKIP
+
 Importing this package never touches CUDA; kernels compile on first use.
 """
 
+from esmkernels.checkpoint import FORMATS, load_checkpoint, save_checkpoint
 from esmkernels.configuration import EsmConfig, EsmFoldConfig, StructureModuleConfig, TrunkConfig
+from esmkernels.fasta import read_fasta, write_fasta
+from esmkernels.modeling_utils import PreTrainedMixin
+from esmkernels.models.esm import (
+    EsmForMaskedLM,
+    EsmForSequenceClassification,
+    EsmForTokenClassification,
+    EsmModel,
+)
+from esmkernels.models.esmfold import EsmForProteinFolding
+from esmkernels.outputs import (
+    BaseModelOutputWithPooling,
+    MaskedLMOutput,
+    ModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from esmkernels.reference.esmfold.modeling import EsmForProteinFoldingOutput
+from esmkernels.tokenization import BatchEncoding, EsmTokenizer
+from esmkernels.variants import score_variants
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FORMATS",
+    "BaseModelOutputWithPooling",
+    "BatchEncoding",
     "EsmConfig",
     "EsmFoldConfig",
+    "EsmForMaskedLM",
+    "EsmForProteinFolding",
+    "EsmForProteinFoldingOutput",
+    "EsmForSequenceClassification",
+    "EsmForTokenClassification",
+    "EsmModel",
+    "EsmTokenizer",
+    "MaskedLMOutput",
+    "ModelOutput",
+    "PreTrainedMixin",
+    "SequenceClassifierOutput",
     "StructureModuleConfig",
+    "TokenClassifierOutput",
     "TrunkConfig",
     "__version__",
+    "load_checkpoint",
+    "read_fasta",
+    "save_checkpoint",
+    "score_variants",
+    "write_fasta",
 ]

@@ -238,6 +238,7 @@ class _FastMixin:
     """Kernel module classes for the reference constructors, and the `backend` switch."""
 
     layer_norm_cls = EsmLayerNorm
+    encoder_cls = EsmEncoder
     self_attention_cls = EsmSelfAttention
 
     def _init_backend(self, backend: str | None) -> None:
@@ -282,10 +283,6 @@ class EsmModel(_FastMixin, ref.EsmModel):
     def __init__(self, config, add_pooling_layer: bool = True, *, backend: str | None = None):
         check_backend(backend)
         super().__init__(config, add_pooling_layer)
-        # The reference builds its own EsmEncoder; ours adds no state, only `forward` (a hook
-        # `encoder_cls` on the reference would make this unnecessary).
-        if not isinstance(self.encoder, EsmEncoder):
-            self.encoder.__class__ = EsmEncoder
         self._init_backend(backend)
 
 

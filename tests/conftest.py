@@ -39,7 +39,8 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Test tensors are tiny: one thread avoids pool overhead that makes a tiny op take milliseconds.
+torch.set_num_threads(1)
 
 
 def _cuda_ok() -> bool:
