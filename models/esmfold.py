@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from esmkernels.models.esm import EsmModel, check_backend
+from esmkernels.models.esm import EsmModel, _FastMixin, check_backend
 from esmkernels.ops import axial_attention as _axial
 from esmkernels.ops import triangle_multiplicative as _trimul
 from esmkernels.reference.esmfold import modeling as ref
@@ -43,13 +43,14 @@ class KernelTrunkOps:
         return f"KernelTrunkOps(backend={self.backend!r})"
 
 
-class EsmForProteinFolding(ref.EsmForProteinFolding):
+class EsmForProteinFolding(_FastMixin, ref.EsmForProteinFolding):
     """Fast ESMFold; API, outputs and checkpoints as `esmkernels.reference.esmfold`'s.
 
     Args:
         config: an ESMFold `EsmConfig` (`is_folding_model=True`).
         backend: None | "auto" | "triton" | "torch" for every kernel call (None: the environment
-            variable ESMKERNELS_BACKEND).
+            variable ESMKERNELS_BACKEND); `from_pretrained(..., backend=...)` and the `backend`
+            attribute set it too.
     """
 
     stem_cls = EsmModel
@@ -59,25 +60,16 @@ class EsmForProteinFolding(ref.EsmForProteinFolding):
         # models can use different backends.
         self.__dict__["_trunk_ops"] = KernelTrunkOps(backend)
         super().__init__(config)
-        self.esm.backend = check_backend(backend)
-
-    @classmethod
-    def from_pretrained(cls, path_or_id, *args, backend: str | None = None, **kwargs):
-        """`PreTrainedMixin.from_pretrained`, plus `backend` for the loaded model."""
-        check_backend(backend)
-        model = super().from_pretrained(path_or_id, *args, **kwargs)
-        model.backend = backend
-        return model
+        self._init_backend(backend)
 
     @property
     def backend(self) -> str | None:
-        return self.__dict__["_trunk_ops"].backend
+        return _FastMixin.backend.fget(self)
 
     @backend.setter
     def backend(self, value: str | None) -> None:
-        value = check_backend(value)
-        self.__dict__["_trunk_ops"].backend = value
-        self.esm.backend = value
+        _FastMixin.backend.fset(self, value)  # the stem's kernels
+        self.__dict__["_trunk_ops"].backend = self.backend
 
 
 __all__ = ["EsmForProteinFolding", "KernelTrunkOps"]
