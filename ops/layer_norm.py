@@ -22,10 +22,10 @@ registers, stored once as a `[G, N]` slab that a `sum(0)` reduces afterwards. Th
 atomics (deterministic) at the price of one small extra reduction, as Liger-Kernel and
 flash-attn's `layer_norm.py` do.
 
-Limits: N <= 16384 for the fused kernel (the row lives in registers); larger hidden sizes raise
-a ValueError that names N (use backend="torch"). The last dimension must have stride 1; any
-leading layout that `reshape(-1, N)` can view is read in place through the row stride,
-otherwise the input is copied once.
+Limits: N <= 16384 for the fused kernel (the row lives in registers); larger hidden sizes go to
+the torch path under backend="auto" and raise a ValueError naming N under a forced "triton".
+The last dimension must have stride 1; any leading layout that `reshape(-1, N)` can view is
+read in place through the row stride, otherwise the input is copied once.
 
 Sources: Liger-Kernel `ops/layer_norm.py` (layering), flash-attn `ops/triton/layer_norm.py`
 (partial-sum backward), the Triton layer-norm tutorial.
@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from esmkernels.ops._dispatch import poison_empty, resolve_backend
+from esmkernels.ops._dispatch import default_backend, poison_empty, resolve_backend
 from esmkernels.reference import functional as ref
 
 MAX_FUSED_N = 16384
@@ -320,7 +320,8 @@ def layer_norm(
     """LayerNorm over the last dimension, fused forward and backward.
 
     Args:
-        x: [..., N], fp32 / fp16 / bf16, any leading shape (N <= 16384 on the Triton path).
+        x: [..., N], fp32 / fp16 / bf16, any leading shape. The Triton path takes N <= 16384:
+            "auto" sends wider rows to the torch path, a forced "triton" raises ValueError.
         weight, bias: [N] or None (no affine scale / shift).
         eps: added to the variance.
         backend: "auto" | "triton" | "torch" (None: env ESMKERNELS_BACKEND, default "auto").
@@ -335,7 +336,12 @@ def layer_norm(
         torch.Size([2, 7, 320])
     """
     _validate(x, weight, bias)
-    if resolve_backend(backend, x, weight, bias, op="layer_norm") == "torch":
+    chosen = resolve_backend(backend, x, weight, bias, op="layer_norm")
+    if chosen == "triton" and x.shape[-1] > MAX_FUSED_N:
+        requested = default_backend() if backend is None else str(backend).lower()
+        if requested == "triton":
+            _check_fused_n(x.shape[-1])
+        chosen = "torch"  # "auto": rows too wide for registers run on the torch path
+    if chosen == "torch":
         return ref.layer_norm(x, weight, bias, eps)
-    _check_fused_n(x.shape[-1])
     return LayerNormFunction.apply(x, weight, bias, float(eps))

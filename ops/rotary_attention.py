@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from esmkernels.ops._dispatch import resolve_backend
+from esmkernels.ops._dispatch import default_backend, resolve_backend
 from esmkernels.ops.rotary_attention_bwd import rotary_attention_bwd
 from esmkernels.ops.rotary_attention_fwd import SUPPORTED_HEAD_DIMS, rotary_attention_fwd
 from esmkernels.reference import functional as ref
@@ -97,6 +97,11 @@ def _torch_varlen(q, k, v, cu_seqlens, max_seqlen, inv_freq, position_ids, scale
     pos = None if position_ids is None else position_ids[index]
     out = _torch_padded(*pad, inv_freq, pos, valid, scale)
     return out[valid]
+
+
+def requested_backend(backend: str | None) -> str:
+    """The backend the caller asked for ("auto" | "triton" | "torch"), before resolution."""
+    return default_backend() if backend is None else str(backend).lower()
 
 
 def _check_tensor(name: str, t: torch.Tensor, ref_t: torch.Tensor, shape: tuple) -> None:
@@ -203,7 +208,8 @@ def rotary_attention(
         scale: multiplier applied to q before rotation; default D**-0.5.
         dropout_p: must be 0; attention dropout is not fused (callers use the reference).
         backend: "auto" | "triton" | "torch" (None: env ESMKERNELS_BACKEND, default "auto").
-            The Triton kernels need D in (16, 32, 64, 128).
+            The Triton kernels need D in (16, 32, 64, 128): "auto" sends other head dims to
+            the torch path, a forced "triton" raises ValueError.
 
     Returns:
         out: same shape and dtype as q (contiguous).
@@ -235,14 +241,16 @@ def rotary_attention(
         cu_seqlens,
         op="rotary_attention",
     )
+    if chosen == "triton" and D not in SUPPORTED_HEAD_DIMS:
+        if requested_backend(backend) == "triton":
+            raise ValueError(
+                f"rotary_attention: the Triton kernels support head dims {SUPPORTED_HEAD_DIMS}, got D={D}; use backend='torch'"
+            )
+        chosen = "torch"  # "auto": a head dim the kernels do not tile runs on the torch path
     if chosen == "torch":
         if cu_seqlens is None:
             return _torch_padded(q, k, v, inv_freq, position_ids, key_padding_mask, scale)
         return _torch_varlen(q, k, v, cu_seqlens, max_seqlen, inv_freq, position_ids, scale)
-    if D not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(
-            f"rotary_attention: the Triton kernels support head dims {SUPPORTED_HEAD_DIMS}, got D={D}; use backend='torch'"
-        )
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32)
     return RotaryAttentionFunction.apply(

@@ -212,3 +212,16 @@ def test_layer_norm_kernels_compile_for_sm90(n):
             ]
             jobs.append((ln.__name__, name, types, constexprs, aligned, num_warps, 1))
     compile_for_sm90(jobs)
+
+
+def test_auto_sends_too_wide_rows_to_torch(monkeypatch):
+    # As if on CUDA: "auto" resolves to triton, but N > MAX_FUSED_N must fall back, not fail.
+    from esmkernels.ops import layer_norm as ln
+
+    monkeypatch.setattr(ln, "resolve_backend", lambda *a, **k: "triton")
+    x = torch.randn(2, ln.MAX_FUSED_N + 1)
+    torch.testing.assert_close(
+        ln.layer_norm(x, None, None, backend="auto"), ref.layer_norm(x, None, None, 1e-5)
+    )
+    with pytest.raises(ValueError, match=f"N={ln.MAX_FUSED_N + 1}"):
+        ln.layer_norm(x, None, None, backend="triton")
