@@ -68,7 +68,7 @@ class RotaryAttentionFunction(torch.autograd.Function):
 
 def _torch_padded(q, k, v, inv_freq, position_ids, key_padding_mask, scale):
     """[B, L, H, D] attention with SDPA at the input dtype, rotary applied in fp32 beforehand."""
-    B, L = q.shape[:2]
+    L = q.shape[1]
     if inv_freq is not None:
         pos = torch.arange(L, device=q.device) if position_ids is None else position_ids
         cos, sin = ref.rotary_cos_sin(pos if pos.dim() == 2 else pos[None], inv_freq)
