@@ -22,16 +22,21 @@ Design decisions:
   no division by a possibly-underflowing sigmoid).
 - Offsets are int64 everywhere (program ids and aranges cast before they meet a stride): the
   ending-node view has stride_n = L * H * D, so n * stride_n passes 2^31 near L = 4,096
-  (cuEquivariance and trifast overflow int32 here). tests check the TTIR for it.
+  (cuEquivariance and trifast overflow int32 here). `test_kernel_offsets_are_int64` checks
+  every tt.addptr offset in the TTIR with all strides typed i32.
 - The output projection (linear_o) stays with the caller, as a cuBLAS matmul: fusing a
   [H * D, C] projection would need all heads of a query in one program (a different grid, and
   H times fewer programs), while the out tensor is written once either way. Outputs are
   allocated with q's strides (`empty_like`), so an ending-node caller gets back a tensor whose
   transpose is contiguous and feeds linear_o without a copy.
-- fp32 inputs use exact fp32 dots (input_precision="ieee"), bf16 / fp16 use tensor cores with
-  fp32 accumulation; p is rounded to v's dtype for the p @ v product, as flash-attention does.
+- fp32 inputs use 3xTF32 dots (fp32-level accuracy on tensor cores), bf16 / fp16 use tensor
+  cores with fp32 accumulation; p is rounded to v's dtype for the p @ v product, as
+  flash-attention does.
 - Backward (`axial_attention_bwd.py`): dk/dv by key block, dq by query block, dbias by a
   deterministic reduction over rows in its own kernel (no atomics). See that module.
+
+Verified on CPU only: under the Triton interpreter (numerics, all flags and layouts) and by
+compiling every autotune config for sm_90 through ptxas (no register spills, bf16 and fp32).
 
 Sources: Dao, FlashAttention-2 (2023); openfold `model/primitives.py` Attention;
 trifast `src/trifast/triton.py` (bias-shared triangle attention, program ordering).
@@ -67,9 +72,44 @@ def _configs(choices):
     ]
 
 
+def tuning(lowp: list, fp32: list, make=_configs) -> dict:
+    """`triton.autotune` arguments with one config list for bf16 / fp16 and one for fp32.
+
+    fp32 operands take 3xTF32 dots, which need about twice the registers: tiles that fit in
+    bf16 spill in fp32. The early prune keeps the list matching the dtype of the kernel's first
+    tensor argument (the autotune cache is keyed on argument dtypes too). Every listed config
+    compiles for sm_90 without register spills (the `test_gpu_configs_compile_without_spills`
+    tests); `prune` is exposed for them.
+    """
+    lowp_c, fp32_c = make(lowp), make(fp32)
+    if interpreting():
+        return {"configs": lowp_c}
+
+    def prune(configs, named_args, **kwargs):
+        first = next(v for v in named_args.values() if isinstance(v, torch.Tensor))
+        wanted = fp32_c if first.dtype == torch.float32 else lowp_c
+        return [c for c in configs if any(c is w for w in wanted)]
+
+    return {"configs": lowp_c + fp32_c, "prune_configs_by": {"early_config_prune": prune}}
+
+
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). Few configs: each costs a compile on first use.
-FWD_CONFIGS = _configs([(64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 2), (64, 32, 4, 2)])
-BWD_CONFIGS = _configs([(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2)])
+FWD_TUNING = tuning(
+    lowp=[(64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 2), (64, 32, 4, 2)],
+    fp32=[(64, 32, 4, 2), (128, 64, 8, 3)],
+)
+DKDV_TUNING = tuning(
+    lowp=[(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2)],
+    fp32=[(32, 64, 4, 2), (32, 64, 8, 2)],
+)
+DQ_TUNING = tuning(
+    lowp=[(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2)],
+    fp32=[(64, 32, 4, 2), (64, 64, 8, 2)],
+)
+DBIAS_TUNING = tuning(
+    lowp=[(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2)],
+    fp32=[(32, 64, 8, 2), (64, 32, 8, 2)],
+)
 AUTOTUNE_KEY = ["N_KEY", "BLOCK_D"]
 
 
@@ -95,11 +135,13 @@ _WIDEN_BF16_DOT = tl.constexpr(interpreting())
 
 @triton.jit
 def dot(a, b):
-    """tl.dot with fp32 accumulation; exact fp32 (no tf32) for fp32 operands."""
+    """tl.dot with fp32 accumulation. fp32 operands use 3xTF32 (hi/lo split products on tensor
+    cores, fp32-level accuracy): plain tf32 loses ~3 digits, and "ieee" FMA dots spill
+    thousands of bytes of registers at these tile sizes (ptxas, sm_90)."""
     if _WIDEN_BF16_DOT and a.dtype == tl.bfloat16:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
-    return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b, input_precision="tf32x3")
 
 
 @triton.jit
@@ -126,7 +168,7 @@ def _key_keep(mask_ptr, base, o_n, stride_n, m_n, HAS_MASK: tl.constexpr):
     return keep
 
 
-@triton.autotune(configs=FWD_CONFIGS, key=AUTOTUNE_KEY)
+@triton.autotune(key=AUTOTUNE_KEY, **FWD_TUNING)
 @triton.jit
 def _axial_attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, bias_ptr, mask_ptr, gate_ptr, o_ptr, ou_ptr, lse_ptr,

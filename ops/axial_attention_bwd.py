@@ -31,7 +31,9 @@ import triton.language as tl
 from esmkernels.ops._dispatch import interpreting, poison_empty
 from esmkernels.ops.axial_attention import (
     AUTOTUNE_KEY,
-    BWD_CONFIGS,
+    DBIAS_TUNING,
+    DKDV_TUNING,
+    DQ_TUNING,
     LOG2E,
     _bias_tile,
     _key_keep,
@@ -111,7 +113,7 @@ def _axial_attn_bwd_pre_kernel(
     )
 
 
-@triton.autotune(configs=BWD_CONFIGS, key=AUTOTUNE_KEY)
+@triton.autotune(key=AUTOTUNE_KEY, **DKDV_TUNING)
 @triton.jit
 def _axial_attn_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, bias_ptr, mask_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
@@ -178,7 +180,7 @@ def _axial_attn_bwd_dkdv_kernel(
     tl.store(p_dv, b_dv.to(dv_ptr.dtype.element_ty), mask=m_nd)
 
 
-@triton.autotune(configs=BWD_CONFIGS, key=AUTOTUNE_KEY)
+@triton.autotune(key=AUTOTUNE_KEY, **DQ_TUNING)
 @triton.jit
 def _axial_attn_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, bias_ptr, mask_ptr, lse_ptr, delta_ptr, dq_ptr,
@@ -235,7 +237,7 @@ def _axial_attn_bwd_dq_kernel(
     tl.store(p_dq, (b_dq * scale).to(dq_ptr.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
 
 
-@triton.autotune(configs=BWD_CONFIGS, key=AUTOTUNE_KEY)
+@triton.autotune(key=AUTOTUNE_KEY, **DBIAS_TUNING)
 @triton.jit
 def _axial_attn_bwd_dbias_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, bias_ptr, mask_ptr, lse_ptr, delta_ptr, dbias_ptr,

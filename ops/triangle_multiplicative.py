@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 
 from esmkernels.ops._dispatch import interpreting, poison_empty, resolve_backend
-from esmkernels.ops.axial_attention import dot
+from esmkernels.ops.axial_attention import dot, tuning
 from esmkernels.reference.esmfold import trunk_functional as ref
 from esmkernels.reference.functional import layer_norm
 
@@ -48,34 +48,39 @@ from esmkernels.reference.functional import layer_norm
 # Autotune configs, keyed on sizes rounded up to powers of two; one small config interpreted.
 # ------------------------------------------------------------------------------------------------
 
-if interpreting():
-    # Blocks smaller than a GPU allows (tl.dot wants >= 16) so tiny test shapes cross tile
-    # boundaries (several i / j tiles, several k steps, partial tiles); few programs otherwise.
-    PROJ_CONFIGS = [triton.Config({"BLOCK_P": 32, "BLOCK_H": 16}, num_warps=1, num_stages=1)]
-    CONTRACT_CONFIGS = [
-        triton.Config({"BLOCK_I": 8, "BLOCK_J": 8, "BLOCK_K": 8}, num_warps=1, num_stages=1)
-    ]
-    OUT_CONFIGS = [triton.Config({"BLOCK_P": 32, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
-else:  # pragma: no cover - GPU only
-    # Few configs (each costs a compile on first use), all free of register spills on sm_90
-    # per ptxas (tests/test_ops_triangle_multiplicative.py::test_gpu_configs_compile_without_spills).
-    PROJ_CONFIGS = [
-        triton.Config({"BLOCK_P": bp, "BLOCK_H": bh}, num_warps=w, num_stages=2)
-        for bp, bh, w in ((128, 32, 8), (64, 16, 4))
-    ]
-    CONTRACT_CONFIGS = [
-        triton.Config({"BLOCK_I": bi, "BLOCK_J": bj, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-        for bi, bj, bk, w, s in (
-            (128, 128, 32, 8, 3),
-            (128, 64, 32, 4, 4),
-            (128, 64, 32, 8, 3),
-            (64, 64, 32, 4, 4),
-        )
-    ]
-    OUT_CONFIGS = [
-        triton.Config({"BLOCK_P": bp, "BLOCK_N": bn}, num_warps=w, num_stages=2)
-        for bp, bn, w in ((64, 32, 4), (64, 64, 4), (128, 32, 8))
-    ]
+
+def _cfg(names, interpreted):
+    """Config maker for `tuning`: tuples of (*block sizes in `names` order, warps, stages)."""
+
+    def make(choices):
+        if interpreting():
+            return [triton.Config(interpreted, num_warps=1, num_stages=1)]
+        return [
+            triton.Config(dict(zip(names, c[:-2])), num_warps=c[-2], num_stages=c[-1])
+            for c in choices
+        ]
+
+    return make
+
+
+# Interpreted: blocks smaller than a GPU allows (tl.dot wants >= 16) so tiny test shapes cross
+# tile boundaries (several i / j tiles, several k steps, partial tiles). GPU: few configs (each
+# costs a compile on first use), bf16 / fp16 and fp32 lists (see `tuning`), all spill-free.
+PROJ_TUNING = tuning(
+    lowp=[(128, 32, 8, 2), (64, 32, 4, 2), (64, 64, 4, 2)],
+    fp32=[(64, 64, 8, 2)],
+    make=_cfg(("BLOCK_P", "BLOCK_H"), {"BLOCK_P": 32, "BLOCK_H": 16}),
+)
+CONTRACT_TUNING = tuning(
+    lowp=[(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (128, 64, 32, 8, 3), (64, 64, 32, 4, 4)],
+    fp32=[(128, 64, 32, 8, 3), (64, 64, 32, 4, 3), (64, 128, 32, 8, 3)],
+    make=_cfg(("BLOCK_I", "BLOCK_J", "BLOCK_K"), {"BLOCK_I": 8, "BLOCK_J": 8, "BLOCK_K": 8}),
+)
+OUT_TUNING = tuning(
+    lowp=[(64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 2)],
+    fp32=[(64, 16, 4, 2), (32, 64, 8, 2)],
+    make=_cfg(("BLOCK_P", "BLOCK_N"), {"BLOCK_P": 32, "BLOCK_N": 16}),
+)
 KEY = ["L_KEY", "BLOCK_C", "BLOCK_CH"]
 
 
@@ -122,7 +127,38 @@ def _load_z_ln(z_ptr, ln_w_ptr, ln_b_ptr, i_b, o_p, m_p, o_c, m_c,
     return b_zn.to(b_z.dtype)  # [BP, BC]
 
 
-@triton.autotune(configs=PROJ_CONFIGS, key=KEY)
+@triton.jit
+def _gated_projection_tile(
+    p_z, stride_zc, b_mean, b_rstd, ln_w_ptr, ln_b_ptr, wp_ptr, bp_ptr, wg_ptr, bg_ptr,
+    m_p, o_w, m_h, C, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """sigmoid(zn Wg^T + bg) * (zn Wp^T + bp) for a [BP, BH] tile, the contraction over the C
+    input channels in BLOCK_K slices: zn is re-normalised per slice from z (L1/L2 hits) so
+    only [BP, BLOCK_K] and [BLOCK_K, BH] operands are live, not [BP, C] and [C, BH]."""
+    b_accp = tl.zeros([p_z.shape[0], o_w.shape[0]], tl.float32)
+    b_accg = tl.zeros([p_z.shape[0], o_w.shape[0]], tl.float32)
+    for k0 in range(0, C, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+        m_k = o_k < C
+        b_z = tl.load(p_z + o_k[None, :] * stride_zc, mask=m_p[:, None] & m_k[None, :], other=0.0)
+        b_w = tl.load(ln_w_ptr + o_k, mask=m_k, other=0.0).to(tl.float32)  # [BK]
+        b_b = tl.load(ln_b_ptr + o_k, mask=m_k, other=0.0).to(tl.float32)  # [BK]
+        b_zn = (b_z.to(tl.float32) - b_mean[:, None]) * b_rstd[:, None] * b_w[None, :] + b_b[
+            None, :
+        ]
+        b_zn = tl.where(m_k[None, :], b_zn, 0.0).to(b_z.dtype)  # [BP, BK] in z's dtype
+        p_w = o_w[None, :] * C + o_k[:, None]  # W[h, k] of row-major [Ch, C] weights
+        m_w = m_k[:, None] & m_h[None, :]
+        b_wp = tl.load(wp_ptr + p_w, mask=m_w, other=0.0)  # [BK, BH]
+        b_accp += dot(b_zn, b_wp.to(b_zn.dtype))  # [BP, BH]
+        b_wg = tl.load(wg_ptr + p_w, mask=m_w, other=0.0)  # [BK, BH]
+        b_accg += dot(b_zn, b_wg.to(b_zn.dtype))  # [BP, BH]
+    b_accp += tl.load(bp_ptr + o_w, mask=m_h, other=0.0).to(tl.float32)[None, :]
+    b_accg += tl.load(bg_ptr + o_w, mask=m_h, other=0.0).to(tl.float32)[None, :]
+    return b_accp * tl.sigmoid(b_accg)
+
+
+@triton.autotune(key=KEY, **PROJ_TUNING)
 @triton.jit
 def _trimul_proj_kernel(
     z_ptr, mask_ptr, ln_w_ptr, ln_b_ptr,
@@ -132,7 +168,7 @@ def _trimul_proj_kernel(
     stride_mb, stride_mi, stride_mj,
     stride_ab, stride_ah,
     L, C, H_OFF, H_CHUNK, eps, L_KEY,
-    HAS_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CH: tl.constexpr,
+    HAS_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CH: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
     i_p = tl.program_id(0).to(tl.int64)
@@ -144,8 +180,13 @@ def _trimul_proj_kernel(
     m_p = o_p < L * L
     m_c = o_c < C
     m_h = o_h < H_CHUNK
-    b_zn = _load_z_ln(z_ptr, ln_w_ptr, ln_b_ptr, i_b, o_p, m_p, o_c, m_c,
-                      stride_zb, stride_zi, stride_zj, stride_zc, L, C, eps)  # fmt: skip
+    # LayerNorm statistics over all C channels, in fp32
+    p_z = z_ptr + i_b * stride_zb + (o_p // L)[:, None] * stride_zi + (o_p % L)[:, None] * stride_zj
+    b_z = tl.load(p_z + o_c[None, :] * stride_zc, mask=m_p[:, None] & m_c[None, :], other=0.0)
+    b_z = b_z.to(tl.float32)  # [BP, BC]
+    b_mean = tl.sum(b_z, 1) / C  # [BP]
+    b_zc = tl.where(m_c[None, :], b_z - b_mean[:, None], 0.0)
+    b_rstd = 1.0 / tl.sqrt(tl.sum(b_zc * b_zc, 1) / C + eps)  # [BP]
     b_keep = tl.full([BLOCK_P], 1.0, tl.float32)
     if HAS_MASK:
         p_m = mask_ptr + i_b * stride_mb + (o_p // L) * stride_mi + (o_p % L) * stride_mj
@@ -153,17 +194,15 @@ def _trimul_proj_kernel(
     o_w = H_OFF + o_h  # row of the [Ch, C] weights
     m_ph = m_p[:, None] & m_h[None, :]
     p_out = i_b * stride_ab + o_h[None, :] * stride_ah + o_p[:, None]  # [BP, BH], p-contiguous
-    b_g = _linear_tile(b_zn, wag_ptr, bag_ptr, o_c, m_c, o_w, m_h, C)  # [BP, BH]
-    b_a = _linear_tile(b_zn, wap_ptr, bap_ptr, o_c, m_c, o_w, m_h, C)  # [BP, BH]
-    b_a = b_a * tl.sigmoid(b_g) * b_keep[:, None]
-    tl.store(a_ptr + p_out, b_a.to(a_ptr.dtype.element_ty), mask=m_ph)
-    b_g = _linear_tile(b_zn, wbg_ptr, bbg_ptr, o_c, m_c, o_w, m_h, C)  # [BP, BH]
-    b_b = _linear_tile(b_zn, wbp_ptr, bbp_ptr, o_c, m_c, o_w, m_h, C)  # [BP, BH]
-    b_b = b_b * tl.sigmoid(b_g) * b_keep[:, None]
-    tl.store(b_ptr + p_out, b_b.to(b_ptr.dtype.element_ty), mask=m_ph)
+    b_a = _gated_projection_tile(p_z, stride_zc, b_mean, b_rstd, ln_w_ptr, ln_b_ptr,
+                                 wap_ptr, bap_ptr, wag_ptr, bag_ptr, m_p, o_w, m_h, C, BLOCK_K)  # fmt: skip
+    tl.store(a_ptr + p_out, (b_a * b_keep[:, None]).to(a_ptr.dtype.element_ty), mask=m_ph)
+    b_b = _gated_projection_tile(p_z, stride_zc, b_mean, b_rstd, ln_w_ptr, ln_b_ptr,
+                                 wbp_ptr, bbp_ptr, wbg_ptr, bbg_ptr, m_p, o_w, m_h, C, BLOCK_K)  # fmt: skip
+    tl.store(b_ptr + p_out, (b_b * b_keep[:, None]).to(b_ptr.dtype.element_ty), mask=m_ph)
 
 
-@triton.autotune(configs=CONTRACT_CONFIGS, key=["L_KEY"])
+@triton.autotune(key=["L_KEY"], **CONTRACT_TUNING)
 @triton.jit
 def _trimul_contract_kernel(
     a_ptr, b_ptr, x_ptr,
@@ -205,7 +244,7 @@ def _trimul_contract_kernel(
     tl.store(p_x, b_acc.to(x_ptr.dtype.element_ty), mask=m_i[:, None] & m_j[None, :])
 
 
-@triton.autotune(configs=OUT_CONFIGS, key=KEY)
+@triton.autotune(key=KEY, **OUT_TUNING)
 @triton.jit
 def _trimul_out_kernel(
     x_ptr, z_ptr, ln_in_w_ptr, ln_in_b_ptr, ln_out_w_ptr, ln_out_b_ptr,
@@ -290,6 +329,7 @@ def trimul_project(
         a.stride(0), a.stride(1),
         L, C, h_off, h_chunk, eps, round_key(L),
         HAS_MASK=mask is not None, BLOCK_C=round_key(C), BLOCK_CH=round_key(ch),
+        BLOCK_K=16 if interpreting() else min(32, round_key(C)),
     )  # fmt: skip
     return a, b
 

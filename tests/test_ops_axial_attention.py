@@ -358,6 +358,7 @@ def test_bad_arguments_raise_before_launch(kwargs, exc):
 _COMPILE_SCRIPT = textwrap.dedent(
     """
     import importlib, json, os, re, subprocess, sys, tempfile
+    import torch
     import triton
     import triton.runtime.autotuner
     from triton.backends import backends
@@ -372,7 +373,7 @@ _COMPILE_SCRIPT = textwrap.dedent(
             "stride_dod", "stride_dkd", "stride_dvd", "stride_dqd", "stride_dd", "stride_dgd",
             "stride_biask", "stride_maskn", "stride_ptk", "stride_zc", "stride_mj", "stride_oc"}
     target = GPUTarget("cuda", 90, 32)
-    mode, kernels = sys.argv[1], json.loads(sys.argv[2])
+    mode, kernels, dtype = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 
     def source(fn, constexprs, realistic):
         constexprs = dict(constexprs)
@@ -383,7 +384,7 @@ _COMPILE_SCRIPT = textwrap.dedent(
             if name in constexprs:
                 sig[name] = "constexpr"
             elif name.endswith("_ptr"):
-                sig[name] = "*u8" if name == "mask_ptr" else ("*fp32" if name in FP32_PTRS else "*bf16")
+                sig[name] = "*u8" if name == "mask_ptr" else ("*fp32" if name in FP32_PTRS else "*" + dtype)
             else:
                 sig[name] = "fp32" if name in FLOATS else "i32"
         # As a launch would: pointers and (realistic) strides divisible by 16.
@@ -406,7 +407,11 @@ _COMPILE_SCRIPT = textwrap.dedent(
                 r"tt\\.addptr [^:]*: [^,]*, (\\S+?)(?: loc|$)", str(mod), flags=re.M)
             continue
         ptxas = triton.knobs.nvidia.ptxas_blackwell.path
-        for cfg in (kernel.configs if tuned else [triton.Config({}, num_warps=4)]):
+        configs = kernel.configs if tuned else [triton.Config({}, num_warps=4)]
+        if tuned and kernel.early_config_prune is not None:  # the dtype's own list
+            probe = torch.empty(0, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32))
+            configs = kernel.early_config_prune(configs, {"first": probe})
+        for cfg in configs:
             k = triton.compile(source(fn, {**constexprs, **cfg.kwargs}, True), target=target,
                                options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
             with tempfile.TemporaryDirectory() as tmp:
@@ -425,16 +430,20 @@ _COMPILE_SCRIPT = textwrap.dedent(
 
 
 def compile_report(
-    kernels: list[tuple[str, str, dict]], mode: str = "ttir", timeout: int = 300
+    kernels: list[tuple[str, str, dict]],
+    mode: str = "ttir",
+    dtype: str = "bf16",
+    timeout: int = 300,
 ) -> dict:
     """Compile kernels for sm_90 in a subprocess (interpreter off; no GPU needed).
 
     mode "ttir": every stride typed i32; returns the type of every pointer offset per kernel.
     mode "cubin": every autotune config, specialised as a launch would (unit strides constexpr,
-    pointers and strides 16-divisible), through ptxas; returns regs / spill bytes / shared."""
+    pointers and strides 16-divisible), through ptxas; returns regs / spill bytes / shared.
+    dtype: the element type of the data pointers ("bf16", "fp16", "fp32")."""
     env = dict(os.environ, TRITON_INTERPRET="0")
     proc = subprocess.run(
-        [sys.executable, "-c", _COMPILE_SCRIPT, mode, json.dumps(kernels)],
+        [sys.executable, "-c", _COMPILE_SCRIPT, mode, json.dumps(kernels), dtype],
         capture_output=True, text=True, env=env, timeout=timeout, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -489,10 +498,11 @@ ATTENTION_KERNELS = [
 
 
 @pytest.mark.slow
-def test_gpu_configs_compile_without_spills():
-    """Every GPU autotune config compiles for sm_90 (bf16, D = 32) and ptxas reports no register
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_gpu_configs_compile_without_spills(dtype):
+    """Every GPU autotune config compiles for sm_90 (D = 32) and ptxas reports no register
     spills. CPU only: the CUDA backend and ptxas ship with Triton."""
-    assert_no_spills(compile_report(ATTENTION_KERNELS, "cubin", timeout=900))
+    assert_no_spills(compile_report(ATTENTION_KERNELS, "cubin", dtype, timeout=900))
 
 
 # ------------------------------------------------------------------------------------------------
