@@ -7,9 +7,11 @@ tri_mul_in). The spec is `esmkernels.reference.esmfold.trunk_functional.triangle
 
 Three kernels (forward):
 1. `_trimul_proj_kernel`, program (block of BLOCK_P pixels of z, block of BLOCK_H hidden
-   channels, b): loads z [BLOCK_P, C] through its strides, LayerNorm in fp32, the four
-   projections as tl.dot against [C, BLOCK_H] weight tiles, gates and mask, and stores a and b
-   channel-major, [B, Ch, L, L] in z.dtype, so each hidden channel is a contiguous L x L matrix
+   channels, b): LayerNorm statistics of z [BLOCK_P, C] (read through its strides) in fp32,
+   then the four projections as tl.dot over C in BLOCK_K slices (z re-read and normalised per
+   slice, so only [BLOCK_P, BLOCK_K] x [BLOCK_K, BLOCK_H] operands are live: the whole-C
+   version spilled registers), gates and mask; a and b are stored channel-major,
+   [B, Ch, L, L] in z.dtype, so each hidden channel is a contiguous L x L matrix
    (k-contiguous rows for the outgoing contraction).
 2. `_trimul_contract_kernel`, program (tile [BLOCK_I, BLOCK_J] of x, hidden channel, b): a
    batched matmul over k with fp32 accumulation, tiles swizzled in groups for L2 reuse. One
@@ -21,6 +23,10 @@ Three kernels (forward):
 3. `_trimul_out_kernel`, program (block of BLOCK_P pixels, b): loads x [BLOCK_P, Ch] (pixel-
    contiguous per channel), LN_out, the output projection, and recomputes LN_in(z) and the
    output gate from z rather than saving a [B, L, L, C] gate tensor; writes [B, L, L, C].
+
+Precision: fp32 accumulation everywhere; fp32 inputs use 3xTF32 dots (fp32-level accuracy on
+tensor cores), bf16 / fp16 plain tensor-core dots. Autotune lists differ per dtype; every
+config compiles for sm_90 without register spills (checked on CPU through ptxas).
 
 Memory: a, b and x are [B, Ch, L, L] in z.dtype: 3 |z| extra when Ch = C. `chunk_size` makes
 kernels 1-2 run on `chunk_size` hidden channels at a time (a and b become chunk_size / Ch of

@@ -270,6 +270,21 @@ def test_kernel_chunked_equals_unchunked():
         torch.testing.assert_close(gc, g, **FP32_DOT)  # dbias sums rows in another order
 
 
+def test_kernel_batch_invariance():
+    """A batch element's output and gradients do not depend on the rest of the batch."""
+    q, k, v, gate = make_inputs(2, 3, 7, 2, 8, layout="transposed")
+    bias, mask = make_bias(2, 2, 7, permuted=True), make_mask(2, 3, 7, kind="random")
+    out, grads = _run(q, k, v, bias, mask, gate, "triton")
+    alone = [t[:1].detach().requires_grad_() for t in (q, k, v, bias, gate)]
+    a_q, a_k, a_v, a_bias, a_gate = alone
+    out1 = axial_attention(a_q, a_k, a_v, bias=a_bias, mask=mask[:1], gate=a_gate, backend="triton")
+    torch.testing.assert_close(out1, out[:1], atol=0, rtol=0)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))  # as in _run
+    grads1 = torch.autograd.grad(out1, alone, dout[:1])
+    for g1, g in zip(grads1, grads):
+        torch.testing.assert_close(g1, g[:1], **FP32_DOT)
+
+
 def test_dbias_row_splits_agree():
     """The launcher-level dbias reduction gives the same sum for any number of row splits."""
     B, R, N, H, D = 1, 3, 9, 1, 8

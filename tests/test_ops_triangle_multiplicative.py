@@ -197,6 +197,26 @@ def test_kernel_chunked_equals_unchunked():
                 torch.testing.assert_close(chunked, full, atol=0, rtol=0)
 
 
+def test_kernel_padding_invariance():
+    """A length-5 sequence padded to 9 (pair mask = outer product of the sequence mask) and
+    batched with another sequence gives, on its valid 5 x 5 block, what it gives alone: masked
+    pairs contribute nothing to the triangle sums."""
+    p = make_params(8, 8)
+    z = make_z(2, 9, 8, layout="contiguous").detach()
+    seq = torch.ones(2, 9)
+    seq[0, 5:] = 0
+    mask = seq[:, :, None] * seq[:, None, :]
+    for outgoing in (True, False):
+        with torch.no_grad():
+            batched = triangle_multiplicative_update(
+                z, mask, **p, outgoing=outgoing, backend="triton"
+            )
+            alone = triangle_multiplicative_update(
+                z[:1, :5, :5], None, **p, outgoing=outgoing, backend="triton"
+            )
+        torch.testing.assert_close(batched[:1, :5, :5], alone, **FP32_DOT)
+
+
 def test_kernel_masked_rows_and_columns_are_finite():
     """A padded sequence masks whole rows and columns: a = b = 0 there, x = 0, LN_out(0) = bias."""
     p, z = make_params(8, 8), make_z(1, 9, 8, layout="contiguous")
