@@ -1,25 +1,14 @@
 """Fused Triton kernels with dispatch (see `esmkernels.ops._dispatch`).
 
 Each op: jit kernels -> launchers -> autograd Function -> public function with `backend=`.
+Import the public functions from their modules:
 
-    >>> from esmkernels.ops import layer_norm, rotary_attention  # doctest: +SKIP
+    >>> from esmkernels.ops.layer_norm import layer_norm
+    >>> from esmkernels.ops.rotary_attention import rotary_attention
+    >>> from esmkernels.ops.triangle_multiplicative import triangle_multiplicative_update
+    >>> from esmkernels.ops.axial_attention import axial_attention
+
+The package deliberately re-exports nothing: three public functions share their module's name,
+and a package attribute `layer_norm` bound to the function would shadow the module
+(`from esmkernels.ops import layer_norm as ln` would no longer give the module).
 """
-
-from esmkernels.ops.axial_attention import AxialAttentionFunction, axial_attention
-from esmkernels.ops.layer_norm import LayerNormFunction, layer_norm
-from esmkernels.ops.rotary_attention import RotaryAttentionFunction, rotary_attention
-from esmkernels.ops.triangle_multiplicative import (
-    TriangleMultiplicativeFunction,
-    triangle_multiplicative_update,
-)
-
-__all__ = [
-    "AxialAttentionFunction",
-    "LayerNormFunction",
-    "RotaryAttentionFunction",
-    "TriangleMultiplicativeFunction",
-    "axial_attention",
-    "layer_norm",
-    "rotary_attention",
-    "triangle_multiplicative_update",
-]
