@@ -14,20 +14,25 @@ PYTEST_ARGS ?=
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test bench lint clean
+.PHONY: setup test test-fast bench lint clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 	$(VPY) -m pip install -q -e ".[$(EXTRAS)]"
-	@$(VPY) -c "import torch; assert not torch.version.cuda or torch.cuda.is_available() or True; print('torch', torch.__version__)"
+	@$(VPY) -c "import torch; print('torch', torch.__version__, 'cuda build' if torch.version.cuda else 'cpu build')"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 # TRITON_INTERPRET=1 makes every kernel run (interpreted) on the CPU; tests/conftest.py sets it too.
+# The `slow` tests compile every kernel for sm_90 (no GPU needed) and are part of `make test`;
+# `make test-fast` leaves them out for quick local iterations.
 test: $(STAMP)
+	TRITON_INTERPRET=1 HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(VPY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
 	TRITON_INTERPRET=1 HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(VPY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
