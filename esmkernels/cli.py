@@ -134,9 +134,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise ValueError(f"{out_path} exists; pass --overwrite to replace it")
     records = _records(args.fasta)
     device = _device(args.device)
-    model = EsmModel.from_pretrained(args.checkpoint, dtype=args.dtype, device=device)
-    if getattr(model, "backend", None) is not None or args.backend:
-        model.backend = args.backend
+    model = EsmModel.from_pretrained(
+        args.checkpoint, dtype=args.dtype, device=device, backend=args.backend
+    )
     tokenizer = _tokenizer_for(args.checkpoint)
     cfg = model.config
     if cfg.position_embedding_type == "absolute":
