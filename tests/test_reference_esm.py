@@ -39,7 +39,6 @@ from esmkernels.reference.esm_layers import (
     absolute_position_ids,
     gelu,
 )
-from esmkernels.reference.functional import layer_norm
 from tests.tolerances import GRADCHECK, MODEL_FP32
 
 CLS, PAD, EOS, MASK = 0, 1, 2, 32
@@ -303,22 +302,6 @@ def _small_config(kind: str) -> EsmConfig:
     return make_config(kind, hidden_size=8, num_attention_heads=2, intermediate_size=12)
 
 
-def _functional_ops_keep_float64() -> bool:
-    """Whether reference.functional computes float64 inputs in float64 (it upcasts to fp32 only
-    at the time of writing: `.float()`), which a float64 gradcheck through it needs."""
-    x = torch.tensor([[1.0, 1.0 + 1e-10]], dtype=torch.float64)
-    return bool(layer_norm(x, None, None, 0.0).abs().max() > 0.5)
-
-
-needs_fp64_functional = pytest.mark.xfail(
-    not _functional_ops_keep_float64(),
-    reason="reference/functional.py casts float64 to float32 (.float()); gradcheck needs it to "
-    "promote to at least float32 instead (requested from the lead)",
-    run=False,  # it can only fail (slowly) until then; the probe turns it on by itself
-)
-
-
-@needs_fp64_functional
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradcheck_layer(kind):
     torch.manual_seed(1)
@@ -328,7 +311,6 @@ def test_gradcheck_layer(kind):
     assert torch.autograd.gradcheck(lambda h: layer(h, mask)[0], (x,), fast_mode=True, **GRADCHECK)
 
 
-@needs_fp64_functional
 def test_gradcheck_attention_with_probs():
     torch.manual_seed(2)
     attn = EsmSelfAttention(_small_config("esm2")).double().eval()
