@@ -4,11 +4,7 @@ structural check that every kernel address computation is 64-bit."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
+import dataclasses
 
 import pytest
 import torch
@@ -21,6 +17,13 @@ from esmkernels.ops.axial_attention_bwd import (
     axial_attention_bwd_preprocess,
 )
 from esmkernels.reference.esmfold import trunk_functional as ref
+from tests._sm90 import (
+    Job,
+    addptr_offset_types,
+    assert_all_offsets_int64,
+    assert_no_spills,
+    compile_report,
+)
 from tests.tolerances import FP32_DOT, assert_within_rule
 
 LAYOUTS = ("contiguous", "transposed", "packed")
@@ -370,117 +373,6 @@ def test_bad_arguments_raise_before_launch(kwargs, exc):
 # 64-bit index arithmetic, checked in the compiled IR (no GPU, no huge allocation)
 # ------------------------------------------------------------------------------------------------
 
-_COMPILE_SCRIPT = textwrap.dedent(
-    """
-    import importlib, json, os, re, subprocess, sys, tempfile
-    import torch
-    import triton
-    import triton.runtime.autotuner
-    from triton.backends import backends
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton._C.libtriton import ir
-
-    FLOATS = {"qk_scale", "scale", "eps"}
-    FP32_PTRS = {"lse_ptr", "delta_ptr", "dbias_ptr"}
-    # Strides that are 1 for the usual layouts: Triton specializes an int argument equal to 1.
-    UNIT = {"stride_qd", "stride_kd", "stride_vd", "stride_gd", "stride_od", "stride_ud",
-            "stride_dod", "stride_dkd", "stride_dvd", "stride_dqd", "stride_dd", "stride_dgd",
-            "stride_biask", "stride_maskn", "stride_ptk", "stride_zc", "stride_mj", "stride_oc"}
-    target = GPUTarget("cuda", 90, 32)
-    mode, kernels, dtype = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-
-    def source(fn, constexprs, realistic):
-        constexprs = dict(constexprs)
-        if realistic:
-            constexprs.update({n: 1 for n in fn.arg_names if n in UNIT})
-        sig = {}
-        for name in fn.arg_names:
-            if name in constexprs:
-                sig[name] = "constexpr"
-            elif name.endswith("_ptr"):
-                sig[name] = "*u8" if name == "mask_ptr" else ("*fp32" if name in FP32_PTRS else "*" + dtype)
-            else:
-                sig[name] = "fp32" if name in FLOATS else "i32"
-        # As a launch would: pointers and (realistic) strides divisible by 16.
-        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
-                 if realistic and n not in constexprs and (n.endswith("_ptr") or n.startswith("stride_"))}
-        return ASTSource(fn, signature=sig, constexprs=constexprs, attrs=attrs)
-
-    report = {}
-    for module_name, kernel_name, constexprs in kernels:
-        kernel = getattr(importlib.import_module(module_name), kernel_name)
-        tuned = isinstance(kernel, triton.runtime.autotuner.Autotuner)
-        fn = kernel.fn if tuned else kernel
-        if mode == "ttir":  # every stride an i32: offsets must be widened explicitly
-            backend = backends["nvidia"].compiler(target)
-            opts = backend.parse_options({})
-            ctx = ir.context(); ir.load_dialects(ctx); backend.load_dialects(ctx)
-            mod = source(fn, constexprs, False).make_ir(
-                target, opts, backend.get_codegen_implementation(opts), backend.get_module_map(), ctx)
-            report[kernel_name] = re.findall(
-                r"tt\\.addptr [^:]*: [^,]*, (\\S+?)(?: loc|$)", str(mod), flags=re.M)
-            continue
-        ptxas = triton.knobs.nvidia.ptxas_blackwell.path
-        configs = kernel.configs if tuned else [triton.Config({}, num_warps=4)]
-        if tuned and kernel.early_config_prune is not None:  # the dtype's own list
-            probe = torch.empty(0, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32))
-            configs = kernel.early_config_prune(configs, {"first": probe})
-        for cfg in configs:
-            k = triton.compile(source(fn, {**constexprs, **cfg.kwargs}, True), target=target,
-                               options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
-            with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, "k.ptx")
-                with open(path, "w") as f:
-                    f.write(k.asm["ptx"])
-                out = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", path, "-o", path + ".o"],
-                                     capture_output=True, text=True, check=True).stderr
-            spill = sum(int(x) for x in re.findall(r"(\\d+) bytes spill stores", out))
-            regs = max(int(x) for x in re.findall(r"Used (\\d+) registers", out))
-            key = f"{kernel_name} {json.dumps(constexprs)} {cfg}"
-            report[key] = {"regs": regs, "spill": spill, "shared": k.metadata.shared}
-    print(json.dumps(report))
-    """
-)
-
-
-def compile_report(
-    kernels: list[tuple[str, str, dict]],
-    mode: str = "ttir",
-    dtype: str = "bf16",
-    timeout: int = 300,
-) -> dict:
-    """Compile kernels for sm_90 in a subprocess (interpreter off; no GPU needed).
-
-    mode "ttir": every stride typed i32; returns the type of every pointer offset per kernel.
-    mode "cubin": every autotune config, specialised as a launch would (unit strides constexpr,
-    pointers and strides 16-divisible), through ptxas; returns regs / spill bytes / shared.
-    dtype: the element type of the data pointers ("bf16", "fp16", "fp32")."""
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    proc = subprocess.run(
-        [sys.executable, "-c", _COMPILE_SCRIPT, mode, json.dumps(kernels), dtype],
-        capture_output=True, text=True, env=env, timeout=timeout, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def addptr_offset_types(kernels: list[tuple[str, str, dict]]) -> dict[str, list[str]]:
-    return compile_report(kernels, "ttir")
-
-
-def assert_all_offsets_int64(report: dict[str, list[str]]) -> None:
-    for kernel, offsets in report.items():
-        assert offsets, f"{kernel}: no tt.addptr found (the check would be vacuous)"
-        narrow = [o for o in offsets if not o.endswith("i64>") and o != "i64"]
-        assert not narrow, f"{kernel}: 32-bit pointer offsets {narrow}"
-
-
-def assert_no_spills(report: dict[str, dict]) -> None:
-    assert report, "no kernel compiled"
-    spilling = {k: v for k, v in report.items() if v["spill"] > 0}
-    assert not spilling, f"register spills: {spilling}"
-
 
 def test_kernel_offsets_are_int64():
     """ESMFold at L = 4096 reads ending-node views with stride_n = L * H * D: n * stride_n passes
@@ -489,25 +381,25 @@ def test_kernel_offsets_are_int64():
     mod, bwd = "esmkernels.ops.axial_attention", "esmkernels.ops.axial_attention_bwd"
     flags = {"HAS_BIAS": True, "HAS_MASK": True, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 32}
     kernels = [
-        (mod, "_axial_attn_fwd_kernel", {**flags, "HAS_GATE": True, "STORE_UNGATED": True}),
-        (bwd, "_axial_attn_bwd_pre_kernel", {"HAS_GATE": True, "BLOCK_M": 64, "BLOCK_D": 32}),
-        (bwd, "_axial_attn_bwd_dkdv_kernel", flags),
-        (bwd, "_axial_attn_bwd_dq_kernel", flags),
-        (bwd, "_axial_attn_bwd_dbias_kernel", {k: v for k, v in flags.items() if k != "HAS_BIAS"}),
+        Job(mod, "_axial_attn_fwd_kernel", {**flags, "HAS_GATE": True, "STORE_UNGATED": True}),
+        Job(bwd, "_axial_attn_bwd_pre_kernel", {"HAS_GATE": True, "BLOCK_M": 64, "BLOCK_D": 32}),
+        Job(bwd, "_axial_attn_bwd_dkdv_kernel", flags),
+        Job(bwd, "_axial_attn_bwd_dq_kernel", flags),
+        Job(bwd, "_axial_attn_bwd_dbias_kernel", {k: flags[k] for k in flags if k != "HAS_BIAS"}),
     ]
     assert_all_offsets_int64(addptr_offset_types(kernels))
 
 
 ATTENTION_KERNELS = [
-    ("esmkernels.ops.axial_attention", "_axial_attn_fwd_kernel",
+    Job("esmkernels.ops.axial_attention", "_axial_attn_fwd_kernel",
      {"HAS_BIAS": True, "HAS_MASK": True, "HAS_GATE": True, "STORE_UNGATED": True, "BLOCK_D": 32}),
-    ("esmkernels.ops.axial_attention_bwd", "_axial_attn_bwd_pre_kernel",
+    Job("esmkernels.ops.axial_attention_bwd", "_axial_attn_bwd_pre_kernel",
      {"HAS_GATE": True, "BLOCK_M": 64, "BLOCK_D": 32}),
-    ("esmkernels.ops.axial_attention_bwd", "_axial_attn_bwd_dkdv_kernel",
+    Job("esmkernels.ops.axial_attention_bwd", "_axial_attn_bwd_dkdv_kernel",
      {"HAS_BIAS": True, "HAS_MASK": True, "BLOCK_D": 32}),
-    ("esmkernels.ops.axial_attention_bwd", "_axial_attn_bwd_dq_kernel",
+    Job("esmkernels.ops.axial_attention_bwd", "_axial_attn_bwd_dq_kernel",
      {"HAS_BIAS": True, "HAS_MASK": True, "BLOCK_D": 32}),
-    ("esmkernels.ops.axial_attention_bwd", "_axial_attn_bwd_dbias_kernel",
+    Job("esmkernels.ops.axial_attention_bwd", "_axial_attn_bwd_dbias_kernel",
      {"HAS_MASK": True, "BLOCK_D": 32}),
 ]  # fmt: skip
 
@@ -516,8 +408,9 @@ ATTENTION_KERNELS = [
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_gpu_configs_compile_without_spills(dtype):
     """Every GPU autotune config compiles for sm_90 (D = 32) and ptxas reports no register
-    spills. CPU only: the CUDA backend and ptxas ship with Triton."""
-    assert_no_spills(compile_report(ATTENTION_KERNELS, "cubin", dtype, timeout=900))
+    spills. CPU only: the CUDA backend and ptxas ship with Triton (tests/_sm90.py)."""
+    jobs = [dataclasses.replace(job, dtype=dtype) for job in ATTENTION_KERNELS]
+    assert_no_spills(compile_report(jobs))
 
 
 # ------------------------------------------------------------------------------------------------

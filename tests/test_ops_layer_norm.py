@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from esmkernels.ops import _dispatch
 from esmkernels.ops.layer_norm import layer_norm, layer_norm_bwd, layer_norm_fwd
 from esmkernels.reference import functional as ref
+from tests._sm90 import Job, assert_no_spills, compile_report
 from tests.tolerances import FP32, FP32_DOT, assert_within_rule
 
 # Hidden sizes the models use (ESM-2 320/480/640/1280, ESMFold pair 128) and awkward ones.
@@ -182,36 +183,28 @@ def test_layer_norm_gpu_model_sizes(device, n, dtype):
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [128, 1280, 8192])
 def test_layer_norm_kernels_compile_for_sm90(n):
+    """Both kernels compile for sm_90 at the launch shape for n (pointers and row strides
+    16-divisible, as for the model sizes), also with fp32 parameters on bf16 rows, and ptxas
+    reports no register spills. See tests/_sm90.py."""
     from esmkernels.ops import layer_norm as ln
-    from tests.test_ops_rotary_attention import compile_for_sm90
 
     block_m, block_n, num_warps = ln._launch_shape(n)
-    fn_args = lambda name: getattr(ln, name).arg_names
     jobs = []
-    for name, ptrs in (
-        ("_layer_norm_fwd_kernel", ("x_ptr", "w_ptr", "b_ptr", "y_ptr")),
-        ("_layer_norm_bwd_kernel", ("x_ptr", "w_ptr", "dy_ptr", "dx_ptr")),
-    ):
-        for affine in (True, False):
-            types = {p: "*bf16" for p in ptrs}
-            types.update(
-                mean_ptr="*fp32",
-                rstd_ptr="*fp32",
-                dw_part_ptr="*fp32",
-                db_part_ptr="*fp32",
-                eps="fp32",
-            )
-            constexprs = dict(HAS_WEIGHT=affine, HAS_BIAS=affine, BLOCK_M=block_m, BLOCK_N=block_n)
-            if not affine:
-                constexprs.update(w_ptr=None, **({"b_ptr": None} if "b_ptr" in ptrs else {}))
-            # Pointers and row strides divisible by 16, as at launch for the model sizes.
-            aligned = [
-                a
-                for a in fn_args(name)
-                if a not in constexprs and (a.endswith("_ptr") or a.startswith("stride_"))
-            ]
-            jobs.append((ln.__name__, name, types, constexprs, aligned, num_warps, 1))
-    compile_for_sm90(jobs)
+    for name in ("_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel"):
+        has_b = "b_ptr" in getattr(ln, name).arg_names
+        for params in ("bf16", "fp32", None):  # None: no affine parameters
+            constexprs = dict(
+                HAS_WEIGHT=params is not None, HAS_BIAS=params is not None, BLOCK_M=block_m,
+                BLOCK_N=block_n,
+            )  # fmt: skip
+            if params is None:
+                constexprs.update(w_ptr=None, **({"b_ptr": None} if has_b else {}))
+            types = {"w_ptr": "*fp32", "b_ptr": "*fp32"} if params == "fp32" else {}
+            jobs.append(Job(ln.__name__, name, constexprs, "bf16", types, num_warps=num_warps,
+                            num_stages=1))  # fmt: skip
+    report = compile_report(jobs)
+    assert len(report) == len(jobs)
+    assert_no_spills(report)
 
 
 def test_auto_sends_too_wide_rows_to_torch(monkeypatch):
