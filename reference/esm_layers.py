@@ -111,6 +111,8 @@ class EsmEmbeddings(nn.Module):
     2. Token dropout (ESM-2, when `config.token_dropout` and input_ids are given): rows of `<mask>`
        tokens are zeroed and every sequence is scaled by (1 - 0.15 * 0.8) / (1 - r), r the
        sequence's observed fraction of `<mask>` among its real tokens (attention_mask == 1).
+       An all-`<mask>` sequence (r = 1, possible only without special tokens) stays finite
+       (zeros), where transformers and fair-esm give NaN.
     3. Absolute models add position_embeddings(position_ids).
     4. `emb_layer_norm_before` models apply `layer_norm`.
     5. Padding rows are zeroed (multiplied by attention_mask).
@@ -158,7 +160,10 @@ class EsmEmbeddings(nn.Module):
             else:
                 n_tokens = torch.full_like(input_ids[:, 0], input_ids.shape[1])
             ratio_observed = is_mask.sum(-1).float() / n_tokens
-            x = (x * (1 - MASK_RATIO_TRAIN) / (1 - ratio_observed)[:, None, None]).to(x.dtype)
+            # A sequence of nothing but <mask> (no <cls>/<eos>) has r = 1: HF and fair-esm give
+            # 0 * inf = NaN there; its embeddings are all zero anyway, so keep them finite.
+            kept = (1 - ratio_observed).clamp_min(torch.finfo(torch.float32).tiny)
+            x = (x * (1 - MASK_RATIO_TRAIN) / kept[:, None, None]).to(x.dtype)
         if self.position_embedding_type == "absolute":
             if position_ids is None:
                 position_ids = self.default_position_ids(input_ids, inputs_embeds)

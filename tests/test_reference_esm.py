@@ -641,3 +641,16 @@ def test_gelu_is_exact_erf():
     normal_cdf = torch.distributions.Normal(0.0, 1.0).cdf(x)
     torch.testing.assert_close(gelu(x), x * normal_cdf)
     assert (gelu(x) - F.gelu(x, approximate="tanh")).abs().max() > 1e-5
+
+
+def test_all_mask_sequence_without_specials_stays_finite():
+    """r = 1 in token dropout (every real token is <mask>): 0 * inf would be NaN."""
+    config = make_config("esm2")
+    model = EsmModel(config).eval()
+    tokens = torch.tensor([[config.mask_token_id, config.mask_token_id], [5, config.mask_token_id]])
+    with torch.no_grad():
+        out = model(tokens).last_hidden_state
+    assert torch.isfinite(out).all()
+    with torch.no_grad():  # the other row is unaffected by the guard
+        alone = model(tokens[1:]).last_hidden_state
+    torch.testing.assert_close(out[1:], alone)
