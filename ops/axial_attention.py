@@ -50,47 +50,16 @@ import torch
 import triton
 import triton.language as tl
 
-from esmkernels.ops._dispatch import interpreting, poison_empty, resolve_backend
+from esmkernels.ops._dispatch import poison_empty, resolve_backend
+from esmkernels.ops._tuning import dot, tuning
 from esmkernels.reference.esmfold import trunk_functional as ref
 
 LOG2E = 1.4426950408889634
 
 # ------------------------------------------------------------------------------------------------
 # Autotune configs, keyed on (N rounded up to a power of two, BLOCK_D). One small config under
-# the interpreter.
+# the interpreter (`esmkernels.ops._tuning`: bf16 / fp16 and fp32 lists, all spill-free).
 # ------------------------------------------------------------------------------------------------
-
-
-def _configs(choices):
-    if interpreting():
-        # 8-wide blocks (a GPU needs >= 16 for tl.dot; the interpreter does not) so that tiny
-        # test shapes still cross block boundaries: multi-block online softmax, partial tiles.
-        return [triton.Config({"BLOCK_M": 8, "BLOCK_N": 8}, num_warps=1, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in choices
-    ]
-
-
-def tuning(lowp: list, fp32: list, make=_configs) -> dict:
-    """`triton.autotune` arguments with one config list for bf16 / fp16 and one for fp32.
-
-    fp32 operands take 3xTF32 dots, which need about twice the registers: tiles that fit in
-    bf16 spill in fp32. The early prune keeps the list matching the dtype of the kernel's first
-    tensor argument (the autotune cache is keyed on argument dtypes too). Every listed config
-    compiles for sm_90 without register spills (the `test_gpu_configs_compile_without_spills`
-    tests); `prune` is exposed for them.
-    """
-    lowp_c, fp32_c = make(lowp), make(fp32)
-    if interpreting():
-        return {"configs": lowp_c}
-
-    def prune(configs, named_args, **kwargs):
-        first = next(v for v in named_args.values() if isinstance(v, torch.Tensor))
-        wanted = fp32_c if first.dtype == torch.float32 else lowp_c
-        return [c for c in configs if any(c is w for w in wanted)]
-
-    return {"configs": lowp_c + fp32_c, "prune_configs_by": {"early_config_prune": prune}}
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). Few configs: each costs a compile on first use.
@@ -126,22 +95,6 @@ def block_d(d: int) -> int:
 # ------------------------------------------------------------------------------------------------
 # Kernels
 # ------------------------------------------------------------------------------------------------
-
-# Triton 3.9's interpreter multiplies bf16 operands of tl.dot as their raw uint16 bit patterns.
-# Under the interpreter only, `dot` widens bf16 operands to fp32 first: the same numbers a GPU
-# computes (bf16 products are exact in fp32, accumulation is fp32 on both).
-_WIDEN_BF16_DOT = tl.constexpr(interpreting())
-
-
-@triton.jit
-def dot(a, b):
-    """tl.dot with fp32 accumulation. fp32 operands use 3xTF32 (hi/lo split products on tensor
-    cores, fp32-level accuracy): plain tf32 loses ~3 digits, and "ieee" FMA dots spill
-    thousands of bytes of registers at these tile sizes (ptxas, sm_90)."""
-    if _WIDEN_BF16_DOT and a.dtype == tl.bfloat16:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, input_precision="tf32x3")
 
 
 @triton.jit

@@ -31,13 +31,14 @@ import torch
 import triton
 import triton.language as tl
 
-from esmkernels.ops._dispatch import poison_empty
+from esmkernels.ops._dispatch import interpreting, poison_empty
+from esmkernels.ops._tuning import tuning
 from esmkernels.ops.rotary_attention_fwd import (
     _LOG2E,
     LOG2E,
     _cast,
+    _configs,
     _dot,
-    _interpreting,
     _key_keep,
     _Layout,
     _load_rotated,
@@ -52,36 +53,43 @@ from esmkernels.ops.rotary_attention_fwd import (
     head_dim_contiguous,
     seqlen_bucket,
     side_inputs,
-    tuning_space,
 )
 
+# Per kernel, bf16 / fp16 and fp32 tiles by max D (see FWD_TUNING): all spill-free on sm_90.
 # dK/dV: many keys per program (they stay in registers), small query tiles streamed.
-_DKDV_CONFIGS, _DKDV_PRUNE = tuning_space(
-    {
-        64: (
+DKDV_TUNING = tuning(
+    lowp={
+        64: [
             (32, 128, 8, 3),
             (64, 64, 4, 2),
             (64, 64, 8, 3),
             (32, 64, 4, 2),
             (32, 64, 8, 3),
             (16, 128, 8, 3),
-        ),
-        128: ((32, 64, 8, 3), (32, 32, 8, 3), (16, 64, 8, 3)),
-    }
+        ],
+        128: [(32, 64, 8, 3), (32, 32, 8, 3), (16, 64, 8, 3)],
+    },
+    fp32={64: [(16, 32, 4, 2), (16, 64, 4, 1)], 128: [(16, 16, 8, 2)]},
+    make=_configs,
 )
 # dQ: many queries per program, small key tiles streamed.
-_DQ_CONFIGS, _DQ_PRUNE = tuning_space(
-    {
-        64: (
+DQ_TUNING = tuning(
+    lowp={
+        64: [
             (128, 32, 8, 3),
             (64, 64, 4, 2),
             (64, 64, 8, 3),
             (64, 32, 4, 2),
             (64, 32, 8, 3),
             (128, 16, 8, 3),
-        ),
-        128: ((64, 64, 8, 3), (64, 32, 8, 3), (32, 64, 8, 3), (64, 16, 8, 3)),
-    }
+        ],
+        128: [(64, 64, 8, 3), (64, 32, 8, 3), (32, 64, 8, 3), (64, 16, 8, 3)],
+    },
+    fp32={
+        64: [(64, 16, 8, 2), (128, 32, 8, 2), (64, 16, 4, 2)],
+        128: [(16, 32, 8, 2), (16, 16, 8, 2)],
+    },
+    make=_configs,
 )
 
 
@@ -130,9 +138,8 @@ def _load_row_stats(lse_ptr, delta_ptr, o_stat, m_row):
 
 
 @triton.autotune(
-    configs=_DKDV_CONFIGS,
     key=["SEQ_BUCKET", "D", "ROTARY", "HAS_MASK"],
-    prune_configs_by=_DKDV_PRUNE,
+    **DKDV_TUNING,
 )
 @triton.jit
 def _rotary_attention_bwd_dkdv_kernel(
@@ -234,9 +241,7 @@ def _rotary_attention_bwd_dkdv_kernel(
     _store_tile(dv_ptr, o_dk, m_n, b_dv, D, DOT_PRECISION)  # dv has dk's layout
 
 
-@triton.autotune(
-    configs=_DQ_CONFIGS, key=["SEQ_BUCKET", "D", "ROTARY", "HAS_MASK"], prune_configs_by=_DQ_PRUNE
-)
+@triton.autotune(key=["SEQ_BUCKET", "D", "ROTARY", "HAS_MASK"], **DQ_TUNING)
 @triton.jit
 def _rotary_attention_bwd_dq_kernel(
     q_ptr,
@@ -358,7 +363,7 @@ def rotary_attention_bwd(
     pos, (spb, spt), mask, (smb, smt) = side_inputs(position_ids, key_padding_mask, layout)
     delta = layout.new_stats(q.device)
     slb, slh = layout.stats_strides(lse)
-    block_pre = 16 if _interpreting() else 64
+    block_pre = 16 if interpreting() else 64
     _rotary_attention_bwd_preprocess_kernel[
         (triton.cdiv(layout.max_seqlen, block_pre), layout.H, layout.B)
     ](

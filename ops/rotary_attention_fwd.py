@@ -17,6 +17,11 @@ keeps max = -inf: the kernel substitutes 0 for the max before exponentiating (so
 its sum stays 0, its output is written as zeros and its lse as -inf (the backward treats
 -inf as "no probability mass").
 
+Precision: fp32 inputs use 3xTF32 dots (fp32-level accuracy on tensor cores; "ieee" FMA dots
+spill registers in every useful tile on sm_90) with their own, smaller autotune tiles, picked by
+dtype and head dim through `esmkernels.ops._tuning.tuning`; bf16 / fp16 use tensor cores with
+fp32 accumulation, p rounded to v's dtype for P V as flash-attention does.
+
 Grid: `(cdiv(max_seqlen, BLOCK_M), H, B)`; program (m, h, b) owns BLOCK_M queries of one head
 of one sequence and streams all of that sequence's keys in BLOCK_N tiles. Padded inputs
 `[B, L, H, D]` and varlen inputs `[T, H, D]` + `cu_seqlens` share the kernel through the
@@ -36,13 +41,12 @@ Sources: Tri Dao, FlashAttention-2 (2023), the Triton fused-attention tutorial, 
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from esmkernels.ops._dispatch import poison_empty
+from esmkernels.ops._dispatch import interpreting, poison_empty
+from esmkernels.ops._tuning import block_configs, tuning
 
 LOG2E = 1.4426950408889634
 # Kernels may only read globals that are constexpr.
@@ -50,48 +54,36 @@ _LOG2E = tl.constexpr(LOG2E)
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+def _configs(choices):
+    """Config maker for `tuning`: (BLOCK_M, BLOCK_N, num_warps, num_stages) tuples; under the
+    interpreter one 16 x 16 tile."""
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    return block_configs(choices)
 
 
-def tuning_space(table: dict[int, tuple[tuple[int, int, int, int], ...]]):
-    """Autotune configs and their prune hook from a per-head-dim table.
-
-    `table[64]` (used for D <= 64) and `table[128]` list (BLOCK_M, BLOCK_N, num_warps,
-    num_stages). The entries are the tiles that compile for sm_90 without register spills (checked
-    with Triton 3.9's bundled ptxas and `cuobjdump -res-usage` on a CPU-only machine, bf16, with
-    the launch-time 16-divisibility specialisation of pointers and strides); their speed is left
-    to the autotuner. Under the interpreter: one 16 x 16 tile, no pruning.
-    """
-    if _interpreting():
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)], None
-    tiles = sorted({t for rows in table.values() for t in rows})
-    configs = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in tiles
-    ]
-
-    def prune(configs, named_args, **kwargs):
-        d = kwargs.get("D", named_args.get("D", 64))
-        allowed = table[64 if d <= 64 else 128]
-        tile = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
-        return [c for c in configs if tile(c) in allowed] or configs
-
-    return configs, {"early_config_prune": prune}
-
-
-_FWD_CONFIGS, _FWD_PRUNE = tuning_space(
-    {
-        64: (
+# Per kernel, {max D: tiles} for bf16 / fp16 and for fp32 (`esmkernels.ops._tuning.tuning`:
+# the launch's dtype and D pick the list). Every tile compiles for sm_90 without register spills
+# and within 227 KB of shared memory (Triton 3.9's bundled ptxas, with the launch-time
+# 16-divisibility specialisation of pointers and strides; `tests/_sm90.py`); their speed is left
+# to the autotuner. fp32 uses 3xTF32 dots, about twice the registers of bf16: smaller tiles.
+FWD_TUNING = tuning(
+    lowp={
+        64: [
             (128, 64, 4, 3),
             (128, 64, 8, 3),
             (128, 32, 4, 4),
             (128, 128, 8, 3),
             (64, 64, 4, 3),
             (64, 32, 4, 4),
-        ),
-        128: ((128, 64, 8, 3), (64, 64, 8, 3), (64, 32, 8, 3), (64, 32, 4, 4)),
-    }
+        ],
+        128: [(128, 64, 8, 3), (64, 64, 8, 3), (64, 32, 8, 3), (64, 32, 4, 4)],
+    },
+    fp32={
+        64: [(64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2)],
+        128: [(32, 32, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2)],
+    },
+    make=_configs,
 )
 
 
@@ -239,9 +231,7 @@ def _positions(pos_ptr, i_b, bos, o_i, m_i, stride_pb, stride_pt, HAS_POS: tl.co
     return b_pos
 
 
-@triton.autotune(
-    configs=_FWD_CONFIGS, key=["SEQ_BUCKET", "D", "ROTARY", "HAS_MASK"], prune_configs_by=_FWD_PRUNE
-)
+@triton.autotune(key=["SEQ_BUCKET", "D", "ROTARY", "HAS_MASK"], **FWD_TUNING)
 @triton.jit
 def _rotary_attention_fwd_kernel(
     q_ptr,
@@ -399,8 +389,10 @@ def side_inputs(
 def dot_precision(dtype: torch.dtype) -> str:
     """The kernels' `DOT_PRECISION` for inputs of this dtype.
 
-    fp32: "ieee" (no tf32), so results match the fp32 reference closely. fp16/bf16: tensor cores
-    ("tf32" is ignored for 16-bit operands). Under the interpreter, Triton 3.x multiplies bf16
+    fp32: "tf32x3" (3xTF32: hi/lo split products on tensor cores, fp32-level accuracy; plain
+    tf32 loses ~3 digits, and "ieee" FMA dots spill registers in every tile on sm_90). The fp32
+    tiles are smaller than the bf16 ones (separate config lists, see FWD_TUNING). fp16/bf16:
+    tensor cores ("tf32" is ignored for 16-bit operands). Under the interpreter, Triton 3.x multiplies bf16
     operands as their raw uint16 bits, so there the already-rounded bf16 operands are widened to
     fp32 first: the same products and fp32 accumulation a tensor core computes. The interpreter
     also truncates fp32 -> bf16 casts (a GPU rounds to nearest even), which biases sums of
@@ -408,8 +400,8 @@ def dot_precision(dtype: torch.dtype) -> str:
     interpreted kernel has the GPU's numerics.
     """
     if dtype == torch.float32:
-        return "ieee"
-    if dtype == torch.bfloat16 and _interpreting():
+        return "tf32x3"
+    if dtype == torch.bfloat16 and interpreting():
         return "interpret-bf16"
     return "tf32"
 

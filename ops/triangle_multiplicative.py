@@ -84,7 +84,7 @@ CONTRACT_TUNING = tuning(
 )
 OUT_TUNING = tuning(
     lowp=[(64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 2)],
-    fp32=[(64, 16, 4, 2), (32, 64, 8, 2)],
+    fp32=[(64, 16, 4, 2), (32, 64, 8, 3)],
     make=_cfg(("BLOCK_P", "BLOCK_N"), {"BLOCK_P": 32, "BLOCK_N": 16}),
 )
 KEY = ["L_KEY", "BLOCK_C", "BLOCK_CH"]

@@ -317,12 +317,7 @@ def test_gpu_configs_compile_without_spills(dtype):
         Job(mod, "_trimul_contract_kernel", {"OUTGOING": False, "GROUP_I": 8}, dtype),
         Job(mod, "_trimul_out_kernel", sizes, dtype),
     ]
-    # Known: with the flags Triton 3.9 passes to ptxas (--regAllocOptLevel=2), this fp32 tile
-    # spills 12 B stores + 12 B loads; a plain `ptxas -v` reports none.
-    known = (
-        r"^_trimul_out_kernel fp32 .* BLOCK_P: 32, BLOCK_N: 64, num_warps: 8, .*num_stages: 2",
-    )
-    assert_no_spills(compile_report(kernels), known)
+    assert_no_spills(compile_report(kernels))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""Autotune config lists and the fp32-aware `dot` shared by the attention and triangle kernels.
+
+fp32 operands take 3xTF32 dots (`dot`), which need about twice the registers of bf16 ones: tiles
+that fit in bf16 spill in fp32, and "ieee" FMA dots spill at every useful tile size on sm_90
+(ptxas). So each kernel gets one config list for bf16 / fp16 and one for fp32 (`tuning`), and
+an early prune keeps the list that matches the launch's dtype (and, for head-dim tables, its
+`D`). Every listed config compiles for sm_90 without register spills (checked per kernel by the
+`tests/_sm90.py` compile tests).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from esmkernels.ops._dispatch import interpreting
+
+
+def block_configs(choices):
+    """Config maker for `tuning`: (BLOCK_M, BLOCK_N, num_warps, num_stages) tuples.
+
+    Under the interpreter: one 8 x 8 config (a GPU needs >= 16 for tl.dot; the interpreter does
+    not) so that tiny test shapes still cross block boundaries.
+    """
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 8, "BLOCK_N": 8}, num_warps=1, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in choices
+    ]
+
+
+def tuning(lowp, fp32, make=block_configs) -> dict:
+    """`triton.autotune` arguments with one config list for bf16 / fp16 and one for fp32.
+
+    lowp, fp32: lists of config tuples for `make`, or tables {max_D: list} keyed on the
+    kernel's `D` constexpr (a launch takes the list of the smallest key >= D). The early prune
+    keeps the list matching the dtype of the kernel's first tensor argument (the autotune cache
+    is keyed on argument dtypes too); `prune` is exposed for the sm_90 compile tests. Under
+    the interpreter: `make`'s single config, no prune.
+
+    Example: `@triton.autotune(key=["N_KEY"], **tuning(lowp=[(64, 64, 4, 3)],
+    fp32=[(64, 32, 4, 2)]))`.
+    """
+    tables = {}
+    for name, spec in (("lowp", lowp), ("fp32", fp32)):
+        rows = spec if isinstance(spec, dict) else {None: spec}
+        tables[name] = {d: make(choices) for d, choices in rows.items()}
+    if interpreting():
+        return {"configs": next(iter(tables["lowp"].values()))}
+
+    def prune(configs, named_args, **kwargs):
+        first = next(v for v in named_args.values() if isinstance(v, torch.Tensor))
+        table = tables["fp32" if first.dtype == torch.float32 else "lowp"]
+        if None in table:
+            wanted = table[None]
+        else:
+            d = kwargs.get("D", named_args.get("D"))
+            wanted = table[min(k for k in table if k >= d)]
+        return [c for c in configs if any(c is w for w in wanted)]
+
+    configs = [c for table in tables.values() for group in table.values() for c in group]
+    return {"configs": configs, "prune_configs_by": {"early_config_prune": prune}}
+
+
+# Triton 3.9's interpreter multiplies bf16 operands of tl.dot as their raw uint16 bit patterns.
+# Under the interpreter only, `dot` widens bf16 operands to fp32 first: the same numbers a GPU
+# computes (bf16 products are exact in fp32, accumulation is fp32 on both).
+_WIDEN_BF16_DOT = tl.constexpr(interpreting())
+
+
+@triton.jit
+def dot(a, b):
+    """tl.dot with fp32 accumulation. fp32 operands use 3xTF32 (hi/lo split products on tensor
+    cores, fp32-level accuracy): plain tf32 loses ~3 digits, and "ieee" FMA dots spill
+    thousands of bytes of registers at these tile sizes (ptxas, sm_90). The interpreter ignores
+    input_precision (exact fp32 products); 16-bit operands use tensor cores either way."""
+    if _WIDEN_BF16_DOT and a.dtype == tl.bfloat16:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision="tf32x3")
