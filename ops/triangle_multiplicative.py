@@ -46,7 +46,7 @@ import triton
 import triton.language as tl
 
 from esmkernels.ops._dispatch import interpreting, poison_empty, resolve_backend
-from esmkernels.ops.axial_attention import dot, tuning
+from esmkernels.ops._tuning import dot, tuning
 from esmkernels.reference.esmfold import trunk_functional as ref
 from esmkernels.reference.functional import layer_norm
 
