@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name()).strip("-").lower()[:40]
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
     out = results / f"{slug}-{stamp}-{git_commit()[:10]}.json"
     args = [
         str(HERE),

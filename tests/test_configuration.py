@@ -16,7 +16,9 @@ def test_roundtrip_keeps_unknown_keys(tmp_path):
 
 
 def test_folding_config_nests():
-    cfg = EsmConfig(vocab_size=33, is_folding_model=True, esmfold_config={"trunk": {"num_blocks": 2}})
+    cfg = EsmConfig(
+        vocab_size=33, is_folding_model=True, esmfold_config={"trunk": {"num_blocks": 2}}
+    )
     assert isinstance(cfg.esmfold_config, EsmFoldConfig)
     assert isinstance(cfg.esmfold_config.trunk, TrunkConfig)
     assert cfg.esmfold_config.trunk.num_blocks == 2

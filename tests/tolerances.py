@@ -32,4 +32,6 @@ def assert_within_rule(
     t_err = (torch_at_dtype.float() - ref).abs().max().item() if ref.numel() else 0.0
     bound = 2 * t_err + ATOL_LOW[dtype]
     assert torch.isfinite(kernel_out).all(), f"{name}: non-finite values"
-    assert k_err <= bound, f"{name}: kernel err {k_err:.3e} > bound {bound:.3e} (torch err {t_err:.3e})"
+    assert k_err <= bound, (
+        f"{name}: kernel err {k_err:.3e} > bound {bound:.3e} (torch err {t_err:.3e})"
+    )
