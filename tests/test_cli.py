@@ -12,27 +12,13 @@ from esmkernels.configuration import EsmConfig
 from esmkernels.fasta import write_fasta
 from esmkernels.reference import esm as ref
 from esmkernels.tokenization import EsmTokenizer
+from tests._configs import tiny_lm_config
 
 SEQS = {"p1": "MKTAYIAKQRQISFVKSH", "p2": "MVLSPADK", "p3": "GG"}
 
 
 def lm_config(**kw) -> EsmConfig:
-    base = dict(
-        vocab_size=33,
-        pad_token_id=1,
-        mask_token_id=32,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        layer_norm_eps=1e-5,
-        position_embedding_type="rotary",
-        token_dropout=True,
-        emb_layer_norm_before=False,
-    )
-    return EsmConfig(**{**base, **kw})
+    return tiny_lm_config("esm2", **kw)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from esmkernels.configuration import EsmConfig
 from esmkernels.models import esm as fast
 from esmkernels.reference import esm as ref
+from tests._configs import tiny_lm_config
 from tests.tolerances import MODEL_FP32, assert_within_rule
 
 PAD, MASK, CLS, EOS = 1, 32, 0, 2
@@ -48,30 +49,7 @@ def _one_thread():
 
 def tiny_config(style: str = "esm2", **overrides) -> EsmConfig:
     """ESM-2 style: rotary, token dropout. ESM-1b style: absolute positions, embedding LN."""
-    values = dict(
-        vocab_size=33,
-        pad_token_id=PAD,
-        mask_token_id=MASK,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        layer_norm_eps=1e-5,
-        max_position_embeddings=40,
-        num_labels=3,
-    )
-    if style == "esm2":
-        values.update(
-            position_embedding_type="rotary", token_dropout=True, emb_layer_norm_before=False
-        )
-    else:
-        values.update(
-            position_embedding_type="absolute", token_dropout=False, emb_layer_norm_before=True
-        )
-    values.update(overrides)
-    return EsmConfig(**values)
+    return tiny_lm_config(style, **{"max_position_embeddings": 40, "num_labels": 3, **overrides})
 
 
 def make_pair(name: str, style: str, backend: str, device, **overrides):

@@ -18,6 +18,7 @@ from esmkernels.reference.esm import (
     EsmForTokenClassification,
     EsmModel,
 )
+from tests._configs import tiny_lm_values
 from tests.tolerances import MODEL_FP32
 
 transformers = pytest.importorskip("transformers")
@@ -34,26 +35,14 @@ KINDS = ("esm2", "esm1b")
 
 
 def config_values(kind: str) -> dict:
-    values = dict(
-        vocab_size=33,
-        pad_token_id=PAD,
-        mask_token_id=MASK,
-        hidden_size=32,
-        num_hidden_layers=2,
+    return tiny_lm_values(
+        kind,
         num_attention_heads=4,
         intermediate_size=48,
         max_position_embeddings=40,
-        layer_norm_eps=1e-5,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
         initializer_range=0.2,
         num_labels=3,
     )
-    if kind == "esm2":
-        values.update(position_embedding_type="rotary", token_dropout=True)
-    else:
-        values.update(position_embedding_type="absolute", emb_layer_norm_before=True)
-    return values
 
 
 @torch.no_grad()

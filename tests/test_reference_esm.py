@@ -39,6 +39,7 @@ from esmkernels.reference.esm_layers import (
     absolute_position_ids,
     gelu,
 )
+from tests._configs import tiny_lm_config
 from tests.tolerances import GRADCHECK, MODEL_FP32
 
 CLS, PAD, EOS, MASK = 0, 1, 2, 32
@@ -51,26 +52,12 @@ def make_config(kind: str = "esm2", **overrides) -> EsmConfig:
 
     initializer_range is large so attention is far from uniform and every path matters."""
     values = dict(
-        vocab_size=33,
-        pad_token_id=PAD,
-        mask_token_id=MASK,
         eos_token_id=EOS,
-        hidden_size=32,
-        num_hidden_layers=2,
         num_attention_heads=4,
-        intermediate_size=64,
         max_position_embeddings=40,
-        layer_norm_eps=1e-5,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
         initializer_range=0.2,
     )
-    if kind == "esm2":
-        values.update(position_embedding_type="rotary", token_dropout=True)
-    else:
-        values.update(position_embedding_type="absolute", emb_layer_norm_before=True)
-    values.update(overrides)
-    return EsmConfig(**values)
+    return tiny_lm_config(kind, **{**values, **overrides})
 
 
 @functools.cache
