@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from bench.conftest import on_gpu, run_or_record_oom
-from esmkernels.ops.layer_norm import layer_norm
-from esmkernels.ops.rotary_attention import rotary_attention
+from esmkernels.ops.layer_norm_kernels import layer_norm
+from esmkernels.ops.rotary_attention_kernels import rotary_attention
 from esmkernels.reference import functional as ref
 
 MODELS = {"esm2_650m": (20, 64, 1280), "esm2_3b": (40, 64, 2560)}  # heads, head dim, hidden

@@ -5,7 +5,7 @@ Providers:
 - `reference_chunked`: the same with `chunk_size=64` rows (openfold-style memory bound).
 - `compile`: `torch.compile` of the unchunked reference (CUDA only).
 - `triton`: the fused kernels (`backend="triton"`), CUDA only. The triangle multiplicative
-  backward recomputes through the reference (see `esmkernels.ops.triangle_multiplicative`).
+  backward recomputes through the reference (see `esmkernels.ops.triangle_multiplicative_kernels`).
 
 Ops: `trimul_out` / `trimul_in` (c_z = 128), `tri_att_start` / `tri_att_end` (4 heads x 32,
 triangle bias, key mask, gate; the ending node reads transposed views). Modes: `fwd`, `bwd`
@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from bench.conftest import on_gpu, peak_memory_mb, run_or_record_oom
-from esmkernels.ops.axial_attention import axial_attention
-from esmkernels.ops.triangle_multiplicative import triangle_multiplicative_update
+from esmkernels.ops.axial_attention_kernels import axial_attention
+from esmkernels.ops.triangle_multiplicative_kernels import triangle_multiplicative_update
 from esmkernels.reference.esmfold import trunk_functional as ref
 
 C_Z, HEADS, HEAD_DIM = 128, 4, 32

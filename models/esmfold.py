@@ -22,8 +22,8 @@ from __future__ import annotations
 from typing import Any
 
 from esmkernels.models.esm import EsmModel, _FastMixin, check_backend
-from esmkernels.ops import axial_attention as _axial
-from esmkernels.ops import triangle_multiplicative as _trimul
+from esmkernels.ops import axial_attention_kernels as _axial
+from esmkernels.ops import triangle_multiplicative_kernels as _trimul
 from esmkernels.reference.esmfold import modeling as ref
 
 

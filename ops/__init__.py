@@ -1,14 +1,20 @@
 """Fused Triton kernels with dispatch (see `esmkernels.ops._dispatch`).
 
-Each op: jit kernels -> launchers -> autograd Function -> public function with `backend=`.
-Import the public functions from their modules:
+The four public ops, one import away (as `torch.nn.functional` or `fla.ops`):
 
-    >>> from esmkernels.ops.layer_norm import layer_norm
-    >>> from esmkernels.ops.rotary_attention import rotary_attention
-    >>> from esmkernels.ops.triangle_multiplicative import triangle_multiplicative_update
-    >>> from esmkernels.ops.axial_attention import axial_attention
+    >>> from esmkernels.ops import (  # doctest: +SKIP
+    ...     axial_attention, layer_norm, rotary_attention, triangle_multiplicative_update,
+    ... )
 
-The package deliberately re-exports nothing: three public functions share their module's name,
-and a package attribute `layer_norm` bound to the function would shadow the module
-(`from esmkernels.ops import layer_norm as ln` would no longer give the module).
+Each op: jit kernels -> launchers -> autograd Function -> public function with `backend=`. They
+live in `<op>_kernels.py` modules (`esmkernels.ops.layer_norm_kernels` etc.), named so that the
+functions re-exported here never shadow a module; launchers and Functions are imported from there.
+Importing this package compiles nothing and never touches CUDA.
 """
+
+from esmkernels.ops.axial_attention_kernels import axial_attention
+from esmkernels.ops.layer_norm_kernels import layer_norm
+from esmkernels.ops.rotary_attention_kernels import rotary_attention
+from esmkernels.ops.triangle_multiplicative_kernels import triangle_multiplicative_update
+
+__all__ = ["axial_attention", "layer_norm", "rotary_attention", "triangle_multiplicative_update"]

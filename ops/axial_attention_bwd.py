@@ -1,4 +1,4 @@
-"""Backward kernels of `esmkernels.ops.axial_attention` (split out to keep files short).
+"""Backward kernels of `esmkernels.ops.axial_attention_kernels` (split out to keep files short).
 
 With the saved base-2 log-sum-exp `lse` and the ungated output o, every backward kernel
 recomputes a [BLOCK_M, BLOCK_N] tile of the softmax exactly,
@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from esmkernels.ops._dispatch import interpreting, poison_empty
-from esmkernels.ops.axial_attention import (
+from esmkernels.ops.axial_attention_kernels import (
     AUTOTUNE_KEY,
     DBIAS_TUNING,
     DKDV_TUNING,

@@ -6,6 +6,7 @@ the kernels for real (the `gpu` tests then run too).
 """
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 # Poison torch.empty-backed kernel outputs under test so a tile a kernel forgets to write shows up.
@@ -19,6 +20,7 @@ settings.register_profile(
     "ci",
     max_examples=6,
     derandomize=True,
+    database=None,  # nothing carried over from an earlier run: a fresh clone sees the same examples
     deadline=None,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -41,6 +43,62 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Test tensors are tiny: one thread avoids pool overhead that makes a tiny op take milliseconds.
 torch.set_num_threads(1)
+
+
+# The tree under test must be the tree these tests came from. An editable install maps
+# `esmkernels.ops` etc. to folders by absolute path, so a checkout that reuses another checkout's
+# virtual environment would silently import (and test) the other tree's code.
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _check_tree_under_test() -> None:
+    import importlib
+
+    for name in ("esmkernels", "esmkernels.reference", "esmkernels.ops", "esmkernels.models"):
+        where = Path(importlib.import_module(name).__file__).resolve()
+        if _ROOT not in where.parents:
+            raise pytest.UsageError(
+                f"{name} is imported from {where}, not from the tree under test {_ROOT}: this "
+                "virtual environment belongs to another checkout. Run `make test` here (it makes "
+                "its own .venv) or `pip install -e .` from this tree."
+            )
+
+
+_check_tree_under_test()
+
+# What the set-up resolved, printed at the top of every run so a red run on another machine can
+# be explained from its log. Read from package metadata: nothing here imports a peer.
+REPORTED_PACKAGES = (
+    "torch", "triton", "numpy", "safetensors", "hypothesis", "pytest", "transformers", "fair-esm",
+)  # fmt: skip
+
+
+def _version_lines() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def _version(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "absent"
+
+    import platform
+
+    versions = ", ".join(f"{name} {_version(name)}" for name in REPORTED_PACKAGES)
+    return [
+        f"esmkernels versions: {versions}",
+        f"machine: {platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}, "
+        f"torch threads {torch.get_num_threads()}, hypothesis profile "
+        f"{os.environ.get('HYPOTHESIS_PROFILE', 'ci')}, TRITON_INTERPRET={os.environ['TRITON_INTERPRET']}",
+    ]
+
+
+def pytest_sessionstart(session):
+    # Written even under -q (which hides pytest's own header).
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        for line in _version_lines():
+            reporter.write_line(line)
 
 
 def _cuda_ok() -> bool:

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from esmkernels.ops import _dispatch
-from esmkernels.ops.layer_norm import layer_norm, layer_norm_bwd, layer_norm_fwd
+from esmkernels.ops.layer_norm_kernels import layer_norm, layer_norm_bwd, layer_norm_fwd
 from esmkernels.reference import functional as ref
 from tests._sm90 import Job, assert_no_spills, compile_report
 from tests.tolerances import FP32, FP32_DOT, assert_within_rule
@@ -186,7 +186,7 @@ def test_layer_norm_kernels_compile_for_sm90(n):
     """Both kernels compile for sm_90 at the launch shape for n (pointers and row strides
     16-divisible, as for the model sizes), also with fp32 parameters on bf16 rows, and ptxas
     reports no register spills. See tests/_sm90.py."""
-    from esmkernels.ops import layer_norm as ln
+    from esmkernels.ops import layer_norm_kernels as ln
 
     block_m, block_n, num_warps = ln._launch_shape(n)
     jobs = []
@@ -209,7 +209,7 @@ def test_layer_norm_kernels_compile_for_sm90(n):
 
 def test_auto_sends_too_wide_rows_to_torch(monkeypatch):
     # As if on CUDA: "auto" resolves to triton, but N > MAX_FUSED_N must fall back, not fail.
-    from esmkernels.ops import layer_norm as ln
+    from esmkernels.ops import layer_norm_kernels as ln
 
     monkeypatch.setattr(ln, "resolve_backend", lambda *a, **k: "triton")
     x = torch.randn(2, ln.MAX_FUSED_N + 1)

@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from esmkernels.ops import _dispatch
-from esmkernels.ops.rotary_attention import rotary_attention
 from esmkernels.ops.rotary_attention_bwd import rotary_attention_bwd
 from esmkernels.ops.rotary_attention_fwd import rotary_attention_fwd
+from esmkernels.ops.rotary_attention_kernels import rotary_attention
 from esmkernels.reference import functional as ref
 from tests._sm90 import Job, assert_no_spills, compile_report
 from tests.tolerances import FP32_DOT, assert_within_rule
@@ -348,7 +348,7 @@ def test_forced_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
 
 def test_auto_sends_unsupported_head_dims_to_torch(monkeypatch):
     # As if on CUDA: "auto" resolves to triton, but D=24 has no kernel tiling -> torch path.
-    from esmkernels.ops import rotary_attention as ra
+    from esmkernels.ops import rotary_attention_kernels as ra
 
     monkeypatch.setattr(ra, "resolve_backend", lambda *a, **k: "triton")
     q, k, v = qkv((1, 7, 2, 24), torch.float32, torch.device("cpu"), requires_grad=False)

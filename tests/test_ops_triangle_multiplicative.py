@@ -11,7 +11,10 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from esmkernels.ops.triangle_multiplicative import PARAM_NAMES, triangle_multiplicative_update
+from esmkernels.ops.triangle_multiplicative_kernels import (
+    PARAM_NAMES,
+    triangle_multiplicative_update,
+)
 from esmkernels.reference.esmfold import trunk_functional as ref
 from tests._sm90 import (
     Job,
@@ -281,7 +284,7 @@ def test_bad_arguments_raise_before_launch(change, exc):
 def test_kernel_offsets_are_int64():
     """z at L = 4,096, C = 128 has 2^31 elements: every pointer offset must be 64-bit even when
     every stride arrives as i32."""
-    mod = "esmkernels.ops.triangle_multiplicative"
+    mod = "esmkernels.ops.triangle_multiplicative_kernels"
     sizes = {"BLOCK_C": 128, "BLOCK_CH": 128}
     kernels = [
         Job(
@@ -309,7 +312,7 @@ def test_kernel_offsets_are_int64():
 def test_gpu_configs_compile_without_spills(dtype):
     """Every GPU autotune config compiles for sm_90 (C = Ch = 128, ESMFold's c_z) and ptxas
     reports no register spills."""
-    mod = "esmkernels.ops.triangle_multiplicative"
+    mod = "esmkernels.ops.triangle_multiplicative_kernels"
     sizes = {"BLOCK_C": 128, "BLOCK_CH": 128}
     kernels = [
         Job(mod, "_trimul_proj_kernel", {**sizes, "HAS_MASK": True, "BLOCK_K": 32}, dtype),

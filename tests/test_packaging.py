@@ -69,3 +69,39 @@ def test_import_touches_no_cuda_and_no_peer():
         "assert 'esm' not in sys.modules, 'fair-esm imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_ops_package_exports_the_four_public_functions():
+    import importlib
+
+    import esmkernels.ops as ops
+
+    for name, module in (
+        ("layer_norm", "layer_norm_kernels"),
+        ("rotary_attention", "rotary_attention_kernels"),
+        ("triangle_multiplicative_update", "triangle_multiplicative_kernels"),
+        ("axial_attention", "axial_attention_kernels"),
+    ):
+        function = getattr(ops, name)
+        assert callable(function) and function.__module__ == f"esmkernels.ops.{module}", name
+        # The module stays reachable under its own name: no export shadows it.
+        assert importlib.import_module(f"esmkernels.ops.{module}").__dict__[name] is function
+    assert sorted(ops.__all__) == sorted(
+        ["layer_norm", "rotary_attention", "triangle_multiplicative_update", "axial_attention"]
+    )
+
+
+def test_conftest_refuses_a_venv_of_another_tree(tmp_path):
+    """Tests copied into another tree, run with this tree's environment, stop before testing."""
+    import shutil
+
+    shutil.copytree(ROOT / "tests", tmp_path / "tests")
+    (tmp_path / "tests" / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_nothing.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 4, run.stdout + run.stderr  # pytest's usage-error exit code
+    assert "not from the tree under test" in run.stdout + run.stderr

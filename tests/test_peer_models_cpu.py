@@ -1,15 +1,10 @@
-"""Fast models against transformers' ESM on the CPU: same outputs, and not slower.
+"""Fast models against transformers' ESM (SDPA) on the CPU: same outputs on skewed batches.
 
-The speed check compares medians of interleaved runs (ESM-2 8M shape, fp32, one thread, a
-length-skewed batch) with a generous bound (ours <= 1.5 x transformers' SDPA time) so it flags a
-real regression (e.g. padding computed again) and not machine noise; the measured ratio is
-about 0.85 on the development machine (see the benchmark `bench/test_bench_models.py`).
+Speed is not asserted here: a wall-clock ratio depends on the machine and its load, so it lives
+in the benchmark `bench/test_bench_models.py` (CPU ratio vs transformers), not in `make test`.
 """
 
 from __future__ import annotations
-
-import statistics
-import time
 
 import pytest
 import torch
@@ -74,23 +69,3 @@ def test_same_logits_as_transformers(style):
         got = ours(tokens, attention_mask=mask).logits
         want = hf(input_ids=tokens, attention_mask=mask).logits
     torch.testing.assert_close(got[keep], want[keep], **MODEL_FP32)
-
-
-def test_cpu_not_slower_than_transformers():
-    ours, hf = pair(320, 6, 20, 1280)  # ESM-2 8M
-    tokens, mask = skewed_batch([40, 90, 150, 200])
-    times: dict[str, list[float]] = {"ours": [], "hf": []}
-    calls = {
-        "ours": lambda: ours(tokens, attention_mask=mask),
-        "hf": lambda: hf(input_ids=tokens, attention_mask=mask),
-    }
-    with torch.inference_mode():
-        for fn in calls.values():
-            fn()
-        for _ in range(5):
-            for name, fn in calls.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    ratio = statistics.median(times["ours"]) / statistics.median(times["hf"])
-    assert ratio <= 1.5, f"ours / transformers = {ratio:.2f} (medians of 5 interleaved runs)"
