@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast bench lint clean
+.PHONY: setup test test-fast bench mutants lint clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) -m bench.run
+
+# Mutation testing (not part of CI): each curated bug of tests/mutants/mutants.py is applied to a
+# scratch copy and the tests it names run fail-fast; prints the kill rate and the survivors.
+# MUTANTS="rot- ax-" runs the mutants whose names start so.
+MUTANTS ?=
+mutants: $(STAMP)
+	$(VPY) -m tests.mutants.run $(MUTANTS)
 
 lint: $(STAMP)
 	$(VPY) -m pip install -q ruff
