@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from esmkernels.ops._dispatch import interpreting
+from esmkernels.ops._recorded_configs import AUTOTUNE_DISK_CACHE, recorded_choice
 
 
 def block_configs(choices):
@@ -39,6 +40,8 @@ def tuning(lowp, fp32, make=block_configs) -> dict:
     keeps the list matching the dtype of the kernel's first tensor argument (the autotune cache
     is keyed on argument dtypes too); `prune` is exposed for the sm_90 compile tests. Under
     the interpreter: `make`'s single config, no prune.
+    On a GPU with recorded winners the prune keeps just the recorded config, and autotune
+    results are kept on disk (`esmkernels.ops._recorded_configs`).
 
     Example: `@triton.autotune(key=["N_KEY"], **tuning(lowp=[(64, 64, 4, 3)],
     fp32=[(64, 32, 4, 2)]))`.
@@ -58,10 +61,15 @@ def tuning(lowp, fp32, make=block_configs) -> dict:
         else:
             d = kwargs.get("D", named_args.get("D"))
             wanted = table[min(k for k in table if k >= d)]
-        return [c for c in configs if any(c is w for w in wanted)]
+        kept = [c for c in configs if any(c is w for w in wanted)]
+        return recorded_choice(configs, named_args, kwargs, kept)  # a recorded winner, if any
 
     configs = [c for table in tables.values() for group in table.values() for c in group]
-    return {"configs": configs, "prune_configs_by": {"early_config_prune": prune}}
+    return {
+        "configs": configs,
+        "prune_configs_by": {"early_config_prune": prune},
+        **AUTOTUNE_DISK_CACHE,
+    }
 
 
 # Triton 3.9's interpreter multiplies bf16 operands of tl.dot as their raw uint16 bit patterns.
