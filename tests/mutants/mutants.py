@@ -535,7 +535,6 @@ MUTANTS: list[Mutant] = [
             "tests/test_ops_layer_norm.py",
             "tests/test_ops_rotary_attention.py",
             "tests/test_models_esm.py",
-            "tests/test_packaging.py",
         ),
         "ESMKERNELS_BACKEND documented but never read",
     ),
