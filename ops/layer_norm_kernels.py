@@ -27,6 +27,10 @@ the torch path under backend="auto" and raise a ValueError naming N under a forc
 The last dimension must have stride 1; any leading layout that `reshape(-1, N)` can view is
 read in place through the row stride, otherwise the input is copied once.
 
+Autograd and `torch.compile`: the launchers are the custom ops `esmkernels::layer_norm_fwd` /
+`layer_norm_bwd` (`esmkernels.ops._custom_ops`), with fake implementations (y, and the fp32 mean
+and rstd saved for the backward) and the backward registered as the forward op's autograd.
+
 Sources: Liger-Kernel `ops/layer_norm.py` (layering), flash-attn `ops/triton/layer_norm.py`
 (partial-sum backward), the Triton layer-norm tutorial.
 """
@@ -37,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from esmkernels.ops._custom_ops import define
 from esmkernels.ops._dispatch import default_backend, poison_empty, resolve_backend
 from esmkernels.reference import functional as ref
 
@@ -270,22 +275,59 @@ def layer_norm_bwd(
     return dx, dw, db
 
 
-class LayerNormFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        shape = x.shape
-        x2d = x.reshape(-1, shape[-1])
-        y, mean, rstd = layer_norm_fwd(x2d, weight, bias, eps)
-        ctx.save_for_backward(x2d, weight, bias, mean, rstd)
-        ctx.shape = shape
-        return y.view(shape)
+# ------------------------------------------------------------------------------------------------
+# Custom ops (torch.library): fake implementations and autograd, see esmkernels.ops._custom_ops
+# ------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def backward(ctx, dy):
-        x2d, weight, bias, mean, rstd = ctx.saved_tensors
-        dy2d = dy.reshape(-1, dy.shape[-1])
-        dx, dw, db = layer_norm_bwd(dy2d, x2d, weight, bias, mean, rstd)
-        return dx.view(ctx.shape), dw, db, None
+
+def _fwd_fake(x2d, weight, bias, eps):
+    M, N = x2d.shape
+    stats = [x2d.new_empty(M, dtype=torch.float32) for _ in range(2)]
+    return (x2d.new_empty(M, N), *stats)
+
+
+def _bwd_fake(dy2d, x2d, weight, bias, mean, rstd):
+    return [x2d.new_empty(x2d.shape)] + [
+        torch.empty_like(p) for p in (weight, bias) if p is not None
+    ]
+
+
+@define("layer_norm_bwd", fake=_bwd_fake)
+def _layer_norm_bwd_op(
+    dy2d: torch.Tensor,
+    x2d: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+) -> list[torch.Tensor]:
+    """[dx, dweight (if weight), dbias (if bias)]: custom ops cannot return None."""
+    dx, dw, db = layer_norm_bwd(dy2d, x2d, weight, bias, mean, rstd)
+    return [dx] + [g for g in (dw, db) if g is not None]
+
+
+def _setup_context(ctx, inputs, output):
+    x2d, weight, bias, _ = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x2d, weight, bias, mean, rstd)
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _backward(ctx, dy, _dmean, _drstd):
+    x2d, weight, bias, mean, rstd = ctx.saved_tensors
+    grads = iter(_layer_norm_bwd_op(dy, x2d, weight, bias, mean, rstd))
+    dx = next(grads)
+    dw = None if weight is None else next(grads)
+    db = None if bias is None else next(grads)
+    return dx, dw, db, None
+
+
+@define("layer_norm_fwd", fake=_fwd_fake, backward=_backward, setup_context=_setup_context)
+def _layer_norm_fwd_op(
+    x2d: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y [M, N], mean [M] fp32, rstd [M] fp32); differentiable in x2d, weight and bias."""
+    return layer_norm_fwd(x2d, weight, bias, eps)
 
 
 def _validate(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> None:
@@ -344,4 +386,5 @@ def layer_norm(
         chosen = "torch"  # "auto": rows too wide for registers run on the torch path
     if chosen == "torch":
         return ref.layer_norm(x, weight, bias, eps)
-    return LayerNormFunction.apply(x, weight, bias, float(eps))
+    y, _, _ = _layer_norm_fwd_op(x.reshape(-1, x.shape[-1]), weight, bias, float(eps))
+    return y.view(x.shape)

@@ -2,7 +2,9 @@
 
 The Triton kernels live in `ops/rotary_attention_fwd.py` (forward, shared jit helpers) and
 `ops/rotary_attention_bwd.py` (backward); this module holds the layers above them:
-`RotaryAttentionFunction` (autograd) and the public `rotary_attention`.
+the custom ops `esmkernels::rotary_attention_fwd` / `rotary_attention_bwd` (fake implementations
+with the fp32 log-sum-exp the backward keeps; the backward registered as the forward op's autograd;
+see `esmkernels.ops._custom_ops`) and the public `rotary_attention`.
 
 The torch path (backend="torch", and "auto" off CUDA) is what the CPU models run, so it is built
 for speed rather than as a second reference: rotary is applied once in fp32 with the reference's
@@ -18,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from esmkernels.ops._custom_ops import define
 from esmkernels.ops._dispatch import default_backend, resolve_backend
 from esmkernels.ops.rotary_attention_bwd import rotary_attention_bwd
 from esmkernels.ops.rotary_attention_fwd import SUPPORTED_HEAD_DIMS, rotary_attention_fwd
@@ -26,44 +29,78 @@ from esmkernels.reference import functional as ref
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-class RotaryAttentionFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx, q, k, v, inv_freq, position_ids, key_padding_mask, cu_seqlens, max_seqlen, scale
-    ):
-        side = dict(
-            inv_freq=inv_freq,
-            position_ids=position_ids,
-            key_padding_mask=key_padding_mask,
-            cu_seqlens=cu_seqlens,
-            max_seqlen=max_seqlen,
-            scale=scale,
-        )
-        out, lse = rotary_attention_fwd(q, k, v, **side)
-        ctx.save_for_backward(
-            q, k, v, out, lse, inv_freq, position_ids, key_padding_mask, cu_seqlens
-        )
-        ctx.max_seqlen, ctx.scale = max_seqlen, scale
-        return out
+# ------------------------------------------------------------------------------------------------
+# Custom ops (torch.library): fake implementations and autograd, see esmkernels.ops._custom_ops
+# ------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, out, lse, inv_freq, position_ids, key_padding_mask, cu_seqlens = ctx.saved_tensors
-        dq, dk, dv = rotary_attention_bwd(
-            do,
-            q,
-            k,
-            v,
-            out,
-            lse,
-            inv_freq=inv_freq,
-            position_ids=position_ids,
-            key_padding_mask=key_padding_mask,
-            cu_seqlens=cu_seqlens,
-            max_seqlen=ctx.max_seqlen,
-            scale=ctx.scale,
-        )
-        return dq, dk, dv, None, None, None, None, None, None
+
+def _fwd_fake(q, k, v, inv_freq, position_ids, key_padding_mask, cu_seqlens, max_seqlen, scale):
+    if cu_seqlens is None:
+        B, L, H, _ = q.shape
+        lse_shape = (B, H, L)
+    else:
+        T, H, _ = q.shape
+        lse_shape = (H, T)
+    return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=torch.float32)
+
+
+def _bwd_fake(do, q, k, v, out, lse, inv_freq, position_ids, key_padding_mask, cu_seqlens,
+              max_seqlen, scale):  # fmt: skip
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+
+
+@define("rotary_attention_bwd", fake=_bwd_fake)
+def _rotary_attention_bwd_op(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    inv_freq: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    side = dict(inv_freq=inv_freq, position_ids=position_ids, key_padding_mask=key_padding_mask)
+    return rotary_attention_bwd(
+        do, q, k, v, out, lse, **side, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, scale=scale
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, inv_freq, position_ids, key_padding_mask, cu_seqlens, max_seqlen, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, inv_freq, position_ids, key_padding_mask, cu_seqlens)
+    ctx.max_seqlen, ctx.scale = max_seqlen, scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, out, lse, *side = ctx.saved_tensors
+    dq, dk, dv = _rotary_attention_bwd_op(do, q, k, v, out, lse, *side, ctx.max_seqlen, ctx.scale)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+@define("rotary_attention_fwd", fake=_fwd_fake, backward=_backward, setup_context=_setup_context)
+def _rotary_attention_fwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    inv_freq: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse): see `rotary_attention_fwd`; differentiable in q, k and v."""
+    side = dict(inv_freq=inv_freq, position_ids=position_ids, key_padding_mask=key_padding_mask)
+    return rotary_attention_fwd(
+        q, k, v, **side, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, scale=scale
+    )
 
 
 def _torch_padded(q, k, v, inv_freq, position_ids, key_padding_mask, scale):
@@ -253,6 +290,7 @@ def rotary_attention(
         return _torch_varlen(q, k, v, cu_seqlens, max_seqlen, inv_freq, position_ids, scale)
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32)
-    return RotaryAttentionFunction.apply(
+    out, _ = _rotary_attention_fwd_op(
         q, k, v, inv_freq, position_ids, key_padding_mask, cu_seqlens, max_seqlen, scale
     )
+    return out
