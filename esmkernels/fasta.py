@@ -6,6 +6,9 @@ gzip compression (recognised by its magic bytes, whatever the file name). Sequen
 whitespace; case and every other character are kept as they are, so that the tokenizer (or its
 `strict=True` mode) decides what is valid. A header with no sequence lines gives an empty sequence.
 
+`read_records` applies the command line's input rules on top: record ids, residue letters,
+lowercase, empty records and duplicate ids (see its docstring).
+
 Example:
     >>> from esmkernels.fasta import read_fasta, write_fasta
     >>> write_fasta([("seq1 some protein", "MKTAYIAKQR"), ("seq2", "MKV")], "/tmp/x.fasta")
@@ -17,7 +20,8 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import IO
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -149,4 +153,140 @@ def write_fasta(
             f.write(text)
 
 
-__all__ = ["read_fasta", "write_fasta"]
+# The protein letters of the ESM vocabulary: the 20 standard residues, X (unknown), B, Z (Asx,
+# Glx), U (selenocysteine) and O (pyrrolysine). J, '*', '-', '.' and digits are not residues here.
+RESIDUES = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One checked FASTA record: `id` (first word of the header), `sequence` (uppercase),
+    `header` (the whole header line) and `order` (0-based position in the file)."""
+
+    id: str
+    sequence: str
+    header: str
+    order: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record `read_records(skip_invalid=True)` kept out of the work, and why."""
+
+    id: str
+    sequence: str
+    order: int
+    reason: str
+
+
+def check_sequence(sequence: str, multimer: bool = False) -> str | None:
+    """Why `sequence` cannot be used, or None when it can.
+
+    Valid: letters of `RESIDUES` (uppercase); with `multimer`, chains joined by ':' (none empty).
+    The reason names the first offending character and its 1-based position.
+
+    Example:
+        >>> check_sequence("MKT1A")
+        "invalid residue '1' at position 4"
+    """
+    if not sequence:
+        return "empty sequence"
+    if multimer:
+        for c, chain in enumerate(sequence.split(":")):
+            if not chain:
+                return f"chain {c + 1} is empty (check the ':' separators)"
+    for pos, ch in enumerate(sequence, 1):
+        if ch not in RESIDUES and not (multimer and ch == ":"):
+            return f"invalid residue {ch!r} at position {pos}"
+    return None
+
+
+def read_records(
+    path: str | os.PathLike,
+    *,
+    multimer: bool = False,
+    skip_invalid: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[list[Record], list[Rejected]]:
+    """Read a FASTA file (plain or gzip) under the command line's input rules.
+
+    * The record id is the first word of the header (`sp|P69905|HBA_HUMAN` for
+      `>sp|P69905|HBA_HUMAN Hemoglobin alpha`); a header without one is an error.
+    * Duplicate ids are an error (outputs are keyed by id).
+    * Lowercase letters are read as uppercase, with one warning per record through `warn`.
+    * A residue letter outside `RESIDUES` (`check_sequence`), an empty record, or with
+      `multimer` an empty chain, is an error naming the record id and position; with
+      `skip_invalid` the record is returned in the second list instead, with its reason.
+    * A file that cannot be read, is not FASTA or holds no records is an error.
+
+    Args:
+        path: the FASTA file.
+        multimer: allow chains joined by ':' (ESMFold).
+        skip_invalid: keep going past invalid or empty records.
+        warn: called with each warning (default: `warnings.warn`).
+
+    Returns:
+        `(records, rejected)`, both in file order.
+
+    Raises:
+        ValueError: as listed above, naming the file.
+
+    Example:
+        >>> records, rejected = read_records("proteins.fasta.gz")  # doctest: +SKIP
+    """
+    if warn is None:
+        import warnings
+
+        def warn(message: str) -> None:
+            warnings.warn(message, stacklevel=3)
+
+    name = os.fspath(path)
+    try:
+        raw = read_fasta(path)
+    except FileNotFoundError:
+        raise ValueError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{name} is a directory, not a FASTA file") from None
+    except (PermissionError, OSError, EOFError) as err:
+        raise ValueError(f"{name}: cannot read it ({err})") from None
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    if not raw:
+        raise ValueError(f"{name}: no FASTA records found (no line starts with '>')")
+    records: list[Record] = []
+    rejected: list[Rejected] = []
+    seen: dict[str, int] = {}
+    for order, (header, seq) in enumerate(raw):
+        words = header.split()
+        if not words:
+            raise ValueError(f"{name}: record {order + 1} has an empty header (no id after '>')")
+        rid = words[0]
+        if rid in seen:
+            raise ValueError(
+                f"{name}: duplicate record id {rid!r} (records {seen[rid] + 1} and {order + 1})"
+            )
+        seen[rid] = order
+        if seq != seq.upper():
+            warn(f"{name}: record {rid!r} has lowercase letters; read as uppercase")
+            seq = seq.upper()
+        why = check_sequence(seq, multimer)
+        if why is not None:
+            if not skip_invalid:
+                raise ValueError(
+                    f"{name}: record {rid!r}: {why} (pass --skip-invalid to skip such records)"
+                )
+            rejected.append(Rejected(rid, seq, order, why))
+            continue
+        records.append(Record(rid, seq, header, order))
+    return records, rejected
+
+
+__all__ = [
+    "RESIDUES",
+    "Record",
+    "Rejected",
+    "check_sequence",
+    "read_fasta",
+    "read_records",
+    "write_fasta",
+]

@@ -37,8 +37,11 @@ METHODS = ("masked-marginals", "wt-marginals", "pseudo-ppl")
 _MUTATION = re.compile(r"^([A-Za-z])(\d+)([A-Za-z])$")
 
 
-def parse_mutations(sequence: str, mutant: str) -> list[tuple[int, str, str]]:
+def parse_mutations(sequence: str, mutant: str, offset: int = 1) -> list[tuple[int, str, str]]:
     """Parse "A42G" or "A42G:S50T" into [(0-based index, wild type, mutant)], checked.
+
+    `offset` is the number the first residue of `sequence` has in `mutant` (1: positions are
+    1-based; ESM-1v's `--offset-idx`: index = position - offset).
 
     Raises ValueError naming the mutation when the format is wrong, the position is outside the
     sequence, a site repeats, or the wild-type letter differs from the sequence (the actual
@@ -59,18 +62,20 @@ def parse_mutations(sequence: str, mutant: str) -> list[tuple[int, str, str]]:
                 "a 1-based position, e.g. 'A42G', and ':' between sites"
             )
         wt, pos, mt = found.group(1).upper(), int(found.group(2)), found.group(3).upper()
-        if not 1 <= pos <= len(sequence):
+        index = pos - offset
+        if not 0 <= index < len(sequence):
             raise ValueError(
-                f"mutation {mutant!r}: position {pos} is outside the sequence (1..{len(sequence)})"
+                f"mutation {mutant!r}: position {pos} is outside the sequence "
+                f"({offset}..{len(sequence) - 1 + offset})"
             )
-        if sequence[pos - 1] != wt:
+        if sequence[index] != wt:
             raise ValueError(
                 f"mutation {mutant!r}: the wild type at position {pos} is "
-                f"{sequence[pos - 1]!r}, not {wt!r}"
+                f"{sequence[index]!r}, not {wt!r}"
             )
-        if any(i == pos - 1 for i, _, _ in sites):
+        if any(i == index for i, _, _ in sites):
             raise ValueError(f"mutation {mutant!r}: position {pos} is mutated twice")
-        sites.append((pos - 1, wt, mt))
+        sites.append((index, wt, mt))
     return sites
 
 
@@ -89,23 +94,43 @@ def _log_probs_at(
     seq: torch.Tensor,
     pos: torch.Tensor,
     batch_size: int,
-    mask_id: int,
+    mask_id: int | None,
     own_token: bool = False,
+    window: int | None = None,
 ) -> torch.Tensor:
-    """Log-probabilities at position pos[r] of sequence tokens[seq[r]] with that position masked.
+    """Log-probabilities at position pos[r] of sequence tokens[seq[r]], that position masked.
 
-    tokens: [S, L] token ids (equal lengths); seq, pos: [R] int64. Runs `batch_size` masked
-    copies per forward. Returns [R, V] fp32, or with `own_token` only the log-probability of the
-    token that was masked, [R] fp32 (what a pseudo-log-likelihood needs, V times less memory).
+    tokens: [S, L] token ids (equal lengths, `<cls>` first, `<eos>` last); seq, pos: [R] int64.
+    `mask_id=None` leaves the position unmasked (wt-marginals). With `window` (residues) and
+    L - 2 > window, each row is cut to `<cls>`, the `window` residues centred on its position
+    (shifted to stay inside the sequence), `<eos>`, as for a model with a shorter limit. Runs
+    `batch_size` rows per forward. Returns [R, V] fp32, or with `own_token` only the
+    log-probability of the token at that position, [R] fp32 (what a pseudo-log-likelihood
+    needs, V times less memory).
     """
+    n = tokens.shape[1] - 2
     out = []
     for start in range(0, seq.numel(), batch_size):
         s, p = seq[start : start + batch_size], pos[start : start + batch_size]
         rows = torch.arange(s.numel(), device=tokens.device)
         batch = tokens[s]  # [b, L], a copy
-        batch[rows, p] = mask_id
+        own = tokens[s, p]
+        if window is not None and n > window:
+            first = (p - 1 - window // 2).clamp(0, n - window)  # [b] first residue of the window
+            cols = torch.cat(
+                [
+                    torch.zeros_like(first)[:, None],
+                    1 + first[:, None] + torch.arange(window, device=tokens.device),
+                    torch.full_like(first, n + 1)[:, None],
+                ],
+                dim=1,
+            )  # [b, window + 2] columns of the full rows
+            batch = batch.gather(1, cols)
+            p = p - first
+        if mask_id is not None:
+            batch[rows, p] = mask_id
         lp = _logits(model, batch)[rows, p].float().log_softmax(-1)  # [b, V]
-        out.append(lp.gather(1, tokens[s, p][:, None])[:, 0] if own_token else lp)
+        out.append(lp.gather(1, own[:, None])[:, 0] if own_token else lp)
     return torch.cat(out)
 
 
@@ -117,6 +142,8 @@ def score_variants(
     method: str = "masked-marginals",
     *,
     batch_size: int = 32,
+    window: int | None = None,
+    offset: int = 1,
 ) -> torch.Tensor:
     """Log-likelihood-ratio scores of mutations of `sequence` under a masked LM.
 
@@ -129,6 +156,10 @@ def score_variants(
         mutations: one mutation or a list of them, "A42G" or "A42G:S50T" (1-based positions).
         method: "masked-marginals" (default), "wt-marginals" or "pseudo-ppl" (module docstring).
         batch_size: masked copies per forward pass.
+        window: for a sequence longer than this many residues (e.g. 1022 for ESM-1v, whose
+            absolute positions stop there), each site is scored on the `window` residues
+            centred on it (shifted to stay inside the sequence). None: the whole sequence.
+        offset: the number of the first residue in `mutations` (see `parse_mutations`).
 
     Returns:
         [N] float32 on the CPU, N = number of mutations; higher means more likely than the wild
@@ -144,8 +175,10 @@ def score_variants(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(sequence, str) or not sequence:
         raise ValueError(f"sequence must be a non-empty str, got {sequence!r}")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"window must be a positive int or None, got {window!r}")
     mutations = [mutations] if isinstance(mutations, str) else list(mutations)
-    parsed = [parse_mutations(sequence, m) for m in mutations]
+    parsed = [parse_mutations(sequence, m, offset) for m in mutations]
 
     ids = tokenizer(sequence, return_tensors="pt")["input_ids"]
     letters = {a for a in sequence} | {mt for sites in parsed for _, _, mt in sites}
@@ -171,30 +204,33 @@ def score_variants(
     try:
         with torch.no_grad():
             if method == "pseudo-ppl":
-                scores = _pseudo_ppl(model, wt, parsed, aa, batch_size, tokenizer.mask_token_id)
+                scores = _pseudo_ppl(
+                    model, wt, parsed, aa, batch_size, tokenizer.mask_token_id, window
+                )
             else:
-                scores = _marginals(model, wt, parsed, aa, method, batch_size, tokenizer)
+                scores = _marginals(model, wt, parsed, aa, method, batch_size, tokenizer, window)
     finally:
         if was_training and hasattr(model, "train"):
             model.train(True)
     return scores.float().cpu()
 
 
-def _marginals(model, wt, parsed, aa, method, batch_size, tokenizer) -> torch.Tensor:
+def _marginals(model, wt, parsed, aa, method, batch_size, tokenizer, window) -> torch.Tensor:
     sites = sorted({i for sites in parsed for i, _, _ in sites})
-    if method == "wt-marginals":
-        lp = _logits(model, wt)[0].float().log_softmax(-1)  # [L + 2, V]
+    if method == "wt-marginals" and (window is None or wt.shape[1] - 2 <= window):
+        lp = _logits(model, wt)[0].float().log_softmax(-1)  # [L + 2, V]: one forward
         table = dict(zip(sites, lp[[i + 1 for i in sites]].double().cpu().tolist()))
     else:
         pos = torch.tensor(sites, device=wt.device) + 1
         seq = torch.zeros_like(pos)
-        lp = _log_probs_at(model, wt, seq, pos, batch_size, tokenizer.mask_token_id)
+        mask_id = tokenizer.mask_token_id if method == "masked-marginals" else None
+        lp = _log_probs_at(model, wt, seq, pos, batch_size, mask_id, window=window)
         table = dict(zip(sites, lp.double().cpu().tolist()))
     scores = [sum(table[i][aa[mt]] - table[i][aa[w]] for i, w, mt in s) for s in parsed]
     return torch.tensor(scores, dtype=torch.float64)
 
 
-def _pseudo_ppl(model, wt, parsed, aa, batch_size, mask_id) -> torch.Tensor:
+def _pseudo_ppl(model, wt, parsed, aa, batch_size, mask_id, window) -> torch.Tensor:
     # Distinct sequences: index 0 is the wild type (also for synonymous "mutations").
     def seq_key(sites):
         return tuple(sorted((i, mt) for i, w, mt in sites if mt != w))
@@ -208,7 +244,7 @@ def _pseudo_ppl(model, wt, parsed, aa, batch_size, mask_id) -> torch.Tensor:
     L = wt.shape[1] - 2
     seq = torch.arange(len(keys), device=wt.device).repeat_interleave(L)
     pos = torch.arange(1, L + 1, device=wt.device).repeat(len(keys))
-    picked = _log_probs_at(model, tokens, seq, pos, batch_size, mask_id, own_token=True)
+    picked = _log_probs_at(model, tokens, seq, pos, batch_size, mask_id, True, window)
     pll = picked.double().view(len(keys), L).sum(1).cpu()
     index = {key: s for s, key in enumerate(keys)}
     return torch.stack([pll[index[seq_key(s)]] - pll[0] for s in parsed])
