@@ -11,6 +11,7 @@ Importing this package never touches CUDA; kernels compile on first use.
 
 from esmkernels.checkpoint import FORMATS, load_checkpoint, save_checkpoint
 from esmkernels.configuration import EsmConfig, EsmFoldConfig, StructureModuleConfig, TrunkConfig
+from esmkernels.embeddings import EmbeddingStore, open_embeddings
 from esmkernels.fasta import read_fasta, write_fasta
 from esmkernels.modeling_utils import PreTrainedMixin
 from esmkernels.models.esm import (
@@ -37,6 +38,7 @@ __all__ = [
     "FORMATS",
     "BaseModelOutputWithPooling",
     "BatchEncoding",
+    "EmbeddingStore",
     "EsmConfig",
     "EsmFoldConfig",
     "EsmForMaskedLM",
@@ -55,6 +57,7 @@ __all__ = [
     "TrunkConfig",
     "__version__",
     "load_checkpoint",
+    "open_embeddings",
     "read_fasta",
     "save_checkpoint",
     "score_variants",
