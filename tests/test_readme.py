@@ -10,7 +10,7 @@ import torch
 
 from esmkernels.reference import esm as ref
 from esmkernels.tokenization import EsmTokenizer
-from tests.test_cli import lm_config
+from tests._configs import tiny_lm_config as lm_config
 from tests.test_models_esmfold import tiny_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
