@@ -19,7 +19,8 @@ Three kernels (forward):
    is contiguous (outgoing reads a[i, k] and b[j, k] k-contiguous; incoming reads a[k, i] and
    b[k, j] i/j-contiguous and transposes in shared memory). Writing a transposed layout from
    kernel 1 instead would make its stores strided by L (uncoalesced), so the transpose lives
-   here, where it is free. x is stored [B, Ch, L, L] in z.dtype (rounded like the reference).
+   here, where it is free. x is stored [B, Ch, L, L] in z.dtype (rounded like the reference),
+   fp32 when z is fp16 (`contraction_dtype`: x overflows fp16 on real proteins).
 3. `_trimul_out_kernel`, program (block of BLOCK_P pixels, b): loads x [BLOCK_P, Ch] (pixel-
    contiguous per channel), LN_out, the output projection, and recomputes LN_in(z) and the
    output gate from z rather than saving a [B, L, L, C] gate tensor; writes [B, L, L, C].
@@ -272,7 +273,7 @@ def _trimul_out_kernel(
     p_x = x_ptr + i_b * stride_xb + o_h[None, :] * stride_xh + o_p[:, None]
     b_x = tl.load(p_x, mask=m_p[:, None] & m_h[None, :], other=0.0)  # [BP, BCH]
     b_xn = _layer_norm_rows(b_x.to(tl.float32), ln_out_w_ptr, ln_out_b_ptr, o_h, m_h, CH, eps)
-    b_xn = b_xn.to(b_x.dtype)  # [BP, BCH]
+    b_xn = b_xn.to(z_ptr.dtype.element_ty)  # [BP, BCH] (x may be fp32: fp16 z)
     b_zn = _load_z_ln(z_ptr, ln_in_w_ptr, ln_in_b_ptr, i_b, o_p, m_p, o_c, m_c,
                       stride_zb, stride_zi, stride_zj, stride_zc, L, C, eps)  # fmt: skip
     p_o = out_ptr + i_b * stride_ob + o_p[:, None] * stride_op
@@ -389,7 +390,7 @@ def trimul_fwd(
     if mask is not None and mask.dtype == torch.bool:
         mask = mask.view(torch.uint8)
     step = ch if chunk_size is None else min(chunk_size, ch)
-    x = poison_empty(B, ch, L, L, dtype=z.dtype, device=z.device)
+    x = poison_empty(B, ch, L, L, dtype=ref.contraction_dtype(z.dtype), device=z.device)
     a = b = None
     for h_off in range(0, ch, step):
         h_chunk = min(step, ch - h_off)

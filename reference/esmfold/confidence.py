@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import torch
 
+from esmkernels.reference.esmfold.trunk_functional import chunk_rows
+
 
 def categorical_lddt(logits: torch.Tensor, bins: int = 50) -> torch.Tensor:
     """Expected lDDT: softmax over `bins` equal bins on [0, 1], dotted with the bin centres.
@@ -79,6 +81,7 @@ def compute_tm(
     max_bin: int = 31,
     no_bins: int = 64,
     eps: float = 1e-8,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Predicted TM-score per sequence (pTM).
 
@@ -90,6 +93,7 @@ def compute_tm(
         residue_mask: `[*, N]`, 1 = real residue (all ones when None).
         max_bin, no_bins: bin layout of the head (ESMFold: 31, 64).
         eps: guards the division for fully padded sequences.
+        chunk_size: alignment frames i per block (bounds the [*, N, N, no_bins] softmax).
 
     Returns:
         `[*]` pTM in [0, 1]; 0 for a sequence with no residues.
@@ -102,10 +106,16 @@ def compute_tm(
     d0 = 1.24 * (n.clamp(min=19) - 15) ** (1.0 / 3) - 1.8
     centres = _aligned_error_bin_centres(max_bin, no_bins, logits.device, logits.dtype)
     tm_per_bin = 1.0 / (1 + centres**2 / d0[..., None, :] ** 2)  # [*, 1, no_bins]
-    expected_tm = (logits.softmax(dim=-1) * tm_per_bin[..., None, :]).sum(-1)  # [*, N, N]
-    per_alignment = (expected_tm * mask[..., None, :]).sum(-1) / (eps + n)  # [*, N]
+
+    def frames(logits_i: torch.Tensor, mask_i: torch.Tensor) -> torch.Tensor:
+        """Alignment frames i: [*, I, N, no_bins], [*, I] -> masked scores [*, I]."""
+        expected_tm = (logits_i.softmax(dim=-1) * tm_per_bin[..., None, :]).sum(-1)  # [*, I, N]
+        per_alignment = (expected_tm * mask[..., None, :]).sum(-1) / (eps + n)  # [*, I]
+        return per_alignment * mask_i
+
     # Padded alignment frames never win the max (scores are >= 0).
-    return (per_alignment * mask).amax(dim=-1)
+    scores = chunk_rows(frames, logits, mask, chunk_size=chunk_size, dim=logits.dim() - 3)
+    return scores.amax(dim=-1)
 
 
 def compute_predicted_aligned_error(
@@ -113,6 +123,7 @@ def compute_predicted_aligned_error(
     residue_mask: torch.Tensor | None = None,
     max_bin: int = 31,
     no_bins: int = 64,
+    chunk_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Aligned-error distributions and their expectations (PAE).
 
@@ -120,6 +131,7 @@ def compute_predicted_aligned_error(
         logits: `[*, N, N, no_bins]` aligned-error logits.
         residue_mask: optional `[*, N]`, 1 = real residue; pairs that touch padding are zeroed.
         max_bin, no_bins: bin layout of the head (ESMFold: 31, 64).
+        chunk_size: rows i per block (the outputs are whole; the temporaries are per block).
 
     Returns:
         dict with
@@ -130,14 +142,21 @@ def compute_predicted_aligned_error(
           centre, 31.75 A for ESMFold)
     """
     _check_logits(logits, residue_mask, no_bins, "compute_predicted_aligned_error")
-    probs = logits.softmax(dim=-1)
-    if residue_mask is not None:
-        mask = residue_mask.to(logits.dtype)
-        probs = probs * (mask[..., :, None] * mask[..., None, :])[..., None]
+    mask = None if residue_mask is None else residue_mask.to(logits.dtype)
+
+    def rows(logits_i: torch.Tensor, mask_i: torch.Tensor | None) -> torch.Tensor:
+        probs = logits_i.softmax(dim=-1)  # [*, I, N, no_bins]
+        if mask_i is not None:
+            probs = probs * (mask_i[..., :, None] * mask[..., None, :])[..., None]
+        return probs
+
+    dim = logits.dim() - 3
+    probs = chunk_rows(rows, logits, mask, chunk_size=chunk_size, dim=dim)
     centres = _aligned_error_bin_centres(max_bin, no_bins, logits.device, logits.dtype)
+    expected = chunk_rows(lambda p: (p * centres).sum(-1), probs, chunk_size=chunk_size, dim=dim)
     return {
         "aligned_confidence_probs": probs,
-        "predicted_aligned_error": (probs * centres).sum(-1),
+        "predicted_aligned_error": expected,
         "max_predicted_aligned_error": centres[-1],
     }
 

@@ -39,6 +39,7 @@ from esmkernels.reference.esm import EsmModel
 from esmkernels.reference.esmfold import confidence, geometry, pdb
 from esmkernels.reference.esmfold import residue_constants as rc
 from esmkernels.reference.esmfold.trunk import EsmFoldingTrunk, num_trunk_iterations
+from esmkernels.reference.esmfold.trunk_functional import chunk_rows
 
 DISTOGRAM_BINS = 64
 LDDT_BINS = 50
@@ -206,7 +207,8 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
         return state_dict
 
     def set_chunk_size(self, chunk_size: int | None) -> None:
-        """Compute the trunk's axial ops in blocks of `chunk_size` rows (None: unchunked).
+        """Compute every [L, L]-sized op (trunk, structure module's IPA, heads) in blocks of
+        `chunk_size` rows (None: unchunked).
 
         Lowers peak memory on long sequences; the outputs are unchanged.
         """
@@ -267,9 +269,11 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
         weights = self.esm_s_combine.softmax(0)
         esm_s = (weights[None, :] @ esm_s).squeeze(2)  # [B, L, C]
         s_s_0 = self.esm_s_mlp(esm_s)
+        del esm_s  # the stem's activations are dead from here on
         if fold.embed_aa:
             s_s_0 = s_s_0 + self.embedding(masked_aa)
-        s_z_0 = s_s_0.new_zeros(B, L, L, fold.trunk.pairwise_state_dim)
+        # z_0 = 0: a broadcast view of one zero, so no [B, L, L, C_z] tensor is allocated for it.
+        s_z_0 = s_s_0.new_zeros(()).expand(B, L, L, fold.trunk.pairwise_state_dim)
 
         structure = self.trunk(
             s_s_0, s_z_0, aa, position_ids, attention_mask, no_recycles=num_recycles
@@ -284,6 +288,7 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
         position_ids: torch.Tensor,
     ) -> EsmForProteinFoldingOutput:
         B, L = aa.shape
+        chunk = self.trunk.chunk_size  # the [B, L, L, 64] heads run in blocks of rows too
         out = {
             k: structure[k]
             for k in (
@@ -297,8 +302,10 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
                 "s_z",
             )
         }
-        disto = self.distogram_head(out["s_z"])
-        out["distogram_logits"] = (disto + disto.transpose(1, 2)) / 2
+        s_z = out["s_z"]
+        out["distogram_logits"] = chunk_rows(  # symmetrised: (d_ij + d_ji) / 2
+            self._distogram_rows, s_z, s_z.transpose(1, 2), chunk_size=chunk
+        )
         out["lm_logits"] = self.lm_head(out["s_s"])
         out["aatype"] = aa
 
@@ -315,18 +322,16 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
         out["lddt_head"] = lddt_head
         out["plddt"] = confidence.categorical_lddt(lddt_head[-1], bins=LDDT_BINS)
 
-        ptm_logits = self.ptm_head(out["s_z"])
+        ptm_logits = chunk_rows(self.ptm_head, s_z, chunk_size=chunk)
         out["ptm_logits"] = ptm_logits
         residue_mask = mask.to(ptm_logits.dtype)
-        out["ptm"] = confidence.compute_tm(
-            ptm_logits, residue_mask, max_bin=PAE_MAX_BIN, no_bins=DISTOGRAM_BINS
-        )
-        out.update(
-            confidence.compute_predicted_aligned_error(
-                ptm_logits, residue_mask, max_bin=PAE_MAX_BIN, no_bins=DISTOGRAM_BINS
-            )
-        )
+        bins = dict(max_bin=PAE_MAX_BIN, no_bins=DISTOGRAM_BINS, chunk_size=chunk)
+        out["ptm"] = confidence.compute_tm(ptm_logits, residue_mask, **bins)
+        out.update(confidence.compute_predicted_aligned_error(ptm_logits, residue_mask, **bins))
         return EsmForProteinFoldingOutput(**out)
+
+    def _distogram_rows(self, z_ij: torch.Tensor, z_ji: torch.Tensor) -> torch.Tensor:
+        return (self.distogram_head(z_ij) + self.distogram_head(z_ji)) / 2
 
     def _check_inputs(self, input_ids, attention_mask, position_ids, masking_pattern, num_recycles):
         if not torch.is_tensor(input_ids):

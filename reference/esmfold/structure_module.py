@@ -38,6 +38,7 @@ from esmkernels.reference.esmfold.geometry import (
     torsion_angles_to_frames,
 )
 from esmkernels.reference.esmfold.rigid import Rigid, Rotation
+from esmkernels.reference.esmfold.trunk_functional import chunk_rows
 
 # softplus^-1(1): IPA head weights start at softplus(w) = 1 (AF2 supplement 1.11.4).
 _SOFTPLUS_INV_1 = math.log(math.e - 1.0)
@@ -105,7 +106,12 @@ class InvariantPointAttention(nn.Module):
         return glob.unflatten(-2, (self.num_heads, n_points))
 
     def forward(
-        self, s: torch.Tensor, z: torch.Tensor, r: Rigid, mask: torch.Tensor
+        self,
+        s: torch.Tensor,
+        z: torch.Tensor,
+        r: Rigid,
+        mask: torch.Tensor,
+        chunk_size: int | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -114,11 +120,12 @@ class InvariantPointAttention(nn.Module):
             r: backbone frames, batch shape `[B, N]` (translations in nm-like units: the
                structure module divides Angstrom by `trans_scale_factor`).
             mask: `[B, N]` residue mask, 1 = keep.
+            chunk_size: queries per block (None: all); the [B, H, N, N] logits and the point
+               distances are alive for one block of queries at a time.
 
         Returns:
             `[B, N, c_s]` update for s (AF2 Alg. 22 line 11, before the residual add).
         """
-        cfg = self.config
         h, c = self.num_heads, self.hidden_dim
 
         # Scalar queries, keys, values: [B, N, H, C].
@@ -128,40 +135,75 @@ class InvariantPointAttention(nn.Module):
         q_pts = self._points(self.linear_q_points, s, r, self.num_qk_points)
         kv_pts = self._points(self.linear_kv_points, s, r, self.num_qk_points + self.num_v_points)
         k_pts, v_pts = kv_pts.split([self.num_qk_points, self.num_v_points], dim=-2)
-
-        # Logits [B, H, N, N] (Alg. 22 line 7, with w_L = sqrt(1/3) over the three terms).
-        b = self.linear_b(z)  # [B, N, N, H]
         # Everything that mixes with point distances runs in fp32 (float64 stays float64), also
         # under autocast: HF disables fp16 autocast for q.k and its points are fp32 already.
         acc = torch.promote_types(q.dtype, torch.float32)
         with torch.autocast(device_type=s.device.type, enabled=False):
-            logits = torch.einsum("bihc,bjhc->bhij", q.to(acc), k.to(acc))
-            logits = logits * math.sqrt(1.0 / (3 * c))
-            logits = logits + math.sqrt(1.0 / 3) * b.permute(0, 3, 1, 2)
-            # Point term: -gamma_h * w_C / 2 * sum_p |q_p - k_p|^2, w_C = sqrt(2 / (9 P_q)).
-            sq_dist = (q_pts[:, :, None] - k_pts[:, None, :]).pow(2).sum(-1)  # [B, N, N, H, P]
-            gamma = nn.functional.softplus(self.head_weights)
-            gamma = gamma * math.sqrt(1.0 / (3 * (self.num_qk_points * 9.0 / 2)))
-            pt_term = -0.5 * (sq_dist * gamma[:, None]).sum(-1)  # [B, N, N, H]
-            logits = logits + pt_term.permute(0, 3, 1, 2)
-            # Masked keys get -inf (a large finite value, so fully masked rows stay finite).
-            mask = mask.to(acc)  # bool or float, 1 = keep
-            pair_mask = mask[..., :, None] * mask[..., None, :]
-            logits = logits + (cfg.inf * (pair_mask - 1))[:, None]
-            attn = torch.softmax(logits, dim=-1)  # [B, H, N, N], fp32
-
-            # Outputs (Alg. 22 lines 8-10).
-            o = torch.einsum("bhij,bjhc->bihc", attn, v.to(attn.dtype)).flatten(-2)  # [B, N, H*C]
-            # Value points averaged in the global frame: [B, N, H, P_v, 3].
-            o_pt = torch.einsum("bhij,bjhpx->bihpx", attn, v_pts.to(acc))
+            # Queries are independent given all keys: [B, N, H * (C + 3 P_v + c_z)] in blocks.
+            out = chunk_rows(
+                self._attend_queries,
+                q.to(acc),
+                q_pts.to(acc),
+                z,
+                mask.to(acc),
+                chunk_size=chunk_size,
+                k=k.to(acc),
+                v=v.to(acc),
+                k_pts=k_pts.to(acc),
+                v_pts=v_pts.to(acc),
+                key_mask=mask.to(acc),
+            )
+            o, o_pt, o_pair = out.split([h * c, h * self.num_v_points * 3, h * z.shape[-1]], -1)
+            o_pt = o_pt.unflatten(-1, (h, self.num_v_points, 3))  # [B, N, H, P_v, 3]
             o_pt = r[..., None, None].invert_apply(o_pt)  # back into each residue's frame
-            o_pt_norm = torch.sqrt(o_pt.pow(2).sum(-1) + cfg.epsilon).flatten(-2)  # [B, N, H*P_v]
+            o_pt_norm = torch.sqrt(o_pt.pow(2).sum(-1) + self.config.epsilon).flatten(-2)
             o_pt = o_pt.flatten(-3, -2)  # [B, N, H*P_v, 3]
-            o_pair = torch.einsum("bhij,bijc->bihc", attn, z.to(attn.dtype)).flatten(-2)
 
         # Channel order of AF2's checkpoint: scalars, point x, y, z, point norms, pair.
         features = torch.cat([o, *o_pt.unbind(dim=-1), o_pt_norm, o_pair], dim=-1)
         return self.linear_out(features.to(z.dtype))
+
+    def _attend_queries(
+        self,
+        q: torch.Tensor,
+        q_pts: torch.Tensor,
+        z: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_pts: torch.Tensor,
+        v_pts: torch.Tensor,
+        key_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Alg. 22 lines 7-10 for a block of queries i (q, q_pts, z, mask: those rows), in fp32.
+
+        Returns [B, I, H * C + H * P_v * 3 + H * c_z]: scalar outputs, value points in the
+        global frame, pair outputs.
+        """
+        cfg = self.config
+        c = self.hidden_dim
+        # Logits [B, H, I, N] (Alg. 22 line 7, with w_L = sqrt(1/3) over the three terms).
+        b = self.linear_b(z)  # [B, I, N, H]
+        logits = torch.einsum("bihc,bjhc->bhij", q, k)
+        logits = logits * math.sqrt(1.0 / (3 * c))
+        logits = logits + math.sqrt(1.0 / 3) * b.permute(0, 3, 1, 2).to(logits.dtype)
+        # Point term: -gamma_h * w_C / 2 * sum_p |q_p - k_p|^2, w_C = sqrt(2 / (9 P_q)).
+        sq_dist = (q_pts[:, :, None] - k_pts[:, None, :]).pow(2).sum(-1)  # [B, I, N, H, P]
+        gamma = nn.functional.softplus(self.head_weights)
+        gamma = gamma * math.sqrt(1.0 / (3 * (self.num_qk_points * 9.0 / 2)))
+        pt_term = -0.5 * (sq_dist * gamma[:, None]).sum(-1)  # [B, I, N, H]
+        logits = logits + pt_term.permute(0, 3, 1, 2)
+        # Masked keys get -inf (a large finite value, so fully masked rows stay finite).
+        pair_mask = mask[..., :, None] * key_mask[..., None, :]
+        logits = logits + (cfg.inf * (pair_mask - 1))[:, None]
+        attn = torch.softmax(logits, dim=-1)  # [B, H, I, N], fp32
+
+        # Outputs (Alg. 22 lines 8-10).
+        o = torch.einsum("bhij,bjhc->bihc", attn, v).flatten(-2)  # [B, I, H*C]
+        o_pt = torch.einsum("bhij,bjhpx->bihpx", attn, v_pts).flatten(-3)  # [B, I, H*P_v*3]
+        o_pair = torch.einsum("bhij,bijc->bihc", attn, z.to(attn.dtype)).flatten(-2)
+        return torch.cat([o, o_pt, o_pair], dim=-1)
 
 
 class BackboneUpdate(nn.Module):
@@ -305,12 +347,17 @@ class StructureModule(nn.Module):
         evoformer_output_dict: dict[str, torch.Tensor],
         aatype: torch.Tensor,
         mask: torch.Tensor | None = None,
+        chunk_size: int | None = None,
+        inplace: bool = False,
     ) -> dict[str, torch.Tensor]:
         """
         Args:
             evoformer_output_dict: `{"single": [B, N, c_s], "pair": [B, N, N, c_z]}`.
             aatype: `[B, N]` long, AlphaFold residue types 0..20.
             mask: `[B, N]` float residue mask, 1 = keep (all ones when None).
+            chunk_size: rows per block of the pair LayerNorm and of IPA's queries (None: all).
+            inplace: normalise "pair" in place (inference only; the caller's tensor is
+                overwritten), so no second pair tensor is allocated.
 
         Returns:
             dict, stacked over the `n_blocks = config.num_blocks` iterations:
@@ -336,14 +383,14 @@ class StructureModule(nn.Module):
         cfg = self.config
 
         s = self.layer_norm_s(s)
-        z = self.layer_norm_z(z)
+        z = chunk_rows(self.layer_norm_z, z, chunk_size=chunk_size, out=z if inplace else None)
         s_initial = s
         s = self.linear_in(s)
         rigids = Rigid.identity(s.shape[:-1], s.dtype, s.device, fmt="quat")
 
         outputs: dict[str, list[torch.Tensor]] = {}
         for _ in range(cfg.num_blocks):
-            s = s + self.ipa(s, z, rigids, mask)
+            s = s + self.ipa(s, z, rigids, mask, chunk_size=chunk_size)
             s = self.layer_norm_ipa(self.ipa_dropout(s))
             s = self.transition(s)
             rigids = rigids.compose_q_update_vec(self.bb_update(s))

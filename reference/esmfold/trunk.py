@@ -24,6 +24,14 @@ fast model passes its kernel namespace instead and reuses these modules unchange
 keeps the choice picklable).
 
 Masks are 1 = keep, [B, L] over residues; pair masks are their outer product.
+
+Memory. Every op on the pair state takes `chunk_size` (None: unchunked) and computes its
+[L, L]-sized work in blocks of that many rows with `trunk_functional.chunk_rows`, the one
+chunking utility: projections, attention logits, transition and embeddings are then alive for
+one block at a time. In inference (autograd off, eval mode) the trunk also passes
+`inplace=True` to the blocks, which add each pair update into the pair state block by block
+instead of allocating `z + update`, and it writes each recycling pass's input over the previous
+pass's pair state. The outputs are the same either way.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from torch import nn
 from esmkernels.configuration import TrunkConfig
 from esmkernels.reference.esmfold import trunk_functional as _reference_ops
 from esmkernels.reference.esmfold.structure_module import StructureModule
+from esmkernels.reference.esmfold.trunk_functional import chunk_rows
 
 # Recycled distogram of predicted C-beta atoms: 15 bins, edges 3.375 .. 21.375 A (AlphaFold2 1.10).
 RECYCLE_BINS = 15
@@ -128,10 +137,17 @@ class EsmFoldTriangleMultiplicativeUpdate(nn.Module):
         _zeros_init_(self.linear_z)
 
     def forward(
-        self, z: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int | None = None
+        self,
+        z: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        chunk_size: int | None = None,
+        add_into: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """z: [B, L, L, C_z]; mask: [B, L, L] (1 = keep) or None -> update [B, L, L, C_z]."""
-        return self.ops.triangle_multiplicative_update(
+        """z: [B, L, L, C_z]; mask: [B, L, L] (1 = keep) or None -> update [B, L, L, C_z].
+
+        With `add_into` (inference), the update is added into that tensor, which is returned.
+        """
+        update = self.ops.triangle_multiplicative_update(
             z,
             mask,
             ln_in_weight=self.layer_norm_in.weight,
@@ -154,6 +170,7 @@ class EsmFoldTriangleMultiplicativeUpdate(nn.Module):
             eps=self.layer_norm_in.eps,
             chunk_size=chunk_size,
         )
+        return update if add_into is None else add_into.add_(update)
 
 
 class EsmFoldAttention(nn.Module):
@@ -215,18 +232,46 @@ class EsmFoldTriangleAttention(nn.Module):
         self.mha = EsmFoldAttention(c_in, c_hidden, no_heads)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int | None = None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        chunk_size: int | None = None,
+        add_into: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: [B, I, J, C_in]; mask: [B, I, J] (1 = keep) or None -> update [B, I, J, C_in]."""
-        x = self.layer_norm(x)
-        q, k, v, g = self.mha.project(x)  # [B, I, J, H, D] each
-        bias = self.linear(x)  # [B, I, J, H]
+        """x: [B, I, J, C_in]; mask: [B, I, J] (1 = keep) or None -> update [B, I, J, C_in].
+
+        Rows (starting node) or columns (ending node) attend independently, given the bias
+        shared by all of them: both are computed in blocks of `chunk_size`. With `add_into`
+        (inference), each block of the update is added into that tensor, which is returned.
+        """
+        bias = chunk_rows(self._bias_rows, x, chunk_size=chunk_size)  # [B, I, J, H]
         if self.starting:
             bias = bias.permute(0, 3, 1, 2)  # [B, H, query j, key k] from pairs (j, k)
         else:
             # Rows of the transposed state are columns: bias[h, query i, key k] = lin(x)[k, i].
-            q, k, v, g = (t.transpose(1, 2) for t in (q, k, v, g))
             bias = bias.permute(0, 3, 2, 1)
+        return chunk_rows(
+            self._update_rows,
+            x,
+            mask,
+            chunk_size=chunk_size,
+            dim=1 if self.starting else 2,
+            out=add_into,
+            accumulate=add_into is not None,
+            bias=bias,
+            query_chunk=chunk_size,
+        )
+
+    def _bias_rows(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.layer_norm(x))
+
+    def _update_rows(
+        self, x: torch.Tensor, mask: torch.Tensor | None, *, bias: torch.Tensor, query_chunk
+    ) -> torch.Tensor:
+        """A block of rows [B, I', J, C_in] (starting) or columns [B, I, J', C_in] (ending)."""
+        q, k, v, g = self.mha.project(self.layer_norm(x))  # [B, I', J, H, D] each
+        if not self.starting:  # attention runs along rows of the transposed block
+            q, k, v, g = (t.transpose(1, 2) for t in (q, k, v, g))
             mask = None if mask is None else mask.transpose(1, 2)
         o = self.ops.axial_attention(
             q,
@@ -236,7 +281,7 @@ class EsmFoldTriangleAttention(nn.Module):
             mask=mask,
             gate=g,
             scale=self.c_hidden**-0.5,
-            chunk_size=chunk_size,
+            chunk_size=query_chunk,
         )  # [B, R, N, H, D]
         if not self.starting:
             o = o.transpose(1, 2)
@@ -314,9 +359,27 @@ class EsmFoldSequenceToPair(nn.Module):
         nn.init.zeros_(self.proj.bias)
         _zeros_init_(self.o_proj)
 
-    def forward(self, sequence_state: torch.Tensor) -> torch.Tensor:
-        """sequence_state: [B, L, C_s] -> [B, L, L, C_z]."""
+    def forward(
+        self,
+        sequence_state: torch.Tensor,
+        chunk_size: int | None = None,
+        add_into: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """sequence_state: [B, L, C_s] -> [B, L, L, C_z], in blocks of `chunk_size` rows i.
+
+        With `add_into` (inference), the pairs are added into that tensor, which is returned.
+        """
         q, k = self.proj(self.layernorm(sequence_state)).chunk(2, dim=-1)
+        return chunk_rows(
+            self._pair_rows,
+            k,
+            chunk_size=chunk_size,
+            out=add_into,
+            accumulate=add_into is not None,
+            q=q,
+        )
+
+    def _pair_rows(self, k: torch.Tensor, *, q: torch.Tensor) -> torch.Tensor:
         q_j, k_i = q[:, None, :, :], k[:, :, None, :]
         return self.o_proj(torch.cat([q_j * k_i, q_j - k_i], dim=-1))
 
@@ -330,9 +393,12 @@ class EsmFoldPairToSequence(nn.Module):
         self.linear = nn.Linear(pairwise_state_dim, num_heads, bias=False)
         nn.init.zeros_(self.linear.weight)
 
-    def forward(self, pairwise_state: torch.Tensor) -> torch.Tensor:
-        """pairwise_state: [B, L, L, C_z] -> pairwise_bias [B, L, L, H]."""
-        return self.linear(self.layernorm(pairwise_state))
+    def forward(self, pairwise_state: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+        """pairwise_state: [B, L, L, C_z] -> pairwise_bias [B, L, L, H], `chunk_size` rows at a time."""
+        return chunk_rows(self._bias_rows, pairwise_state, chunk_size=chunk_size)
+
+    def _bias_rows(self, z: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.layernorm(z))
 
 
 class EsmFoldResidueMLP(nn.Module):
@@ -349,7 +415,18 @@ class EsmFoldResidueMLP(nn.Module):
         )
         _zeros_init_(self.mlp[-2])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, chunk_size: int | None = None, inplace: bool = False
+    ) -> torch.Tensor:
+        """x: [B, L, C] or [B, L, L, C] -> x + MLP(x), in blocks of `chunk_size` rows.
+
+        `inplace` (inference only): add the MLP output into x, which is returned.
+        """
+        if inplace:
+            return chunk_rows(self.mlp, x, chunk_size=chunk_size, out=x, accumulate=True)
+        return chunk_rows(self._residual_rows, x, chunk_size=chunk_size)
+
+    def _residual_rows(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.mlp(x)
 
 
@@ -389,9 +466,14 @@ class EsmFoldTriangularSelfAttentionBlock(nn.Module):
         pairwise_state: torch.Tensor,
         mask: torch.Tensor | None = None,
         chunk_size: int | None = None,
+        inplace: bool = False,
         **_unused: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """sequence_state: [B, L, C_s]; pairwise_state: [B, L, L, C_z]; mask: [B, L] (1 = keep).
+
+        `chunk_size`: rows per block of every pair op (None: unchunked). `inplace`: in
+        inference (autograd off and eval mode; ignored otherwise) the pair updates are added
+        into `pairwise_state`, which is overwritten and returned; the caller must own it.
 
         Returns the updated (sequence_state, pairwise_state), same shapes.
         """
@@ -399,18 +481,26 @@ class EsmFoldTriangularSelfAttentionBlock(nn.Module):
         s, z = sequence_state, pairwise_state
         if mask is not None:
             mask = mask.to(s.dtype)
+        inplace = inplace and not torch.is_grad_enabled() and not self.training
 
-        bias = self.pair_to_sequence(z)
+        bias = self.pair_to_sequence(z, chunk_size=chunk_size)
         y = self.seq_attention(self.layernorm_1(s), mask=mask, bias=bias, chunk_size=chunk_size)
+        del bias
         s = self.mlp_seq(s + self.drop(y))
 
-        z = z + self.sequence_to_pair(s)
         tri_mask = None if mask is None else mask[:, :, None] * mask[:, None, :]
+        if inplace:  # the same updates (dropout is off), each added into z as it is computed
+            z = self.sequence_to_pair(s, chunk_size=chunk_size, add_into=z)
+            for update in (self.tri_mul_out, self.tri_mul_in, self.tri_att_start, self.tri_att_end):
+                z = update(z, mask=tri_mask, chunk_size=chunk_size, add_into=z)
+            return s, self.mlp_pair(z, chunk_size=chunk_size, inplace=True)
+
+        z = z + self.sequence_to_pair(s, chunk_size=chunk_size)
         z = z + self.row_drop(self.tri_mul_out(z, mask=tri_mask, chunk_size=chunk_size))
         z = z + self.col_drop(self.tri_mul_in(z, mask=tri_mask, chunk_size=chunk_size))
         z = z + self.row_drop(self.tri_att_start(z, mask=tri_mask, chunk_size=chunk_size))
         z = z + self.col_drop(self.tri_att_end(z, mask=tri_mask, chunk_size=chunk_size))
-        z = self.mlp_pair(z)
+        z = self.mlp_pair(z, chunk_size=chunk_size)
         return s, z
 
 
@@ -427,7 +517,10 @@ class EsmFoldRelativePosition(nn.Module):
         self.embedding = nn.Embedding(2 * self.bins + 2, config.pairwise_state_dim)
 
     def forward(
-        self, residue_index: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        residue_index: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        chunk_size: int | None = None,
     ) -> torch.Tensor:
         """residue_index: [B, L] int64; mask: [B, L] (1 = keep) -> [B, L, L, C_z]."""
         if residue_index.dtype != torch.long:
@@ -439,10 +532,29 @@ class EsmFoldRelativePosition(nn.Module):
                 f"EsmFoldRelativePosition: mask shape {tuple(mask.shape)} != residue_index "
                 f"shape {tuple(residue_index.shape)}"
             )
-        diff = residue_index[:, None, :] - residue_index[:, :, None]
+        return chunk_rows(
+            self.rows,
+            residue_index,
+            mask,
+            chunk_size=chunk_size,
+            keys=residue_index,
+            key_mask=mask,
+        )
+
+    def rows(
+        self,
+        index: torch.Tensor,
+        mask: torch.Tensor | None,
+        *,
+        keys: torch.Tensor,
+        key_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Embeddings of pairs (i, j) for a block of residues i: index, mask [B, I] and all
+        residues' keys, key_mask [B, L] -> [B, I, L, C_z]."""
+        diff = keys[:, None, :] - index[:, :, None]
         idx = diff.clamp(-self.bins, self.bins) + self.bins + 1
         if mask is not None:
-            pair = mask[:, None, :].bool() & mask[:, :, None].bool()
+            pair = key_mask[:, None, :].bool() & mask[:, :, None].bool()
             idx = idx.masked_fill(~pair, 0)
         return self.embedding(idx)
 
@@ -511,53 +623,101 @@ class EsmFoldingTrunk(nn.Module):
             Gradients flow through the last iteration only.
         """
         n_iter = num_trunk_iterations(no_recycles, self.config.max_recycles)
+        chunk = self.chunk_size
+        # Inference: this method owns every pair tensor it makes, so the blocks may update them
+        # in place and each pass's input may be written over the previous pass's state.
+        inplace = not torch.is_grad_enabled() and not self.training
+        # An all-ones mask changes nothing but costs a masking pass per op: drop it.
+        block_mask = None if bool(mask.all()) else mask
         s_s_0, s_z_0 = seq_feats, pair_feats
-        recycle_s = torch.zeros_like(s_s_0)
-        recycle_z = torch.zeros_like(s_z_0)
-        recycle_bins = torch.zeros(s_z_0.shape[:-1], dtype=torch.long, device=s_z_0.device)
+        # The recycled states start at zero; z is dense even for an expanded s_z_0.
+        s, z = torch.zeros_like(s_s_0), s_z_0.new_zeros(s_z_0.shape)
         structure: dict[str, torch.Tensor] = {}
         for i in range(n_iter):
             with torch.set_grad_enabled(torch.is_grad_enabled() and i == n_iter - 1):
-                recycle_s = self.recycle_s_norm(recycle_s.detach())
-                recycle_z = self.recycle_z_norm(recycle_z.detach())
-                recycle_z = recycle_z + self.recycle_disto(recycle_bins)
-
-                s = s_s_0 + recycle_s
-                z = s_z_0 + recycle_z + self.pairwise_positional_embedding(residx, mask=mask)
+                if i == 0:
+                    recycle_bins = z.new_zeros(z.shape[:-1], dtype=torch.long)
+                else:
+                    backbone = structure["positions"][-1][:, :, :3]  # atom14 N, CA, C
+                    recycle_bins = self.distogram(
+                        backbone, RECYCLE_MIN_BIN, RECYCLE_MAX_BIN, RECYCLE_BINS, chunk_size=chunk
+                    )
+                s = s_s_0 + self.recycle_s_norm(s.detach())
+                # z = s_z_0 + LN(z) + disto(recycle_bins) + relpos, row block by row block.
+                z = chunk_rows(
+                    self._pair_input_rows,
+                    s_z_0,
+                    z.detach(),
+                    recycle_bins,
+                    residx,
+                    mask,
+                    chunk_size=chunk,
+                    out=z if inplace else None,
+                    keys=residx,
+                    key_mask=mask,
+                )
+                del recycle_bins
                 for block in self.blocks:
-                    s, z = block(s, z, mask=mask, chunk_size=self.chunk_size)
+                    s, z = block(s, z, mask=block_mask, chunk_size=chunk, inplace=inplace)
 
+                sm_pair = chunk_rows(self.trunk2sm_z, z, chunk_size=chunk)
                 structure = self.structure_module(
-                    {"single": self.trunk2sm_s(s), "pair": self.trunk2sm_z(z)},
+                    {"single": self.trunk2sm_s(s), "pair": sm_pair},
                     true_aa,
                     mask.to(s.dtype),
+                    chunk_size=chunk,
+                    inplace=inplace,
                 )
-                recycle_s, recycle_z = s, z
-                backbone = structure["positions"][-1][:, :, :3]  # atom14 N, CA, C
-                recycle_bins = self.distogram(
-                    backbone, RECYCLE_MIN_BIN, RECYCLE_MAX_BIN, RECYCLE_BINS
-                )
+                del sm_pair
         structure["s_s"] = s
         structure["s_z"] = z
         return structure
 
+    def _pair_input_rows(
+        self,
+        s_z_0: torch.Tensor,
+        recycle_z: torch.Tensor,
+        recycle_bins: torch.Tensor,
+        residx: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        keys: torch.Tensor,
+        key_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """A block of rows of the pass's pair input (all arguments are those rows)."""
+        recycled = self.recycle_z_norm(recycle_z) + self.recycle_disto(recycle_bins)
+        return (
+            s_z_0
+            + recycled
+            + self.pairwise_positional_embedding.rows(residx, mask, keys=keys, key_mask=key_mask)
+        )
+
     @staticmethod
     def distogram(
-        coords: torch.Tensor, min_bin: float, max_bin: float, num_bins: int
+        coords: torch.Tensor,
+        min_bin: float,
+        max_bin: float,
+        num_bins: int,
+        chunk_size: int | None = None,
     ) -> torch.Tensor:
         """Bin pairwise distances of the virtual C-beta atoms.
 
         coords: [..., L, 3, 3] backbone (N, CA, C) -> [..., L, L] int64 bins in [0, num_bins),
-        bin edges linspace(min_bin, max_bin, num_bins - 1) in Angstrom.
+        bin edges linspace(min_bin, max_bin, num_bins - 1) in Angstrom; `chunk_size` rows at
+        a time.
         """
         edges = torch.linspace(min_bin, max_bin, num_bins - 1, device=coords.device) ** 2
         n, ca, c = coords.unbind(dim=-2)
         b = ca - n
         c = c - ca
         a = torch.cross(b, c, dim=-1)
-        cb = _CB_A * a + _CB_B * b + _CB_C * c + ca
-        d2 = (cb[..., None, :, :] - cb[..., :, None, :]).pow(2).sum(dim=-1, keepdim=True)
-        return (d2 > edges).sum(dim=-1)
+        cb = _CB_A * a + _CB_B * b + _CB_C * c + ca  # [..., L, 3]
+
+        def bins(cb_rows: torch.Tensor) -> torch.Tensor:
+            d2 = (cb[..., None, :, :] - cb_rows[..., :, None, :]).pow(2).sum(dim=-1, keepdim=True)
+            return (d2 > edges).sum(dim=-1)
+
+        return chunk_rows(bins, cb, chunk_size=chunk_size, dim=cb.dim() - 2)
 
 
 def num_trunk_iterations(no_recycles: int | None, max_recycles: int) -> int:

@@ -16,7 +16,8 @@ Triangle multiplicative update (AlphaFold 2 supplement, Algorithms 11 and 12; op
 
 The incoming update is the outgoing one on the transposed pair tensor (a^T, b^T), which is how
 it is written below. The contraction accumulates in fp32 (ESMFold turns autocast off for it)
-and is rounded to z.dtype before LayerNorm_out, as the bf16 / fp32 module does.
+and is rounded to z.dtype before LayerNorm_out, as the bf16 / fp32 module does; fp16 keeps it
+in fp32 (`contraction_dtype`: it overflows fp16).
 
 Axial (triangle) attention (Algorithms 13 and 14; ESMFold's sequence attention is the R = 1
 case): q, k, v: [B, R, N, H, D]; within each row r independently, every query n attends over
@@ -32,9 +33,11 @@ zeros here (openfold would average v uniformly over the masked keys; such rows a
 never reach unpadded outputs). The "ending node" attention is the starting-node attention on
 the transposed pair tensor: callers pass `x.transpose(1, 2)` views.
 
-`chunk_rows` is the one chunking utility (the idea of openfold `chunk_utils.chunk_layer`, much
-smaller): apply a function to blocks of rows and reassemble; chunked == unchunked exactly up to
-floating-point summation order (none here: rows are independent).
+`chunk_rows` is the one chunking utility of the reference and fast ESMFold (the idea of openfold
+`chunk_utils.chunk_layer`, much smaller): apply a function to blocks of rows and reassemble, or
+add the blocks into an existing tensor (the inference-time residual update in place);
+chunked == unchunked up to the rounding of the matmuls, since the rows it is used on are
+independent.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ Tensor = torch.Tensor
 __all__ = [
     "axial_attention",
     "chunk_rows",
+    "contraction_dtype",
     "gated_projection",
     "triangle_multiplicative_update",
     "triangle_update_rows",
@@ -62,6 +66,8 @@ def chunk_rows(
     *row_args: Tensor | None,
     chunk_size: int | None,
     dim: int = 1,
+    out: Tensor | None = None,
+    accumulate: bool = False,
     **shared,
 ) -> Tensor:
     """Apply `fn` to blocks of at most `chunk_size` rows along `dim` and reassemble.
@@ -69,6 +75,12 @@ def chunk_rows(
     Every tensor in `row_args` is sliced along `dim` (None passes through as None); `shared`
     keyword arguments are passed whole to every call. `fn` must return a tensor whose `dim`
     indexes the same rows. `chunk_size=None` (or >= the row count) calls `fn` once.
+
+    `out`: write the rows into this tensor (returned) instead of a new one; with
+    `accumulate=True` they are added to it (`out + fn(...)`, the residual update in place).
+    `out` may be one of the row arguments: every block is computed before it is written, so
+    this is exact as long as `fn` reads only the rows it is given (and `shared` tensors that
+    are not `out`). Only for inference: in-place writes are not differentiable here.
 
     Peak memory is one chunk's intermediates plus the assembled output, which is written in
     place (no concatenation copy).
@@ -78,6 +90,7 @@ def chunk_rows(
         >>> y = chunk_rows(lambda t: t * 2, x, chunk_size=3)
         >>> torch.equal(y, x * 2)
         True
+        >>> _ = chunk_rows(lambda t: t * 2, x, chunk_size=3, out=x, accumulate=True)  # x *= 3
     """
     present = [t for t in row_args if t is not None]
     if not present:
@@ -88,23 +101,30 @@ def chunk_rows(
             raise ValueError(
                 f"chunk_rows: row arguments disagree along dim {dim}: {t.shape[dim]} != {rows}"
             )
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
         raise ValueError(
             f"chunk_rows: chunk_size must be a positive int or None, got {chunk_size!r}"
         )
-    if chunk_size is None or chunk_size >= rows:
+    if accumulate and out is None:
+        raise ValueError("chunk_rows: accumulate=True needs an `out` tensor to add into")
+    if out is None and (chunk_size is None or chunk_size >= rows):
         return fn(*row_args, **shared)
-    out = None
-    for start in range(0, rows, chunk_size):
-        stop = min(start + chunk_size, rows)
-        piece = fn(
-            *(None if t is None else t.narrow(dim, start, stop - start) for t in row_args), **shared
-        )
+    step = rows if chunk_size is None else chunk_size
+    for start in range(0, rows, step):
+        n = min(step, rows - start)
+        piece = fn(*(None if t is None else t.narrow(dim, start, n) for t in row_args), **shared)
         if out is None:
             shape = list(piece.shape)
             shape[dim] = rows
             out = piece.new_empty(shape)
-        out.narrow(dim, start, stop - start).copy_(piece)
+        target = out.narrow(dim, start, n)
+        if accumulate:
+            target.add_(piece)
+        else:
+            target.copy_(piece)
+        del piece
     return out
 
 
@@ -208,6 +228,16 @@ def triangle_multiplicative_update(
     )
 
 
+def contraction_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Storage dtype of the triangle contraction x before LayerNorm_out.
+
+    x sums L products, so it outgrows fp16's range (65,504) on real proteins (transformers
+    issue #47470: NaN after layer_norm_out); fp16 keeps it in fp32, bf16 (fp32's range) and
+    fp32 keep their own dtype.
+    """
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
 def triangle_update_rows(
     zn_rows: Tensor,
     zt_rows: Tensor,
@@ -229,8 +259,9 @@ def triangle_update_rows(
         zt_rows, mt_rows, p["a_proj_weight"], p["a_proj_bias"], p["a_gate_weight"], p["a_gate_bias"]
     )
     # [B, I, J, Ch]: x[i, j] = sum_k a_t[i, k] b_t[j, k], accumulated in fp32.
-    x = torch.einsum("bikc,bjkc->bijc", a_t.float(), b_t.float()).to(zn_rows.dtype)
-    x = layer_norm(x, p["ln_out_weight"], p["ln_out_bias"], eps)
+    x = torch.einsum("bikc,bjkc->bijc", a_t.float(), b_t.float())
+    x = x.to(contraction_dtype(zn_rows.dtype))
+    x = layer_norm(x, p["ln_out_weight"], p["ln_out_bias"], eps).to(zn_rows.dtype)
     gate = torch.sigmoid(F.linear(zn_rows, p["out_gate_weight"], p["out_gate_bias"]))
     return F.linear(x, p["out_proj_weight"], p["out_proj_bias"]) * gate
 
@@ -240,31 +271,34 @@ def triangle_update_rows(
 # ----------------------------------------------------------------------------------------------
 
 
-def _attend_rows(
+def _attend_queries(
     q: Tensor,
+    gate: Tensor | None,
+    bias: Tensor | None,
+    *,
     k: Tensor,
     v: Tensor,
     mask: Tensor | None,
-    gate: Tensor | None,
-    *,
-    bias: Tensor | None,
     scale: float,
 ) -> Tensor:
-    """One block of rows: q, k, v, gate [B, R, N, H, D]; mask [B, R, N]; bias [B, H, N, N]."""
-    # [B, R, H, Nq, Nk] in fp32
-    s = torch.einsum("brqhd,brkhd->brhqk", q.float() * scale, k.float())
+    """A block of queries: q, gate [B, R, Nq, H, D]; bias [B, H, Nq, Nk]; k, v [B, R, Nk, H, D];
+    mask [B, R, Nk]. Logits, softmax and sums in fp32; the [B, R, H, Nq, Nk] logits are the
+    only block-sized temporaries (the additions and masking are in place)."""
+    s = torch.matmul((q.float() * scale).transpose(2, 3), k.float().permute(0, 1, 3, 4, 2))
     if bias is not None:
-        s = s + bias.float()[:, None]
+        s += bias.float()[:, None]  # [B, R, H, Nq, Nk]
+    has_key = None
     if mask is not None:
         keep = mask.bool()[:, :, None, None, :]  # [B, R, 1, 1, Nk]
-        s = s.masked_fill(~keep, float("-inf"))
+        s.masked_fill_(~keep, float("-inf"))
         # A query with no key left attends to nothing: zeros, with zero (not NaN) gradients.
-        has_key = keep.any(dim=-1, keepdim=True)
-        s = s.masked_fill(~has_key, 0.0)
-        p = torch.softmax(s, dim=-1) * has_key
-    else:
-        p = torch.softmax(s, dim=-1)
-    out = torch.einsum("brhqk,brkhd->brqhd", p, v.float())
+        has_key = keep.any(dim=-1, keepdim=True)  # [B, R, 1, 1, 1]
+        s.masked_fill_(~has_key, 0.0)
+    p = torch.softmax(s, dim=-1)
+    del s
+    out = torch.matmul(p, v.float().transpose(2, 3)).transpose(2, 3)  # [B, R, Nq, H, D]
+    if has_key is not None:
+        out = out * has_key.view(*has_key.shape[:2], 1, 1, 1)
     if gate is not None:
         out = out * torch.sigmoid(gate.float())
     return out.to(q.dtype)
@@ -293,7 +327,8 @@ def axial_attention(
         mask: [B, R, N] key mask per row, 1 = keep; a query whose keys are all masked gives zeros.
         gate: [B, R, N, H, D] gate logits: out *= sigmoid(gate), or None.
         scale: logits scale applied to q; default D ** -0.5.
-        chunk_size: process rows in blocks of this many (bounds the [.., N, N] logits memory).
+        chunk_size: process queries in blocks of this many (the logits are [B, R, H, chunk, N]
+            at a time; for the sequence attention, R = 1, rows would not bound them).
 
     Returns:
         [B, R, N, H, D] in q.dtype (softmax and sums in fp32). The output projection (linear_o)
@@ -317,6 +352,8 @@ def axial_attention(
     if mask is not None and tuple(mask.shape) != (B, R, N):
         raise ValueError(f"axial_attention: mask must be {(B, R, N)}, got {tuple(mask.shape)}")
     scale = D**-0.5 if scale is None else float(scale)
+    # Queries are dim 2 of q, gate and bias alike.
     return chunk_rows(
-        _attend_rows, q, k, v, mask, gate, chunk_size=chunk_size, dim=1, bias=bias, scale=scale
-    )
+        _attend_queries, q, gate, bias, chunk_size=chunk_size, dim=2, k=k, v=v, mask=mask,
+        scale=scale,
+    )  # fmt: skip
