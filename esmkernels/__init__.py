@@ -13,6 +13,7 @@ from esmkernels.checkpoint import FORMATS, load_checkpoint, save_checkpoint
 from esmkernels.configuration import EsmConfig, EsmFoldConfig, StructureModuleConfig, TrunkConfig
 from esmkernels.embeddings import EmbeddingStore, open_embeddings
 from esmkernels.fasta import read_fasta, write_fasta
+from esmkernels.integrations import accelerate, patch_transformers, unpatch_transformers
 from esmkernels.modeling_utils import PreTrainedMixin
 from esmkernels.models.esm import (
     EsmForMaskedLM,
@@ -56,10 +57,13 @@ __all__ = [
     "TokenClassifierOutput",
     "TrunkConfig",
     "__version__",
+    "accelerate",
     "load_checkpoint",
     "open_embeddings",
+    "patch_transformers",
     "read_fasta",
     "save_checkpoint",
     "score_variants",
+    "unpatch_transformers",
     "write_fasta",
 ]

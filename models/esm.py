@@ -165,38 +165,58 @@ class EsmSelfAttention(ref_layers.EsmSelfAttention):
         """
         exact = output_attentions or (self.training and self.dropout_prob > 0)
         inv_freq = None if self.rotary_embeddings is None else self.rotary_embeddings.inv_freq
-        inv_freq = None if inv_freq is None else inv_freq.float()
-        if isinstance(key_padding_mask, PackedBatch):
-            if exact:
-                raise RuntimeError(
-                    "internal: packed attention cannot return probabilities or apply dropout"
-                )
-            pack = key_padding_mask
-            out = rotary_attention(
-                q[0],
-                k[0],
-                v[0],
-                inv_freq=inv_freq,
-                position_ids=pack.position_ids,
-                cu_seqlens=pack.cu_seqlens,
-                max_seqlen=pack.max_seqlen,
-                backend=self.backend,
+        if isinstance(key_padding_mask, PackedBatch) and exact:
+            raise RuntimeError(
+                "internal: packed attention cannot return probabilities or apply dropout"
             )
-            return out[None], None
         if exact:
             return super().attend(q, k, v, key_padding_mask, position_ids, output_attentions)
-        if position_ids is not None and position_ids.shape[0] == 1 < q.shape[0]:
-            position_ids = position_ids[0]  # [1, L] shared by the batch: the op takes [L]
-        out = rotary_attention(
-            q,
-            k,
-            v,
-            inv_freq=inv_freq,
-            position_ids=position_ids,
-            key_padding_mask=key_padding_mask,
-            backend=self.backend,
-        )
+        out = fused_attention(q, k, v, key_padding_mask, position_ids, inv_freq, self.backend)
         return out, None
+
+
+def fused_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | PackedBatch | None,
+    position_ids: torch.Tensor | None,
+    inv_freq: torch.Tensor | None,
+    backend: str | None,
+) -> torch.Tensor:
+    """The fused attention core of an ESM layer, padded or packed.
+
+    Padded: q, k, v [B, L, H, D] unscaled projections; key_padding_mask [B, L] (1 = keep) or None;
+    position_ids [B, L] / [1, L] rotary positions or None (0..L-1). Packed: q, k, v [1, T, H, D]
+    and key_padding_mask a `PackedBatch` (which carries the positions); attention runs per
+    sequence over its `cu_seqlens`. inv_freq: [D/2] rotary frequencies, None without rotary.
+    Returns the context in q's shape.
+    """
+    inv_freq = None if inv_freq is None else inv_freq.float()
+    if isinstance(key_padding_mask, PackedBatch):
+        pack = key_padding_mask
+        out = rotary_attention(
+            q[0],
+            k[0],
+            v[0],
+            inv_freq=inv_freq,
+            position_ids=pack.position_ids,
+            cu_seqlens=pack.cu_seqlens,
+            max_seqlen=pack.max_seqlen,
+            backend=backend,
+        )
+        return out[None]
+    if position_ids is not None and position_ids.shape[0] == 1 < q.shape[0]:
+        position_ids = position_ids[0]  # [1, L] shared by the batch: the op takes [L]
+    return rotary_attention(
+        q,
+        k,
+        v,
+        inv_freq=inv_freq,
+        position_ids=position_ids,
+        key_padding_mask=key_padding_mask,
+        backend=backend,
+    )
 
 
 class EsmEncoder(ref_layers.EsmEncoder):
@@ -344,4 +364,5 @@ __all__ = [
     "EsmSelfAttention",
     "PackedBatch",
     "check_backend",
+    "fused_attention",
 ]
