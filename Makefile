@@ -1,4 +1,6 @@
 # One-command set-up and runs on a fresh CPU-only machine.
+#   make demo   - create .venv and install, then embed, fold and score examples/demo.fasta offline
+#                 with small random-weight checkpoints (the main job; outputs under demo_out/)
 #   make test   - create .venv, install a pinned CPU torch + the package with test extras, run the suite
 #   make bench  - same set-up, then run the benchmark suite and record results under bench/results/
 # TORCH_SPEC pins torch; on a CPU machine point TORCH_INDEX at a CPU wheel index if your pip
@@ -17,7 +19,7 @@ PYTEST_ARGS ?=
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast bench mutants lint clean
+.PHONY: setup demo test test-fast bench mutants lint clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +31,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The main job: nothing is downloaded; the output says where everything went.
+demo: $(STAMP)
+	$(VPY) -m esmkernels demo --out demo_out
 
 # TRITON_INTERPRET=1 makes every kernel run (interpreted) on the CPU; tests/conftest.py sets it too.
 # The `slow` tests compile every kernel for sm_90 (no GPU needed) and are part of `make test`;
@@ -54,4 +60,4 @@ lint: $(STAMP)
 	$(VPY) -m ruff check . && $(VPY) -m ruff format --check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .benchmarks
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .benchmarks demo_out

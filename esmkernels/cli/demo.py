@@ -1,0 +1,274 @@
+"""`esmkernels demo` (`make demo`): embed, fold and score real proteins, offline, in a minute.
+
+Nothing is downloaded. The demo writes two small checkpoints in real HF format (config.json,
+model.safetensors, vocab.txt) with RANDOM weights generated from a fixed seed: an ESM-2-style
+language model and an ESMFold-style folding model. With them it runs the real commands on
+`examples/demo.fasta` (ubiquitin, protein G B1, villin HP35, Trp-cage, and insulin's A:B
+dimer):
+
+  embed   the chains -> DIR/embeddings (store; read it with esmkernels.open_embeddings)
+  fold    every record -> DIR/structures (PDB, PAE JSON, summary.tsv)
+  score   ubiquitin mutations (I44A, L8A, K48R, F4A:I44A) -> DIR/scores.csv
+
+then checks the fast models against the plain-PyTorch reference on the same inputs (largest
+difference) and times both (speed ratio), and prints the commands to rerun with real weights.
+Random weights make every number meaningless as biology; the demo shows that the pipeline
+runs, where the outputs go, and that the fast path agrees with the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from esmkernels.cli._common import EXIT_OK, command_parser, log, output_dir
+
+EXAMPLE = """
+esmkernels demo --out demo_out/
+make demo
+"""
+
+SEED = 0
+MUTATIONS = "I44A,L8A,K48R,F4A:I44A"
+STEM = dict(
+    vocab_size=33,
+    pad_token_id=1,
+    mask_token_id=32,
+    hidden_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=256,
+    max_position_embeddings=1026,
+    position_embedding_type="rotary",
+    token_dropout=True,
+    emb_layer_norm_before=False,
+    layer_norm_eps=1e-5,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+TRUNK = dict(
+    num_blocks=2,
+    sequence_state_dim=64,
+    pairwise_state_dim=32,
+    sequence_head_width=16,
+    pairwise_head_width=16,
+    position_bins=32,
+    max_recycles=4,
+    structure_module=dict(
+        sequence_dim=64,
+        pairwise_dim=32,
+        ipa_dim=16,
+        resnet_dim=32,
+        num_heads_ipa=4,
+        num_qk_points=4,
+        num_v_points=8,
+        num_blocks=2,
+        dropout_rate=0.0,
+    ),
+)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = command_parser(
+        subparsers,
+        "demo",
+        "embed, fold and score a demo FASTA with small random-weight checkpoints (offline)",
+        EXAMPLE,
+        __doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument("--out", "-o", default="demo_out", help="output directory (default demo_out)")
+    p.add_argument("--fasta", default=None, help="input FASTA (default: examples/demo.fasta)")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when present)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    return p
+
+
+def demo_fasta() -> Path:
+    """examples/demo.fasta of a source checkout, else the copy installed with the package."""
+    here = Path(__file__).resolve()
+    for candidate in (
+        here.parents[2] / "examples" / "demo.fasta",
+        here.parents[1] / "data" / "demo.fasta",
+    ):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("demo.fasta is missing from this installation")
+
+
+def _perturb(model, seed: int) -> None:
+    """Seeded noise on every weight: the reference init zeroes many residual branches, which
+    would make a random model's outputs trivially constant."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def make_checkpoints(root: Path) -> tuple[Path, Path]:
+    """The two random-weight HF checkpoints (written once; the same bytes every time)."""
+    import torch
+
+    from esmkernels.configuration import EsmConfig
+    from esmkernels.reference.esm import EsmForMaskedLM
+    from esmkernels.reference.esmfold.modeling import EsmForProteinFolding
+    from esmkernels.tokenization import EsmTokenizer
+
+    lm_dir, fold_dir = root / "esm2_demo_random_weights", root / "esmfold_demo_random_weights"
+    if not (lm_dir / "model.safetensors").is_file():
+        torch.manual_seed(SEED)
+        lm = EsmForMaskedLM(EsmConfig(**STEM)).eval()
+        _perturb(lm, SEED)
+        lm.save_pretrained(lm_dir)
+        EsmTokenizer().save_pretrained(lm_dir)
+    if not (fold_dir / "model.safetensors").is_file():
+        torch.manual_seed(SEED + 1)
+        fold = dict(fp16_esm=False, lddt_head_hid_dim=32, trunk=TRUNK)
+        model = EsmForProteinFolding(
+            EsmConfig(**STEM, is_folding_model=True, esmfold_config=fold)
+        ).eval()
+        _perturb(model, SEED + 1)
+        model.save_pretrained(fold_dir)
+        EsmTokenizer().save_pretrained(fold_dir)
+    return lm_dir, fold_dir
+
+
+def _best_time(fn, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def compare_lm(lm_dir: Path, sequences: list[str], device) -> tuple[float, float, float]:
+    """(largest |fast - reference| of the last hidden state, reference s, fast s) on a batch."""
+    import torch
+
+    from esmkernels.models.esm import EsmModel
+    from esmkernels.reference.esm import EsmModel as RefEsmModel
+    from esmkernels.tokenization import EsmTokenizer
+
+    enc = EsmTokenizer()(sequences, padding=True, return_tensors="pt").to(device)
+    fast = EsmModel.from_pretrained(lm_dir, device=device)
+    slow = RefEsmModel.from_pretrained(lm_dir, device=device)
+    with torch.inference_mode():
+        a = fast(**enc).last_hidden_state
+        b = slow(**enc).last_hidden_state
+        keep = enc["attention_mask"].bool()
+        diff = float((a[keep] - b[keep]).abs().max())
+        t_ref = _best_time(lambda: slow(**enc))
+        t_fast = _best_time(lambda: fast(**enc))
+    return diff, t_ref, t_fast
+
+
+def compare_fold(fold_dir: Path, sequence: str, device) -> tuple[float, float, float, float]:
+    """(largest |fast - reference| atom position in A, of pLDDT, reference s, fast s)."""
+    import torch
+
+    from esmkernels.models.esmfold import EsmForProteinFolding
+    from esmkernels.reference.esmfold.modeling import EsmForProteinFolding as RefFold
+
+    fast = EsmForProteinFolding.from_pretrained(fold_dir, device=device)
+    slow = RefFold.from_pretrained(fold_dir, device=device)
+    with torch.inference_mode():
+        a = fast.infer(sequence, num_recycles=1)
+        b = slow.infer(sequence, num_recycles=1)
+        pos = float((a.positions[-1] - b.positions[-1]).abs().max())
+        plddt = float((a.plddt - b.plddt).abs().max()) * 100
+        t_ref = _best_time(lambda: slow.infer(sequence, num_recycles=1), 2)
+        t_fast = _best_time(lambda: fast.infer(sequence, num_recycles=1), 2)
+    return pos, plddt, t_ref, t_fast
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from esmkernels.cli import main
+    from esmkernels.fasta import read_records, write_fasta
+
+    out = output_dir(args.out)
+    source = Path(args.fasta) if args.fasta else demo_fasta()
+    quiet = ["--quiet"] if args.quiet else []
+    device = ["--device", args.device] if args.device else []
+    started = time.perf_counter()
+    banner = "RANDOM WEIGHTS: every score, embedding and structure below is meaningless as biology"
+    print("=" * len(banner))
+    print(banner)
+    print("=" * len(banner))
+    lm_dir, fold_dir = make_checkpoints(out / "checkpoints")
+    print(f"checkpoints (HF format, random weights, seed {SEED}):\n  {lm_dir}\n  {fold_dir}")
+
+    records, _ = read_records(source, multimer=True, warn=log)
+    chains = []
+    for r in records:
+        parts = r.sequence.split(":")
+        for c, chain in enumerate(parts):
+            chains.append((r.id if len(parts) == 1 else f"{r.id}_chain{'ABCDEFGH'[c]}", chain))
+    chain_fasta = out / "demo_chains.fasta"
+    write_fasta(chains, chain_fasta)
+    wild_type = records[0].sequence
+
+    log(f"\n[1/3] embed {len(chains)} chains")
+    codes = {}
+    codes["embed"] = main(
+        ["embed", str(chain_fasta), "--model", str(lm_dir), "--out", str(out / "embeddings")]
+        + ["--include", "mean", "per_tok", "contacts", *quiet, *device]
+    )
+    log(f"\n[2/3] fold {len(records)} records ({source.name})")
+    codes["fold"] = main(
+        ["fold", str(source), "--model", str(fold_dir), "--out", str(out / "structures")]
+        + ["--pae", "--num-recycles", "1", *quiet, *device]
+    )
+    log(f"\n[3/3] score {MUTATIONS} of {records[0].id}")
+    codes["score"] = main(
+        ["score", "--model", str(lm_dir), "--sequence", wild_type, "--mutations", MUTATIONS]
+        + ["--out", str(out / "scores.csv"), *device]
+    )
+
+    dev = torch.device(args.device) if args.device else None
+    if dev is None:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    lm_diff, lm_ref, lm_fast = compare_lm(lm_dir, [s for _, s in chains], dev)
+    pos_diff, plddt_diff, fold_ref, fold_fast = compare_fold(fold_dir, records[0].sequence, dev)
+
+    print("\noutputs")
+    print(
+        f"  embeddings  {out / 'embeddings'}  (esmkernels.open_embeddings('{out / 'embeddings'}'))"
+    )
+    print(f"  structures  {out / 'structures'}  (PDB + PAE JSON per record, summary.tsv)")
+    print(f"  scores      {out / 'scores.csv'}")
+    print(f"\nfast vs reference (same checkpoint, same inputs, on {dev})")
+    print(f"  language model: largest |difference| of the final hidden states {lm_diff:.2e}")
+    print(f"  ESMFold: largest atom position difference {pos_diff:.2e} A, pLDDT {plddt_diff:.2e}")
+    print("speed (this machine, these tiny random models; best of a few runs)")
+    print(
+        f"  language model: reference {lm_ref * 1e3:.1f} ms, fast {lm_fast * 1e3:.1f} ms, "
+        f"{lm_ref / lm_fast:.2f}x"
+    )
+    print(
+        f"  ESMFold: reference {fold_ref * 1e3:.0f} ms, fast {fold_fast * 1e3:.0f} ms, "
+        f"{fold_ref / fold_fast:.2f}x"
+    )
+    if dev.type != "cuda":
+        print(
+            "  (on a CPU both run PyTorch code; the Triton kernels need a CUDA GPU, so this ratio"
+        )
+        print("   says nothing about GPU speed: see `make bench` on a GPU)")
+    print("\nrerun with real weights (downloaded from the Hugging Face Hub, or a local directory):")
+    print(f"  esmkernels embed {chain_fasta} --model facebook/esm2_t33_650M_UR50D --out emb/")
+    print(f"  esmkernels fold {source} --model facebook/esmfold_v1 --out structures/ --pae")
+    print(f"  esmkernels score --model facebook/esm1v_t33_650M_UR90S_1 --sequence {wild_type} \\")
+    print(f"      --mutations {MUTATIONS}")
+    print(f"\ndone in {time.perf_counter() - started:.0f} s; {banner.split(':')[0].lower()}.")
+    failed = [name for name, code in codes.items() if code != EXIT_OK]
+    if failed:
+        log(f"demo: {', '.join(failed)} did not finish cleanly (exit codes {codes})")
+        return max(codes.values())
+    return EXIT_OK
+
+
+__all__ = ["add_parser", "demo_fasta", "make_checkpoints", "run"]
