@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 # spill expectations were tuned on this release.
 TRITON_SPEC ?= triton==3.9.0
 TORCH_INDEX ?=
-EXTRAS ?= test,hub,peer
+EXTRAS ?= test,hub,peer,plot
 HYPOTHESIS_PROFILE ?= ci
 PYTEST_ARGS ?=
 

@@ -1,0 +1,179 @@
+"""ESMFold structure prediction, esmkernels vs the reference and transformers.
+
+`real` is the full-size model (ESM-2 3B stem, 48 trunk blocks, c_s 1024, c_z 128) with random
+weights; `tiny` the tests' toy model. One sequence of L random residues per call,
+`num_recycles` recycles (default 0: one trunk pass). Each provider builds its own model from
+the same seed (timing does not depend on the weights' values; transformers' init differs).
+
+Providers: `reference` (esmkernels.reference), `torch` (the fast model's torch backend),
+`triton` (fast model, kernels), `hf` (transformers' EsmForProteinFolding).
+
+`longest_fold` probes upward in length until a fold runs out of memory or time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from esmkernels.benchmarks.kernels import check_triton
+from esmkernels.benchmarks.lm import config_kwargs
+from esmkernels.benchmarks.peers import transformers_module
+from esmkernels.benchmarks.timing import free_memory, is_oom
+from esmkernels.benchmarks.workloads import Unavailable, Workload
+
+PROVIDERS = ("reference", "torch", "triton", "hf")
+CASES = ("fold",)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    stem: str
+    trunk: dict
+    lengths: tuple[int, ...]
+
+
+_TINY_TRUNK = dict(
+    num_blocks=1, sequence_state_dim=32, pairwise_state_dim=16, sequence_head_width=8,
+    pairwise_head_width=8, position_bins=4, max_recycles=2, chunk_size=None,
+    structure_module=dict(sequence_dim=16, pairwise_dim=8, ipa_dim=8, resnet_dim=8,
+                          num_heads_ipa=2, num_qk_points=2, num_v_points=2, num_blocks=2,
+                          dropout_rate=0.0),
+)  # fmt: skip
+SIZES = {
+    "real": Sizes("esm2_3B", {}, (256, 1024)),
+    "tiny": Sizes("tiny", _TINY_TRUNK, (8, 16)),
+}
+
+
+def fold_config_kwargs(size: str) -> dict:
+    """Keywords of an ESMFold EsmConfig (ours or transformers')."""
+    s = SIZES[size]
+    stem = {**config_kwargs(s.stem), "max_position_embeddings": 4098}
+    fold = {"trunk": dict(s.trunk)} if s.trunk else {}
+    if size == "tiny":
+        fold["lddt_head_hid_dim"] = 16
+    from esmkernels.configuration import ESM_VOCAB
+
+    return {**stem, "is_folding_model": True, "esmfold_config": fold, "vocab_list": list(ESM_VOCAB)}
+
+
+def build_model(provider: str, size: str, device, dtype, chunk_size: int | None = None):
+    torch.manual_seed(0)
+    if provider == "hf":
+        transformers = transformers_module()
+        esmfold = transformers_module("transformers.models.esm.modeling_esmfold")
+        model = esmfold.EsmForProteinFolding(transformers.EsmConfig(**fold_config_kwargs(size)))
+        model = model.to(device)
+        if dtype != torch.float32:
+            model.to(dtype)
+        if chunk_size is not None:
+            model.trunk.set_chunk_size(chunk_size)
+        return model.eval()
+    from esmkernels.configuration import EsmConfig
+
+    config = EsmConfig(**fold_config_kwargs(size))
+    if provider == "reference":
+        from esmkernels.reference.esmfold.modeling import EsmForProteinFolding
+
+        model = EsmForProteinFolding(config)
+    else:
+        from esmkernels.models.esmfold import EsmForProteinFolding
+
+        if provider == "triton":
+            check_triton(torch.device(device))
+        model = EsmForProteinFolding(config, backend=provider)
+    model = model.to_device_dtype(device=device, dtype=None if dtype == torch.float32 else dtype)
+    model.set_chunk_size(chunk_size)
+    return model.eval()
+
+
+class Models:
+    """One fold model at a time (two full-size ones would double the memory)."""
+
+    def __init__(self, size: str, device, dtype, chunk_size: int | None = None):
+        self.size, self.device, self.dtype, self.chunk_size = size, device, dtype, chunk_size
+        self._current = None
+
+    def get(self, provider: str):
+        if self._current is not None and self._current[0] == provider:
+            return self._current[1]
+        self._current = None
+        free_memory(self.device)
+        model = build_model(provider, self.size, self.device, self.dtype, self.chunk_size)
+        self._current = (provider, model)
+        return model
+
+
+def sequence(length: int, device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 20, (1, length), generator=g).to(device)
+    return ids, torch.ones_like(ids)
+
+
+def build(
+    case: str, provider: str, length: int, *, models: Models, num_recycles: int = 0
+) -> Workload:
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown provider {provider!r}; choose from {PROVIDERS}")
+    model = models.get(provider)
+    ids, mask = sequence(length, models.device)
+
+    def forward():
+        return model(ids, attention_mask=mask, num_recycles=num_recycles).positions
+
+    meta = {"num_recycles": num_recycles, "chunk_size": models.chunk_size, "size": models.size}
+    return Workload(forward, tokens=length, meta=meta)
+
+
+def longest_fold(
+    provider: str,
+    lengths,
+    *,
+    models: Models,
+    deadline: float,
+    num_recycles: int = 0,
+    on_result=None,
+) -> list[dict]:
+    """Fold at each length in increasing order until one runs out of memory, fails, or the
+    next would pass `deadline` (time.monotonic(); the estimate scales the last fold by the
+    cube of the length ratio, the trunk's cost). One call per length, no warm-up."""
+    results, last = [], None
+    for L in sorted(lengths):
+        if last is not None:
+            estimate = last["seconds"] * (L / last["length"]) ** 3
+            if time.monotonic() + estimate > deadline:
+                results.append(
+                    {"length": L, "status": f"not tried: ~{estimate:.0f} s left no time"}
+                )
+                break
+        elif time.monotonic() >= deadline:
+            break
+        try:
+            work = build("fold", provider, L, models=models, num_recycles=num_recycles)
+            device = torch.device(models.device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.monotonic()
+            with torch.no_grad():
+                work.forward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            row = {"length": L, "status": "ok", "seconds": time.monotonic() - t0}
+            if device.type == "cuda":
+                row["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        except Unavailable:
+            raise
+        except Exception as e:  # noqa: BLE001 - the probe records how each length ended
+            free_memory(torch.device(models.device))
+            row = {"length": L, "status": "oom" if is_oom(e) else f"error: {type(e).__name__}: {e}"}
+        results.append(row)
+        if on_result is not None:
+            on_result(row)
+        if row["status"] != "ok":
+            break
+        last = row
+    return results

@@ -1,0 +1,168 @@
+"""Run a suite: every (case, length, provider, mode) timed the same way, one record each.
+
+A record is a plain dict (JSON-ready): suite, case, provider, mode, length, dtype, device,
+status ("ok" | "oom" | "unavailable: why" | "error: ..." | "not run: time budget"), ms, reps,
+peak_mb, flops, bytes, tflops, tbps, tokens, tokens_per_s, meta. `on_record` sees each record
+as soon as it exists (the GPU session writes its files from it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from esmkernels.benchmarks import fold, kernels, lm, memory
+from esmkernels.benchmarks.timing import free_memory, measure
+from esmkernels.benchmarks.workloads import MODES, Unavailable
+
+SUITES = ("kernels", "lm", "fold", "memory")
+PROVIDERS = ("reference", "torch", "triton", "hf")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_MODULES = {"kernels": kernels, "lm": lm, "fold": fold, "memory": memory}
+
+
+def suite_cases(suite: str) -> tuple[str, ...]:
+    return _MODULES[suite].CASES
+
+
+def default_lengths(suite: str, case: str, size: str) -> tuple[int, ...]:
+    if suite == "kernels":
+        return kernels.default_lengths(case, size)
+    if suite == "lm":
+        return lm.SIZES[size].lengths
+    return fold.SIZES[size].lengths
+
+
+def _record(suite, case, provider, mode, length, dtype, device) -> dict:
+    return {
+        "suite": suite, "case": case, "provider": provider, "mode": mode, "length": length,
+        "dtype": str(dtype).removeprefix("torch."), "device": device.type, "status": None,
+        "ms": None, "reps": 0, "peak_mb": None, "flops": None, "bytes": None, "tflops": None,
+        "tbps": None, "tokens": None, "tokens_per_s": None, "meta": {},
+    }  # fmt: skip
+
+
+def _fill(record: dict, work, mode: str, timing) -> None:
+    flops, nbytes = work.work(mode)
+    record.update(status=timing.status, ms=timing.ms, reps=timing.reps, peak_mb=timing.peak_mb)
+    record.update(flops=flops, bytes=nbytes, tokens=work.tokens, meta=dict(work.meta))
+    if timing.ms:
+        seconds = timing.ms / 1e3
+        record["tflops"] = None if flops is None else flops / seconds / 1e12
+        record["tbps"] = None if nbytes is None else nbytes / seconds / 1e12
+        record["tokens_per_s"] = None if work.tokens is None else work.tokens / seconds
+    if "predicted_mb" in work.meta and timing.peak_mb:
+        record["meta"]["predicted_over_measured"] = work.meta["predicted_mb"] / timing.peak_mb
+
+
+def check_arguments(suite, providers, cases, modes, size) -> None:
+    """ValueError naming the first unknown suite, provider, case, mode or size."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; choose from {SUITES}")
+    bad = [p for p in providers if p not in PROVIDERS]
+    if bad:
+        raise ValueError(f"unknown providers {bad}; choose from {PROVIDERS}")
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"unknown modes {bad}; choose from {MODES}")
+    if size not in kernels.SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {tuple(kernels.SIZES)}")
+    bad = [c for c in cases or () if c not in suite_cases(suite)]
+    if bad:
+        raise ValueError(f"unknown {suite} cases {bad}; choose from {suite_cases(suite)}")
+
+
+def run_suite(
+    suite: str,
+    *,
+    providers: Sequence[str] = PROVIDERS,
+    lengths: Sequence[int] | None = None,
+    cases: Sequence[str] | None = None,
+    modes: Sequence[str] = ("fwd",),
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    size: str = "tiny",
+    max_time: float = 1.0,
+    num_recycles: int = 0,
+    chunk_size: int | None = None,
+    deadline: float | None = None,
+    on_record: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Records of one suite (see the module docstring). `deadline`: time.monotonic() after
+    which nothing new starts (the rest is recorded as not run)."""
+    check_arguments(suite, providers, cases, modes, size)
+    cases = tuple(suite_cases(suite) if cases is None else cases)
+    if suite != "kernels":
+        modes = ("fwd",)  # whole models: inference
+    device = torch.device(device)
+    records: list[dict] = []
+
+    def emit(record: dict) -> None:
+        records.append(record)
+        if on_record is not None:
+            on_record(record)
+
+    if suite in ("lm",):
+        models = lm.Models(lm.SIZES[size].shape, device, dtype)
+    elif suite in ("fold", "memory"):
+        models = fold.Models(size, device, dtype, chunk_size)
+    else:
+        models = None
+
+    def plan():
+        if models is None:  # kernels: inputs per length, cheap to rebuild
+            for case in cases:
+                for length in lengths or default_lengths(suite, case, size):
+                    for provider in providers:
+                        yield case, provider, length
+        else:  # one model per provider, built once
+            for provider in providers:
+                for case in cases:
+                    for length in lengths or default_lengths(suite, case, size):
+                        yield case, provider, length
+
+    for case, provider, length in plan():
+        work = None
+        for mode in modes:
+            record = _record(suite, case, provider, mode, length, dtype, device)
+            if deadline is not None and time.monotonic() >= deadline:
+                record["status"] = "not run: time budget"
+                emit(record)
+                continue
+            try:
+                if work is None:
+                    work = _build(suite, case, provider, length, models, size, device, dtype,
+                                  num_recycles)  # fmt: skip
+                timing = measure(work.callable_for(mode), device, max_time=max_time)
+                _fill(record, work, mode, timing)
+            except Unavailable as e:
+                record["status"] = f"unavailable: {e}"
+                work = None
+            except Exception as e:  # noqa: BLE001 - one broken case must not end the run
+                record["status"] = (
+                    "oom"
+                    if "out of memory" in str(e).lower()
+                    else (f"error: {type(e).__name__}: {str(e)[:300]}")
+                )
+                free_memory(device)
+            emit(record)
+            if record["status"].startswith("unavailable"):
+                # the same reason holds for the other modes
+                for other in modes[modes.index(mode) + 1 :]:
+                    emit({**record, "mode": other})
+                break
+        del work
+    free_memory(device)
+    return records
+
+
+def _build(suite, case, provider, length, models, size, device, dtype, num_recycles):
+    if suite == "kernels":
+        return kernels.build(case, provider, length, size=size, device=device, dtype=dtype)
+    if suite == "lm":
+        return lm.build(case, provider, length, models=models, size=size)
+    if suite == "fold":
+        return fold.build(case, provider, length, models=models, num_recycles=num_recycles)
+    return memory.build(case, provider, length, models=models, num_recycles=num_recycles)

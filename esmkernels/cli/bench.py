@@ -1,0 +1,162 @@
+"""`esmkernels bench`: time the kernels and models against their peers; table, JSON and plots.
+
+    esmkernels bench --suite kernels --compare reference,torch,triton,hf --lengths 256,512,1024
+    esmkernels bench --suite lm --dtype bfloat16
+    esmkernels bench --suite all --out bench/results/my-run
+
+Prints one row per (case, mode, length, provider): median time, throughput, peak memory and
+the ratio to each other provider (peer time / row time: above 1 the row is faster). Writes
+`bench.json` (records, device, torch / triton / transformers versions, commit) and one PNG per
+suite (time and memory vs length, one line per provider) under
+`bench/results/<date>-<device>-<commit>/` unless `--out` says otherwise. transformers (`hf`) and
+matplotlib (plots) are optional: without them the table still prints and the run says what it
+left out. On a CPU the default sizes are tiny and `triton` runs only under TRITON_INTERPRET=1
+(interpreted times are not kernel speeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from esmkernels.cli._common import EXIT_FAILED, EXIT_OK, UsageError, command_parser
+
+SUITE_CHOICES = ("kernels", "lm", "fold", "memory", "all")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _lengths(text: str) -> list[int]:
+    out = []
+    for t in _csv(text):
+        try:
+            value = int(t)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--lengths: {t!r} is not an integer") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"--lengths: {value} must be >= 1")
+        out.append(value)
+    if not out:
+        raise argparse.ArgumentTypeError("--lengths: give at least one length")
+    return out
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = command_parser(
+        subparsers,
+        "bench",
+        "benchmark kernels and models against their peers (table, JSON, plots)",
+        """
+        esmkernels bench --suite kernels --compare reference,torch,triton --lengths 256,1024
+        """,
+        description=__doc__.split("\n\n", 2)[2],
+    )
+    p.add_argument("--suite", default="kernels", choices=SUITE_CHOICES)
+    p.add_argument(
+        "--compare",
+        type=_csv,
+        default=["reference", "torch", "triton", "hf"],
+        help="providers, comma separated (default: reference,torch,triton,hf)",
+    )
+    p.add_argument("--lengths", type=_lengths, default=None, help="e.g. 256,512,1024")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "bfloat16", "float16", "float32"),
+        help="auto: bfloat16 on CUDA (float32 for fold), float32 on CPU",
+    )
+    p.add_argument("--modes", type=_csv, default=["fwd"], help="kernels: fwd,bwd,fwd+bwd")
+    p.add_argument("--cases", type=_csv, default=None, help="subset of the suite's cases")
+    p.add_argument("--size", default="auto", choices=("auto", "real", "tiny"),
+                   help="auto: the models' real sizes on CUDA, tiny ones on CPU")  # fmt: skip
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when usable)")
+    p.add_argument("--max-time", type=float, default=1.0, help="seconds per measurement")
+    p.add_argument("--num-recycles", type=int, default=0, help="fold: recycles per call")
+    p.add_argument("--chunk-size", type=int, default=None, help="fold: trunk chunk size")
+    p.add_argument("--out", type=Path, default=None, help="output directory")
+    p.add_argument("--no-plot", action="store_true", help="write no PNG")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from esmkernels.benchmarks import environment, report, runner
+
+    device = torch.device(args.device) if args.device else environment.default_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available here")
+    bad = [p for p in args.compare if p not in runner.PROVIDERS]
+    if bad or not args.compare:
+        raise UsageError(f"--compare {bad or args.compare}: choose from {runner.PROVIDERS}")
+    if args.max_time <= 0:
+        raise UsageError(f"--max-time {args.max_time} must be > 0")
+    size = args.size if args.size != "auto" else ("real" if device.type == "cuda" else "tiny")
+    suites = runner.SUITES if args.suite == "all" else (args.suite,)
+    if args.cases and len(suites) > 1:
+        raise UsageError("--cases needs a single --suite")
+    try:
+        for suite in suites:
+            runner.check_arguments(suite, args.compare, args.cases, args.modes, size)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+    out = args.out or environment.results_dir(device=device)
+    env = environment.environment(device)
+    records: list[dict] = []
+    written: list[Path] = []
+    notes: list[str] = []
+    for suite in suites:
+        if args.dtype != "auto":
+            dtype = runner.DTYPES[args.dtype]
+        elif device.type == "cuda" and suite in ("kernels", "lm"):
+            dtype = torch.bfloat16
+        else:
+            dtype = torch.float32
+        found = runner.run_suite(
+            suite,
+            providers=args.compare,
+            lengths=args.lengths,
+            cases=args.cases,
+            modes=args.modes,
+            dtype=dtype,
+            device=device,
+            size=size,
+            max_time=args.max_time,
+            num_recycles=args.num_recycles,
+            chunk_size=args.chunk_size,
+        )
+        records += found
+        if not args.no_plot:
+            title = f"esmkernels bench {suite} - {env['device']} - {env['commit'][:10]}"
+            png = report.plot(found, out / f"{suite}.png", title)
+            if png is not None:
+                written.append(png)
+            elif not report.has("matplotlib"):
+                notes.append("plots: matplotlib is not installed (pip install 'esmkernels[plot]')")
+            else:
+                notes.append(f"plots: {suite}: nothing finished to plot")
+    payload = {
+        "environment": env,
+        "size": size,
+        "arguments": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"
+        },  # fmt: skip
+        "records": records,
+        "left_out": report.left_out(records) + notes,
+    }
+    written.insert(0, report.write_json(out / report.JSON_NAME, payload))
+    print(f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | "
+          f"transformers {env['transformers']} | commit {env['commit'][:10]} | size {size}")  # fmt: skip
+    print(report.table(records, args.compare))
+    for line in payload["left_out"]:
+        print(f"left out: {line}")
+    for path in written:
+        print(f"wrote {path}")
+    failed = [r for r in records if r["status"].startswith("error")]
+    for r in failed:
+        print(f"error: {r['suite']}/{r['case']}/{r['provider']} L={r['length']}: {r['status']}")
+    return EXIT_FAILED if failed else EXIT_OK

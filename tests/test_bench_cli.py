@@ -1,0 +1,94 @@
+"""`esmkernels bench` on CPU at test sizes: table, JSON, PNG; optional peers left out cleanly.
+
+The kernels run interpreted here (TRITON_INTERPRET=1), so the numbers are not speeds; what is
+tested is that every requested (case, provider) is measured or says why not, that the ratios
+printed are the recorded times' ratios, and that the files are written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from esmkernels.benchmarks import peers, report
+from esmkernels.cli import main
+
+CASES = "layer_norm,rotary_attention_varlen,trimul_out"
+FAST = ["--lengths", "8", "--max-time", "0.01", "--cases", CASES]
+
+
+def _run(capsys, tmp_path, *extra):
+    code = main(["bench", "--suite", "kernels", "--out", str(tmp_path), *FAST, *extra])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_kernels_suite_writes_json_png_and_table(capsys, tmp_path):
+    code, out, err = _run(capsys, tmp_path, "--compare", "reference,torch,triton,hf")
+    assert code == 0, out + err
+    payload = json.loads((tmp_path / "bench.json").read_text())
+    env = payload["environment"]
+    assert env["device_type"] == "cpu" and env["torch"] and env["triton"] and env["commit"]
+    assert "transformers" in env and payload["size"] == "tiny"
+    records = {(r["case"], r["provider"]): r for r in payload["records"]}
+    assert len(payload["records"]) == 12  # 3 cases x 4 providers, one mode, one length
+    for case in CASES.split(","):
+        for provider in ("reference", "triton"):
+            r = records[(case, provider)]
+            assert r["status"] == "ok" and r["ms"] > 0 and r["reps"] >= 1, r
+            assert r["length"] == 8 and r["dtype"] == "float32" and r["tokens"] > 0
+    # The peers that cannot run here say why (not silently dropped):
+    assert records[("trimul_out", "torch")]["status"].startswith("unavailable: ")
+    assert "torch.compile" in records[("trimul_out", "torch")]["status"]
+    assert records[("layer_norm", "hf")]["status"].startswith("unavailable: ")
+    assert records[("trimul_out", "hf")]["status"] == "ok"  # transformers' module, same weights
+    assert any("torch.compile" in line for line in payload["left_out"])
+    png = tmp_path / "kernels.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {png}" in out
+    # The printed ratio of triton vs reference is the recorded times' ratio.
+    row = next(line for line in out.splitlines() if "| layer_norm" in line and "| triton" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    header = next(line for line in out.splitlines() if line.startswith("| suite"))
+    names = [c.strip() for c in header.strip("|").split("|")]
+    shown = float(cells[names.index("vs reference")].rstrip("x"))
+    want = records[("layer_norm", "reference")]["ms"] / records[("layer_norm", "triton")]["ms"]
+    assert shown == pytest.approx(want, rel=0.01, abs=0.006)
+    assert "triton (interpreted)" in row
+
+
+def test_without_matplotlib_and_transformers_the_table_still_prints(capsys, tmp_path, monkeypatch):
+    real_has = peers.has
+    absent = lambda name: False if name in ("matplotlib", "transformers") else real_has(name)
+    monkeypatch.setattr(peers, "has", absent)
+    monkeypatch.setattr(report, "has", absent)
+    code, out, _ = _run(capsys, tmp_path, "--compare", "reference,hf", "--cases", "trimul_out")
+    assert code == 0
+    assert not list(tmp_path.glob("*.png"))
+    assert "left out: plots: matplotlib is not installed" in out
+    assert re.search(r"left out: kernels/hf: unavailable: transformers is not installed", out)
+    records = json.loads((tmp_path / "bench.json").read_text())["records"]
+    assert [(r["provider"], r["status"]) for r in records][0] == ("reference", "ok")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--compare", "reference,cuda"], "'cuda'"),
+        (["--cases", "softmax"], "'softmax'"),
+        (["--modes", "backward"], "'backward'"),
+        (["--max-time", "0"], "--max-time 0"),
+    ],
+)
+def test_bad_options_are_usage_errors(capsys, tmp_path, argv, message):
+    code = main(["bench", "--out", str(tmp_path), *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "bench.json").exists()  # nothing ran
+
+
+def test_bad_length_is_a_usage_error(capsys):
+    assert main(["bench", "--lengths", "8,0"]) == 2
+    assert "--lengths: 0 must be >= 1" in capsys.readouterr().err
