@@ -1,0 +1,179 @@
+"""`esmkernels fold`: PDBs, PAE JSON and summary.tsv equal direct model calls for every option;
+PDBs parse with the right residues, chains and pLDDT range; resuming recomputes nothing finished
+and gives byte-identical files; out-of-memory retries at a smaller chunk, then fails alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from esmkernels.cli import fold as fold_cli
+from esmkernels.models.esmfold import EsmForProteinFolding
+from tests._cli import fasta, files, fold_checkpoint, run
+from tests.test_esmfold_model import parse_atoms
+
+RECORDS = [("mono", "MKTAYIAK"), ("x/y|z", "MKT:GGAV"), ("short", "QW")]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return fold_checkpoint(tmp_path_factory.mktemp("fold"))
+
+
+def summary(path):
+    lines = path.read_text().splitlines()
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+
+
+def direct(ckpt, seq, recycles, chunk=None):
+    model = EsmForProteinFolding.from_pretrained(ckpt).eval()
+    model.set_chunk_size(chunk)
+    with torch.no_grad():
+        out = model.infer(seq, num_recycles=recycles)
+    return out, model.output_to_pdb(out)[0]
+
+
+def test_outputs_equal_direct_calls(ckpt, tmp_path):
+    fa = fasta(tmp_path / "in.fasta", RECORDS)
+    out = tmp_path / "o"
+    argv = ["fold", fa, "-m", ckpt, "-o", out, "--num-recycles", "1", "--pae", "-q"]
+    assert run(*argv, "--max-tokens-per-batch", "1") == 0
+    rows = summary(out / "summary.tsv")
+    assert [r["id"] for r in rows] == ["mono", "x/y|z", "short"]
+    assert rows[1]["file"].startswith("x_y_z-") and rows[1]["file"].endswith(".pdb")
+    for (_, seq), row in zip(RECORDS, rows):
+        want, want_pdb = direct(ckpt, seq, 1)
+        text = (out / row["file"]).read_text()
+        got, ref = parse_atoms(text), parse_atoms(want_pdb)
+        assert [(a["name"], a["res"], a["chain"], a["resseq"]) for a in got] == [
+            (a["name"], a["res"], a["chain"], a["resseq"]) for a in ref
+        ]
+        for a, b in zip(got, ref):
+            assert max(abs(x - y) for x, y in zip(a["xyz"], b["xyz"])) <= 2e-3
+            assert abs(a["bfactor"] - b["bfactor"]) <= 0.02 and 0 <= a["bfactor"] <= 100
+        chains = seq.split(":")
+        assert len({(a["chain"], a["resseq"]) for a in got}) == len(seq.replace(":", ""))
+        assert {a["chain"] for a in got} == set("AB"[: len(chains)])
+        assert sum(a["name"] == "CA" and a["chain"] == "B" for a in got) == (
+            len(chains[1]) if len(chains) > 1 else 0
+        )
+        assert row["length"] == str(len(seq.replace(":", ""))) and row["status"] == "done"
+        assert float(row["mean_plddt"]) == pytest.approx(float(want.mean_plddt[0]) * 100, abs=0.01)
+        assert float(row["ptm"]) == pytest.approx(float(want.ptm[0]), abs=1e-3)
+        assert float(row["seconds"]) >= 0 and row["chunk_size"]
+        pae = json.loads((out / row["file"].replace(".pdb", ".pae.json")).read_text())
+        assert set(pae[0]) == {"predicted_aligned_error", "max_predicted_aligned_error"}
+        matrix = torch.tensor(pae[0]["predicted_aligned_error"])
+        keep = want.atom37_atom_exists[0].sum(-1) > 0  # the linker is left out
+        n = len(seq.replace(":", ""))
+        assert matrix.shape == (n, n)
+        torch.testing.assert_close(
+            matrix, want.predicted_aligned_error[0][keep][:, keep].float(), atol=0.006, rtol=0
+        )
+        assert pae[0]["max_predicted_aligned_error"] == pytest.approx(31.75)
+
+
+def test_num_recycles_and_chunk_size_reach_the_model(ckpt, tmp_path, monkeypatch):
+    fa = fasta(tmp_path / "in.fasta", RECORDS[:1])
+    chunks = []
+    real = EsmForProteinFolding.set_chunk_size
+    monkeypatch.setattr(
+        EsmForProteinFolding, "set_chunk_size", lambda self, c: chunks.append(c) or real(self, c)
+    )
+    assert run("fold", fa, "-m", ckpt, "-o", tmp_path / "r0", "--num-recycles", "0", "-q") == 0
+    assert run("fold", fa, "-m", ckpt, "-o", tmp_path / "r2", "--num-recycles", "2", "-q") == 0
+    assert run("fold", fa, "-m", ckpt, "-o", tmp_path / "c3", "--chunk-size", "3", "-q") == 0
+    assert 3 in chunks
+    assert summary(tmp_path / "c3" / "summary.tsv")[0]["chunk_size"] == "3"
+    for name, recycles in (("r0", 0), ("r2", 2)):
+        want, _ = direct(ckpt, "MKTAYIAK", recycles)
+        row = summary(tmp_path / name / "summary.tsv")[0]
+        assert float(row["ptm"]) == pytest.approx(float(want.ptm[0]), abs=1e-3)
+    r0 = (tmp_path / "r0" / "mono.pdb").read_text()
+    assert r0 != (tmp_path / "r2" / "mono.pdb").read_text()
+    assert run("fold", fa, "-m", ckpt, "-o", tmp_path / "bad", "--chunk-size", "0") == 2
+    assert run("fold", fa, "-m", ckpt, "-o", tmp_path / "bad", "--chunk-size", "big") == 2
+
+
+def test_killed_run_resumes_byte_identically(ckpt, tmp_path, monkeypatch):
+    fa = fasta(tmp_path / "in.fasta", RECORDS)
+    argv = ["-m", ckpt, "--max-tokens-per-batch", "1", "--pae", "--num-recycles", "0", "-q"]
+    assert run("fold", fa, "-o", tmp_path / "whole", *argv) == 0
+    real = fold_cli._Folder.fold
+    calls = []
+
+    def dies_on_second(self, batch):
+        calls.append([o for o, _ in batch])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(fold_cli._Folder, "fold", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run("fold", fa, "-o", tmp_path / "killed", *argv)
+    name = summary(tmp_path / "whole" / "summary.tsv")[1]["file"]
+    first = tmp_path / "killed" / name  # the dimer goes first: 7 residues + a 25-residue linker
+    stamp = first.stat().st_mtime_ns, first.stat().st_ino
+    calls.clear()
+    monkeypatch.setattr(fold_cli._Folder, "fold", lambda self, b: calls.append(b) or real(self, b))
+    assert run("fold", fa, "-o", tmp_path / "killed", *argv) == 0
+    assert sorted(o for b in calls for o, _ in b) == [0, 2]  # the dimer was not folded again
+    assert (first.stat().st_mtime_ns, first.stat().st_ino) == stamp
+    whole, killed = files(tmp_path / "whole"), files(tmp_path / "killed")
+    assert set(whole) == set(killed)
+    for name in whole:
+        if name != "summary.tsv":
+            assert whole[name] == killed[name], name
+
+    def timeless(path):  # `seconds` is measured, the only column that may differ
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in summary(path)]
+
+    assert timeless(tmp_path / "whole" / "summary.tsv") == timeless(
+        tmp_path / "killed" / "summary.tsv"
+    )
+    calls.clear()
+    assert run("fold", fa, "-o", tmp_path / "killed", *argv) == 0 and calls == []
+    assert run("fold", fa, "-o", tmp_path / "killed", *argv[:-2], "--num-recycles", "1", "-q") == 2
+
+
+def test_out_of_memory_retries_smaller_chunks_then_fails_alone(ckpt, tmp_path, monkeypatch, capsys):
+    fa = fasta(tmp_path / "in.fasta", RECORDS)
+    real = fold_cli._Folder._infer
+    seen = []
+
+    def oom(self, batch, chunk, longest):
+        seen.append(([o for o, _ in batch], chunk))
+        ids = [o for o, _ in batch]
+        if 0 in ids or (1 in ids and (not isinstance(chunk, int) or chunk > 16)):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(self, batch, chunk, longest)
+
+    monkeypatch.setattr(fold_cli._Folder, "_infer", oom)
+    code = run("fold", fa, "-m", ckpt, "-o", tmp_path / "o", "--num-recycles", "0", "-q")
+    assert code == 1
+    assert seen[0] == ([1, 0, 2], "auto")  # one batch (longest first), split after the OOM
+    assert ([1], 16) in seen and ([1], 8) not in seen
+    rows = {r["id"]: r for r in summary(tmp_path / "o" / "summary.tsv")}
+    assert rows["x/y|z"]["status"] == "done" and rows["x/y|z"]["chunk_size"] == "16"
+    assert rows["short"]["status"] == "done"
+    assert rows["mono"]["status"] == "failed"
+    assert (
+        rows["mono"]["reason"]
+        == "out of memory (8 positions) even alone at chunk sizes [128, 64, 32, 16, 8, 4]"
+    )
+    assert not (tmp_path / "o" / "mono.pdb").exists()
+    assert "mono: out of memory" in capsys.readouterr().err
+
+
+def test_skip_invalid_and_multimer_rules(ckpt, tmp_path, capsys):
+    fa = fasta(tmp_path / "in.fasta", [("ok", "MKTA"), ("gap", "MK::TA"), ("bad", "MKJ")])
+    assert run("fold", fa, "-m", ckpt, "-o", tmp_path / "o", "-q") == 2
+    assert "record 'gap': chain 2 is empty" in capsys.readouterr().err
+    assert run("fold", fa, "-m", ckpt, "-o", tmp_path / "o", "-q", "--skip-invalid") == 1
+    rows = {r["id"]: r for r in summary(tmp_path / "o" / "summary.tsv")}
+    assert rows["ok"]["status"] == "done"
+    assert rows["bad"]["reason"] == "invalid residue 'J' at position 3"
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.pdb")) == ["ok.pdb"]
