@@ -9,60 +9,13 @@ timings. Every result carries the device name, torch/triton versions and the git
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
 import torch
 
+from esmkernels.benchmarks.environment import cuda_usable as on_gpu
+from esmkernels.benchmarks.environment import device_name, git_commit, versions
 
-def on_gpu() -> bool:
-    return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
-
-
-def device_name() -> str:
-    if on_gpu():
-        return torch.cuda.get_device_name(0)
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=os.path.dirname(__file__),
-            check=True,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            cwd=os.path.dirname(__file__),
-        ).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except Exception:
-        return "unknown"
-
-
-def versions() -> dict[str, str]:
-    info = {"torch": torch.__version__}
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except Exception:
-        info["triton"] = "absent"
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except Exception:
-        info["transformers"] = "absent"
-    return info
+__all__ = ["device_name", "git_commit", "on_gpu", "versions"]
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
