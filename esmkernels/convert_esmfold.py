@@ -7,22 +7,24 @@ fair-esm loads separately (`esm2_t36_3B_UR50D`). The non-stem key names are alre
 transformers uses (`trunk.*`, `esm_s_combine`, `esm_s_mlp.*`, `embedding.*`, `*_head.*`,
 `af2_to_esm`), so they are kept; the structure-module config keys are renamed.
 
-The stem comes from its own ESM-2 checkpoint: `stem=` takes a path or Hub id (read by
-`esmkernels.checkpoint.load_checkpoint`) or a loaded `(config, state_dict)` pair. Without it the
+The stem comes from its own ESM-2 checkpoint, as a loaded `(config, state_dict)` pair;
+`esmkernels.checkpoint.load_checkpoint(path, stem=...)` also takes a path or Hub id for it and
+reads it first. Without it the
 returned state dict has no `esm.*` keys and the config describes ESM-2 3B (ESMFold v0 / v1's
 stem). A file that does store the stem (fair-esm names under `esm.`) has it converted.
 
-The published files pickle their cfg as omegaconf objects; `esmkernels.checkpoint.torch_load_safe`
+The published files pickle their cfg as omegaconf objects; `esmkernels.fair_esm.torch_load_safe`
 reads those into plain dicts without importing omegaconf (see its docstring), so
 `load_checkpoint("esmfold_3B_v1.pt", stem="esm2_t36_3B_UR50D.pt")` and
 `EsmForProteinFolding.from_pretrained(...)` with the same arguments read them directly.
 
 This module is a foundation leaf: it imports only `esmkernels.configuration` and
-`esmkernels.checkpoint`.
+`esmkernels.fair_esm`. `esmkernels.checkpoint` imports it (never the other way round).
 
 Example:
-    >>> config, state_dict = load_fair_esmfold(  # doctest: +SKIP
-    ...     "esmfold_3B_v1.pt", stem="esm2_t36_3B_UR50D.pt")
+    >>> from esmkernels.checkpoint import load_checkpoint
+    >>> stem = load_checkpoint("esm2_t36_3B_UR50D.pt")[:2]  # doctest: +SKIP
+    >>> config, state_dict = load_fair_esmfold("esmfold_3B_v1.pt", stem=stem)  # doctest: +SKIP
     >>> config.esmfold_config.trunk.num_blocks, "esm.embeddings.word_embeddings.weight" in state_dict
     (48, True)
 """
@@ -36,7 +38,6 @@ from typing import Any, TypeAlias
 
 import torch
 
-from esmkernels.checkpoint import fair_esm_to_hf, load_checkpoint, torch_load_safe
 from esmkernels.configuration import (
     ESM_VOCAB,
     EsmConfig,
@@ -44,9 +45,10 @@ from esmkernels.configuration import (
     StructureModuleConfig,
     TrunkConfig,
 )
+from esmkernels.fair_esm import fair_esm_to_hf, torch_load_safe
 
-# A stem: a checkpoint path / Hub id, or what `load_checkpoint` returns for one (config, weights).
-Stem: TypeAlias = str | os.PathLike | tuple[EsmConfig, Mapping[str, torch.Tensor]]
+# A stem: what `load_checkpoint` returns for an ESM-2 checkpoint, (config, weights).
+Stem: TypeAlias = tuple[EsmConfig, Mapping[str, torch.Tensor]]
 
 # openfold / fair-esm structure-module config names -> transformers' names.
 STRUCTURE_MODULE_KEYS = {
@@ -148,10 +150,10 @@ def convert_fair_esmfold(
 
     Args:
         data: `{"model": state_dict, "cfg": {"model": cfg}}` as `torch_load_safe` returns it.
-        stem: the ESM-2 language model: a path or Hub id (`"esm2_t36_3B_UR50D.pt"`,
-            `"facebook/esm2_t36_3B_UR50D"`, read by `load_checkpoint`) or a loaded
-            `(config, state_dict)`; its keys, with or without the `esm.` prefix, become
-            `esm.*`; its masked-LM head (`lm_head.*`) is dropped.
+        stem: the ESM-2 language model as a loaded `(config, state_dict)` (for a path or Hub
+            id use `load_checkpoint(path, stem=...)`, which reads it); its keys, with or
+            without the `esm.` prefix, become `esm.*`; its masked-LM head (`lm_head.*`) is
+            dropped.
 
     Returns:
         The folding-model config and the state dict for `EsmForProteinFolding`.
@@ -161,7 +163,7 @@ def convert_fair_esmfold(
             config), the stem is a folding model or does not fit the trunk (its layer count and
             width must match `esm_s_combine` and `esm_s_mlp`), or the stem the file stores
             (fair-esm names, `esm.layers.*`) is not ESM-2 3B.
-        TypeError: `stem` is neither a path nor a `(config, state_dict)` pair.
+        TypeError: `stem` is not a `(config, state_dict)` pair.
     """
     if not isinstance(data, Mapping):
         raise ValueError(
@@ -198,9 +200,7 @@ def convert_fair_esmfold(
 
 
 def _resolve_stem(stem: Stem) -> tuple[EsmConfig, Mapping[str, torch.Tensor]]:
-    if isinstance(stem, (str, os.PathLike)):
-        config, weights, _ = load_checkpoint(stem)
-    elif (
+    if (
         isinstance(stem, tuple)
         and len(stem) == 2
         and isinstance(stem[0], EsmConfig)
@@ -208,9 +208,13 @@ def _resolve_stem(stem: Stem) -> tuple[EsmConfig, Mapping[str, torch.Tensor]]:
     ):
         config, weights = stem
     else:
+        hint = (
+            "; for a path or Hub id use load_checkpoint(path, stem=...)"
+            if isinstance(stem, (str, os.PathLike))
+            else ""
+        )
         raise TypeError(
-            "stem must be an ESM-2 checkpoint path / Hub id or a (EsmConfig, state_dict) pair, "
-            f"got {type(stem).__name__}"
+            f"stem must be an (EsmConfig, state_dict) pair, got {type(stem).__name__}{hint}"
         )
     if config.is_folding_model:
         raise ValueError(
@@ -260,7 +264,7 @@ def load_fair_esmfold(
     """Read a fair-esm ESMFold `.pt` (weights-only unpickling) and convert it.
 
     See `convert_fair_esmfold` for `stem` and the errors. `load_checkpoint(path, stem=stem)`
-    does the same and also reads every other format.
+    does the same, also with a path or Hub id as the stem, and reads every other format.
     """
     return convert_fair_esmfold(torch_load_safe(path), stem=stem)
 
