@@ -12,6 +12,7 @@ from esmkernels.ops.rotary_attention_bwd import rotary_attention_bwd
 from esmkernels.ops.rotary_attention_fwd import rotary_attention_fwd
 from esmkernels.ops.rotary_attention_kernels import rotary_attention
 from esmkernels.reference import functional as ref
+from tests._launches import ROTARY_BWD, ROTARY_FWD, launches, tiles
 from tests._sm90 import Job, assert_no_spills, compile_report
 from tests.tolerances import FP32_DOT, assert_within_rule
 
@@ -92,6 +93,8 @@ def padded_cases(draw):
 @example(case=dict(B=2, L=33, H=2, D=32, rotary=True, mask="empty_row", pos="default"))
 @example(case=dict(B=1, L=1, H=1, D=16, rotary=True, mask="none", pos="per_batch"))
 @example(case=dict(B=2, L=17, H=1, D=64, rotary=False, mask="random", pos="default"))
+@example(case=dict(B=2, L=21, H=2, D=16, rotary=True, mask="random", pos="per_batch"))
+@example(case=dict(B=2, L=19, H=1, D=32, rotary=True, mask="none", pos="shared"))
 def test_padded_fp32_forward_backward(device, case):
     B, L, H, D = case["B"], case["L"], case["H"], case["D"]
     q, k, v = qkv((B, L, H, D), torch.float32, device)
@@ -100,11 +103,14 @@ def test_padded_fp32_forward_backward(device, case):
         position_ids=make_positions(case["pos"], B, L, device),
         key_padding_mask=make_mask(case["mask"], B, L, device),
     )
-    out = rotary_attention(q, k, v, backend="triton", **kw)
+    with launches() as seen:
+        out = rotary_attention(q, k, v, backend="triton", **kw)
+        do = torch.randn_like(out)
+        got = grads(out, do, (q, k, v))
+    seen.expect(*ROTARY_FWD, *ROTARY_BWD, exactly=1)
     want = ref.rotary_attention(q, k, v, **kw)
     torch.testing.assert_close(out, want, **FP32_DOT)
-    do = torch.randn_like(out)
-    for name, g, r in zip("qkv", grads(out, do, (q, k, v)), grads(want, do, (q, k, v))):
+    for name, g, r in zip("qkv", got, grads(want, do, (q, k, v))):
         torch.testing.assert_close(g, r, **FP32_DOT, msg=lambda m, n=name: f"d{n}: {m}")
 
 
@@ -163,11 +169,14 @@ def unpad(x, keep):
     rotary=st.booleans(),
 )
 @example(lengths=[1, 0, 23, 5], D=32, rotary=True)
+@example(lengths=[7, 18, 3], D=16, rotary=False)
 def test_varlen_equals_reference_and_padded(device, lengths, D, rotary):
     H = 2
     (q, k, v), cu, (qp, kp, vp), keep = pack(lengths, H, D, torch.float32, device)
     inv = inv_freq_for(D, device) if rotary else None
-    out = rotary_attention(q, k, v, cu_seqlens=cu, inv_freq=inv, backend="triton")
+    with launches() as seen:
+        out = rotary_attention(q, k, v, cu_seqlens=cu, inv_freq=inv, backend="triton")
+    seen.expect(*ROTARY_FWD, exactly=1)
     want = ref.varlen_rotary_attention(q, k, v, cu, inv_freq=inv)
     torch.testing.assert_close(out, want, **FP32_DOT)
     # Batch invariance: packing == the padded computation with a key mask, on the valid rows.
@@ -187,6 +196,51 @@ def test_varlen_equals_reference_and_padded(device, lengths, D, rotary):
         torch.testing.assert_close(a, r, **FP32_DOT, msg=lambda m, n=name: f"d{n}: {m}")
         torch.testing.assert_close(a, unpad(p, keep), **FP32_DOT)
         torch.testing.assert_close(t, r, **FP32_DOT)
+
+
+RECT_TILES = [
+    pytest.param({"BLOCK_M": 16, "BLOCK_N": 32}, id="m16-n32"),
+    pytest.param({"BLOCK_M": 32, "BLOCK_N": 16}, id="m32-n16"),
+]
+
+
+@pytest.mark.parametrize("blocks", RECT_TILES)
+def test_rectangular_tiles_padded_and_varlen(device, blocks):
+    """The GPU's tiles are rectangular; under the interpreter the default one is square, where
+    a loop stepping by BLOCK_M instead of BLOCK_N cannot fail. Every kernel here runs with
+    BLOCK_M != BLOCK_N (both orders) on sequences spanning several tiles in both directions,
+    padding and sequence ends inside tiles, per-batch positions."""
+    B, L, H, D = 2, 71, 2, 16
+    q, k, v = qkv((B, L, H, D), torch.float32, device)
+    keep = make_mask("random", B, L, device)
+    keep[1, 40:] = False  # a padded tail starting inside a tile
+    kw = dict(
+        inv_freq=inv_freq_for(D, device),
+        position_ids=make_positions("per_batch", B, L, device),
+        key_padding_mask=keep,
+    )
+    lengths = [37, 5, 50]
+    (vq, vk, vv), cu, _, _ = pack(lengths, H, D, torch.float32, device)
+    pos = torch.randint(0, 90, (sum(lengths),), device=device)
+    with tiles(**blocks) as kernels, launches() as seen:
+        out = rotary_attention(q, k, v, backend="triton", **kw)
+        do = torch.randn_like(out)
+        got = grads(out, do, (q, k, v))
+        vout = rotary_attention(
+            vq, vk, vv, cu_seqlens=cu, inv_freq=kw["inv_freq"], position_ids=pos, backend="triton"
+        )
+        vdo = torch.randn_like(vout)
+        vgot = grads(vout, vdo, (vq, vk, vv))
+    assert set(ROTARY_FWD + ROTARY_BWD[1:]) <= set(kernels)
+    seen.expect(*ROTARY_FWD, *ROTARY_BWD, exactly=2)
+    want = ref.rotary_attention(q, k, v, **kw)
+    torch.testing.assert_close(out, want, **FP32_DOT)
+    for name, g, r in zip("qkv", got, grads(want, do, (q, k, v))):
+        torch.testing.assert_close(g, r, **FP32_DOT, msg=lambda m, n=name: f"padded d{n}: {m}")
+    vwant = ref.varlen_rotary_attention(vq, vk, vv, cu, inv_freq=kw["inv_freq"], position_ids=pos)
+    torch.testing.assert_close(vout, vwant, **FP32_DOT)
+    for name, g, r in zip("qkv", vgot, grads(vwant, vdo, (vq, vk, vv))):
+        torch.testing.assert_close(g, r, **FP32_DOT, msg=lambda m, n=name: f"varlen d{n}: {m}")
 
 
 def test_varlen_position_ids_and_max_seqlen(device):
