@@ -177,3 +177,17 @@ def test_skip_invalid_and_multimer_rules(ckpt, tmp_path, capsys):
     assert rows["ok"]["status"] == "done"
     assert rows["bad"]["reason"] == "invalid residue 'J' at position 3"
     assert sorted(p.name for p in (tmp_path / "o").glob("*.pdb")) == ["ok.pdb"]
+
+
+def test_shares_fold_disjoint_records(ckpt, tmp_path):
+    fa = fasta(tmp_path / "in.fasta", RECORDS)
+    out = tmp_path / "o"
+    for k in (0, 1):
+        assert (
+            run("fold", fa, "-m", ckpt, "-o", out, "--shard", f"{k}/2", "--num-recycles", "0", "-q")
+            == 0
+        )
+    parts = [{r["id"] for r in summary(out / f"summary-{k}of2.tsv")} for k in (0, 1)]
+    assert parts[0] and parts[1] and not parts[0] & parts[1]
+    assert parts[0] | parts[1] == {rid for rid, _ in RECORDS}
+    assert len(list(out.glob("*.pdb"))) == 3 and not (out / "summary.tsv").exists()
