@@ -1,37 +1,68 @@
-"""The README's Python examples run as written, on tiny random checkpoints (paths and the device
-substituted), so the documented API cannot drift from the code."""
+"""The README's examples run as written, in order, on tiny random checkpoints: Python blocks
+(paths and the device substituted) and every `esmkernels ...` line of the shell blocks (model
+names substituted), so the documented API and command line cannot drift from the code.
+`make` lines are the Makefile's; the `torchrun` lines are run by tests/test_cli_torchrun.py."""
 
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
-import torch
-
-from esmkernels.reference import esm as ref
-from esmkernels.tokenization import EsmTokenizer
-from tests._configs import tiny_lm_config as lm_config
-from tests.test_models_esmfold import tiny_model
+from esmkernels.cli import main
+from esmkernels.fasta import write_fasta
+from tests._cli import fold_checkpoint, lm_checkpoint
+from tests.test_checkpoint_fairesm import _esm2_file, _hand_built
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+def code_blocks() -> list[tuple[str, str]]:
+    return re.findall(r"```(python|bash)\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_readme_examples_run(tmp_path):
-    blocks = python_blocks()
-    assert len(blocks) >= 2, "README lost its usage examples"
-    lm_dir, fold_dir = tmp_path / "esm2", tmp_path / "esmfold"
-    torch.manual_seed(0)
-    ref.EsmForMaskedLM(lm_config()).save_pretrained(lm_dir)
-    EsmTokenizer().save_pretrained(lm_dir)
-    tiny_model().save_pretrained(fold_dir)
-    for code in blocks:
+def shell_commands(block: str) -> list[list[str]]:
+    text = block.replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in text.splitlines() if line.strip()]
+
+
+def test_readme_examples_run(tmp_path, monkeypatch):
+    blocks = code_blocks()
+    assert sum(lang == "python" for lang, _ in blocks) >= 3, "README lost its usage examples"
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    lm, lm2 = lm_checkpoint(tmp_path, seed=0), lm_checkpoint(tmp_path, seed=1)
+    fold = fold_checkpoint(tmp_path)
+    models = {
+        "facebook/esm2_t33_650M_UR50D": lm,
+        "facebook/esm1v_t33_650M_UR90S_1": lm,
+        "facebook/esm1v_t33_650M_UR90S_2": lm2,
+        "facebook/esmfold_v1": fold,
+    }
+    write_fasta(
+        [("sp|P69905|HBA_HUMAN hemoglobin alpha", "MVLSPADKTNVKAAWGKV"), ("p2", "MKTAYIAKQR")],
+        "proteins.fasta",
+    )
+    write_fasta([("a", "MKTAYIAK"), ("b", "MVLSPADK"), ("c", "GGAAKK")], "proteome.fasta")
+    Path("dms.csv").write_text("mutant,DMS_score\nK2A,0.1\nT3G:A4C,-0.4\n")
+    raw, _ = _hand_built("esm2", ffn=64)
+    _esm2_file("esm2_t33_650M_UR50D.pt", raw)
+
+    ran: list[str] = []
+    for lang, code in blocks:
+        if lang == "bash":
+            for argv in shell_commands(code):
+                if argv[0] in ("make", "torchrun"):
+                    continue
+                assert argv[0] == "esmkernels", argv
+                argv = [models.get(a, a) for a in argv[1:]]
+                assert main([str(a) for a in argv]) == 0, argv
+                ran.append(argv[0])
+            continue
         code = (
-            code.replace('"path/to/esm2_t33_650M_UR50D"', repr(str(lm_dir)))
-            .replace('"path/to/esmfold_v1"', repr(str(fold_dir)))
+            code.replace('"path/to/esm2_t33_650M_UR50D"', repr(str(lm)))
+            .replace('"path/to/esmfold_v1"', repr(str(fold)))
             .replace('"cuda"', '"cpu"')
         )
         scope: dict = {}
@@ -42,3 +73,9 @@ def test_readme_examples_run(tmp_path):
             assert scope["contacts"].dim() == 3
         if "pdb" in scope:
             assert scope["pdb"].count(" CA ") == len("MKTVRQERLKSIVRILERSKEPVSGAQ")
+        if "store" in scope:
+            assert scope["X"].shape == (2, 32) and scope["ids"][0] == "sp|P69905|HBA_HUMAN"
+            assert scope["record"]["mean_representations"][2].shape == (32,)
+    assert {"embed", "fold", "score", "convert"} <= set(ran)
+    assert (work / "structures" / "summary.tsv").is_file() and (work / "scores.csv").is_file()
+    assert (work / "esm2_t33_650M_UR50D" / "model.safetensors").is_file()
