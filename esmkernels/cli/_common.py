@@ -127,7 +127,16 @@ class Part:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            from datetime import timedelta
+
+            # Shares of real jobs finish hours apart; the default 30-minute timeout of the final
+            # barrier would fail a job whose work is all done.
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if device.type == "cuda":
+                import torch
+
+                torch.cuda.set_device(device)  # NCCL's barrier runs on the current device
+            dist.init_process_group(backend, timeout=timedelta(days=7))
             self._group = True
 
     def finish(self) -> None:
