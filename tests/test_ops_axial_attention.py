@@ -8,15 +8,16 @@ import dataclasses
 
 import pytest
 import torch
-from hypothesis import example, given
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from esmkernels.ops.axial_attention_bwd import (
     axial_attention_bwd,
     axial_attention_bwd_preprocess,
 )
-from esmkernels.ops.axial_attention_kernels import axial_attention
+from esmkernels.ops.axial_attention_kernels import _row_blocks, axial_attention
 from esmkernels.reference.esmfold import trunk_functional as ref
+from tests._launches import AXIAL_BWD, AXIAL_DBIAS, AXIAL_FWD, launches, tiles
 from tests._sm90 import (
     Job,
     addptr_offset_types,
@@ -27,33 +28,39 @@ from tests._sm90 import (
 from tests.tolerances import FP32, FP32_DOT, assert_within_rule
 
 LAYOUTS = ("contiguous", "transposed", "packed")
+# The `device` fixture is constant across examples, so reusing it is safe.
+FIXTURE_OK = settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+# Reference-only tests are cheap: more examples than the profile gives interpreted kernels.
+CHEAP = settings(max_examples=3 * settings().max_examples)
 
 
-def make_inputs(B, R, N, H, D, *, layout, dtype=torch.float32, seed=0):
+def make_inputs(B, R, N, H, D, *, layout, dtype=torch.float32, seed=0, device="cpu"):
     """q, k, v, gate as [B, R, N, H, D] leaves with the given memory layout:
     contiguous; transposed (the ending-node view x.transpose(1, 2)); packed (slices of one
     [.., H, 4D] projection, stride_h = 4D)."""
     g = torch.Generator().manual_seed(seed)
     if layout == "contiguous":
-        ts = torch.randn(4, B, R, N, H, D, generator=g).unbind(0)
+        ts = torch.randn(4, B, R, N, H, D, generator=g).to(device).unbind(0)
     elif layout == "transposed":
-        ts = torch.randn(4, B, N, R, H, D, generator=g).transpose(2, 3).unbind(0)
+        ts = torch.randn(4, B, N, R, H, D, generator=g).to(device).transpose(2, 3).unbind(0)
     else:
-        ts = torch.randn(B, R, N, H, 4 * D, generator=g).split(D, dim=-1)
+        ts = torch.randn(B, R, N, H, 4 * D, generator=g).to(device).split(D, dim=-1)
     return [t.to(dtype).detach().requires_grad_() for t in ts]
 
 
-def make_bias(B, H, N, *, permuted, dtype=torch.float32, seed=1):
+def make_bias(B, H, N, *, permuted, dtype=torch.float32, seed=1, device="cpu"):
     """[B, H, N, N] bias, contiguous or the pair-bias view [B, N, N, H].permute(0, 3, 1, 2)."""
     g = torch.Generator().manual_seed(seed)
     if permuted:
-        b = torch.randn(B, N, N, H, generator=g).permute(0, 3, 1, 2)
+        b = torch.randn(B, N, N, H, generator=g).to(device).permute(0, 3, 1, 2)
     else:
-        b = torch.randn(B, H, N, N, generator=g)
+        b = torch.randn(B, H, N, N, generator=g).to(device)
     return b.to(dtype).detach().requires_grad_()
 
 
-def make_mask(B, R, N, *, kind, seed=2):
+def make_mask(B, R, N, *, kind, seed=2, device="cpu"):
     if kind == "none":
         return None
     g = torch.Generator().manual_seed(seed)
@@ -61,7 +68,7 @@ def make_mask(B, R, N, *, kind, seed=2):
     if kind == "empty_rows":  # some rows with every key masked, some keys masked in all rows
         m[:, ::2] = False
         m[..., -1] = False
-    return m
+    return m.to(device)
 
 
 def naive_attention(q, k, v, bias, mask, gate, scale):
@@ -99,6 +106,7 @@ shapes = st.tuples(
 # ------------------------------------------------------------------------------------------------
 
 
+@CHEAP
 @given(
     shape=shapes,
     mask_kind=st.sampled_from(["none", "random", "empty_rows"]),
@@ -106,6 +114,7 @@ shapes = st.tuples(
     has_gate=st.booleans(),
 )
 @example(shape=(1, 1, 1, 1, 8), mask_kind="empty_rows", has_bias=True, has_gate=True)
+@example(shape=(2, 4, 7, 2, 8), mask_kind="empty_rows", has_bias=False, has_gate=False)
 def test_reference_matches_naive(shape, mask_kind, has_bias, has_gate):
     B, R, N, H, D = shape
     q, k, v, gate = make_inputs(B, R, N, H, D, layout="contiguous")
@@ -210,11 +219,22 @@ def _run(q, k, v, bias, mask, gate, backend, chunk_size=None, scale=None):
         backend=backend,
     )
     leaves = [t for t in (q, k, v, bias, gate) if t is not None]
-    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(out.dtype)
-    grads = torch.autograd.grad(out, leaves, dout)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    grads = torch.autograd.grad(out, leaves, dout.to(out.device, out.dtype))
     return out, grads
 
 
+def _run_kernel(*args, chunk_size=None, n_chunks=1, has_bias=True):
+    """`_run` on the Triton path, asserting that every kernel launched once per row chunk (dbias
+    only with a bias) and that the torch path never ran."""
+    with launches() as seen:
+        result = _run(*args, "triton", chunk_size=chunk_size)
+    seen.expect(*AXIAL_FWD, *AXIAL_BWD, exactly=n_chunks)
+    seen.expect(*AXIAL_DBIAS, exactly=n_chunks if has_bias else 0)
+    return result
+
+
+@FIXTURE_OK
 @given(
     shape=shapes,
     layout=st.sampled_from(LAYOUTS),
@@ -235,13 +255,19 @@ def _run(q, k, v, bias, mask, gate, backend, chunk_size=None, scale=None):
     shape=(2, 3, 11, 1, 32), layout="packed", mask_kind="random",
     has_bias=True, permuted_bias=False, has_gate=False,
 )  # fmt: skip
-def test_kernel_matches_reference_fp32(shape, layout, mask_kind, has_bias, permuted_bias, has_gate):
+@example(
+    shape=(1, 2, 12, 2, 8), layout="contiguous", mask_kind="empty_rows",
+    has_bias=False, permuted_bias=False, has_gate=False,
+)  # fmt: skip
+def test_kernel_matches_reference_fp32(
+    device, shape, layout, mask_kind, has_bias, permuted_bias, has_gate
+):
     B, R, N, H, D = shape
-    q, k, v, gate = make_inputs(B, R, N, H, D, layout=layout)
-    bias = make_bias(B, H, N, permuted=permuted_bias) if has_bias else None
-    mask = make_mask(B, R, N, kind=mask_kind)
+    q, k, v, gate = make_inputs(B, R, N, H, D, layout=layout, device=device)
+    bias = make_bias(B, H, N, permuted=permuted_bias, device=device) if has_bias else None
+    mask = make_mask(B, R, N, kind=mask_kind, device=device)
     gate = gate if has_gate else None
-    out, grads = _run(q, k, v, bias, mask, gate, "triton")
+    out, grads = _run_kernel(q, k, v, bias, mask, gate, has_bias=has_bias)
     out_ref, grads_ref = _run(q, k, v, bias, mask, gate, "torch")
     assert out.stride() == q.stride() or not q.is_contiguous()
     torch.testing.assert_close(out, out_ref, **FP32_DOT)
@@ -250,12 +276,12 @@ def test_kernel_matches_reference_fp32(shape, layout, mask_kind, has_bias, permu
         torch.testing.assert_close(g, gr, **FP32_DOT, msg=lambda m, n=name: f"grad {n}: {m}")
 
 
-def test_kernel_fully_masked_rows_give_zeros():
-    q, k, v, gate = make_inputs(1, 3, 9, 1, 16, layout="contiguous")
-    bias = make_bias(1, 1, 9, permuted=False)
-    mask = torch.ones(1, 3, 9, dtype=torch.bool)
+def test_kernel_fully_masked_rows_give_zeros(device):
+    q, k, v, gate = make_inputs(1, 3, 9, 1, 16, layout="contiguous", device=device)
+    bias = make_bias(1, 1, 9, permuted=False, device=device)
+    mask = torch.ones(1, 3, 9, dtype=torch.bool, device=device)
     mask[0, 1] = False  # row 1: no key at all
-    out, (dq, dk, dv, dbias, dgate) = _run(q, k, v, bias, mask, gate, "triton")
+    out, (dq, dk, dv, dbias, dgate) = _run_kernel(q, k, v, bias, mask, gate)
     assert torch.isfinite(out).all() and torch.isfinite(dbias).all()
     assert torch.count_nonzero(out[0, 1]) == 0
     for g in (dq, dk, dv, dgate):
@@ -263,49 +289,100 @@ def test_kernel_fully_masked_rows_give_zeros():
     assert torch.count_nonzero(out[0, 0]) > 0
 
 
-def test_kernel_chunked_equals_unchunked():
-    q, k, v, gate = make_inputs(1, 4, 9, 1, 8, layout="transposed")
-    bias, mask = make_bias(1, 1, 9, permuted=True), make_mask(1, 4, 9, kind="random")
-    out, grads = _run(q, k, v, bias, mask, gate, "triton")
-    out_c, grads_c = _run(q, k, v, bias, mask, gate, "triton", chunk_size=2)
+def test_kernel_chunked_equals_unchunked(device):
+    """Chunks are observed, not only their sum: R = 5 rows in chunks of 2 launch every kernel
+    three times (forward and backward); the results equal the unchunked ones."""
+    q, k, v, gate = make_inputs(1, 5, 9, 1, 8, layout="transposed", device=device)
+    bias = make_bias(1, 1, 9, permuted=True, device=device)
+    mask = make_mask(1, 5, 9, kind="random", device=device)
+    out, grads = _run_kernel(q, k, v, bias, mask, gate)
+    out_c, grads_c = _run_kernel(q, k, v, bias, mask, gate, chunk_size=2, n_chunks=3)
     torch.testing.assert_close(out_c, out, **FP32)  # rows are independent; another grid, though
     for g, gc in zip(grads, grads_c):
         torch.testing.assert_close(gc, g, **FP32_DOT)  # dbias sums rows in another order
+    assert _row_blocks(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert _row_blocks(5, 5) == _row_blocks(5, None) == _row_blocks(5, 9) == [slice(0, 5)]
 
 
-def test_kernel_batch_invariance():
+def test_reference_chunks(monkeypatch):
+    """The reference's chunk_size is observable too: its chunking utility calls the block
+    function once per chunk of 2 (rows or queries: both are 5 here)."""
+    q, k, v, gate = (t.detach() for t in make_inputs(1, 5, 5, 1, 8, layout="contiguous"))
+    calls = []
+    real = ref.chunk_rows
+
+    def counting(fn, *args, **kwargs):
+        return real(lambda *a, **kw: calls.append(1) or fn(*a, **kw), *args, **kwargs)
+
+    monkeypatch.setattr(ref, "chunk_rows", counting)
+    full = ref.axial_attention(q, k, v, gate=gate)
+    assert len(calls) == 1
+    calls.clear()
+    torch.testing.assert_close(ref.axial_attention(q, k, v, gate=gate, chunk_size=2), full)
+    assert len(calls) == 3
+
+
+RECT_TILES = [
+    pytest.param({"BLOCK_M": 16, "BLOCK_N": 32}, id="m16-n32"),
+    pytest.param({"BLOCK_M": 32, "BLOCK_N": 16}, id="m32-n16"),
+]
+
+
+@pytest.mark.parametrize("blocks", RECT_TILES)
+def test_rectangular_tiles(device, blocks):
+    """GPU tiles are rectangular; the interpreter's default one is square, where a loop or a
+    dbias tile offset using BLOCK_M for BLOCK_N cannot fail. Every kernel here runs with
+    BLOCK_M != BLOCK_N (both orders), N spanning several tiles both ways, a mask edge inside
+    a tile, a fully masked row, and several dbias row splits."""
+    B, R, N, H, D = 1, 3, 37, 2, 16
+    q, k, v, gate = make_inputs(B, R, N, H, D, layout="transposed", device=device)
+    bias = make_bias(B, H, N, permuted=True, device=device)
+    mask = make_mask(B, R, N, kind="random", device=device)
+    mask[0, 1, 20:] = False
+    mask[0, 2] = False
+    with tiles(**blocks) as kernels:
+        out, grads = _run_kernel(q, k, v, bias, mask, gate)
+    assert set(AXIAL_FWD + AXIAL_BWD[1:] + AXIAL_DBIAS) <= set(kernels)
+    out_ref, grads_ref = _run(q, k, v, bias, mask, gate, "torch")
+    torch.testing.assert_close(out, out_ref, **FP32_DOT)
+    for name, g, gr in zip("q k v bias gate".split(), grads, grads_ref):
+        torch.testing.assert_close(g, gr, **FP32_DOT, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+def test_kernel_batch_invariance(device):
     """A batch element's output and gradients do not depend on the rest of the batch."""
-    q, k, v, gate = make_inputs(2, 3, 7, 2, 8, layout="transposed")
-    bias, mask = make_bias(2, 2, 7, permuted=True), make_mask(2, 3, 7, kind="random")
-    out, grads = _run(q, k, v, bias, mask, gate, "triton")
+    q, k, v, gate = make_inputs(2, 3, 7, 2, 8, layout="transposed", device=device)
+    bias = make_bias(2, 2, 7, permuted=True, device=device)
+    mask = make_mask(2, 3, 7, kind="random", device=device)
+    out, grads = _run_kernel(q, k, v, bias, mask, gate)
     alone = [t[:1].detach().requires_grad_() for t in (q, k, v, bias, gate)]
     a_q, a_k, a_v, a_bias, a_gate = alone
     out1 = axial_attention(a_q, a_k, a_v, bias=a_bias, mask=mask[:1], gate=a_gate, backend="triton")
     torch.testing.assert_close(out1, out[:1], **FP32)
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))  # as in _run
-    grads1 = torch.autograd.grad(out1, alone, dout[:1])
+    grads1 = torch.autograd.grad(out1, alone, dout[:1].to(device))
     for g1, g in zip(grads1, grads):
         torch.testing.assert_close(g1, g[:1], **FP32_DOT)
 
 
-def test_dbias_row_splits_agree():
+def test_dbias_row_splits_agree(device):
     """The launcher-level dbias reduction gives the same sum for any number of row splits."""
     B, R, N, H, D = 1, 3, 9, 1, 8
-    q, k, v, gate = (t.detach() for t in make_inputs(B, R, N, H, D, layout="packed"))
-    bias = make_bias(B, H, N, permuted=False).detach()
-    mask = make_mask(B, R, N, kind="random")
+    q, k, v, gate = (t.detach() for t in make_inputs(B, R, N, H, D, layout="packed", device=device))
+    bias = make_bias(B, H, N, permuted=False, device=device).detach()
+    mask = make_mask(B, R, N, kind="random", device=device)
     out = ref.axial_attention(q, k, v, bias=bias, mask=mask)
     dout = torch.randn_like(out)
     dou, _, delta = axial_attention_bwd_preprocess(dout, out, None)
     # lse from the reference logits (base 2), so this test exercises only the backward kernels.
     s = torch.einsum("brqhd,brkhd->brhqk", q * D**-0.5, k) + bias[:, None]
     s = s.masked_fill(~mask[:, :, None, None, :], float("-inf"))
-    lse = (torch.logsumexp(s, -1) / torch.log(torch.tensor(2.0))).contiguous()
+    lse = (torch.logsumexp(s, -1) / torch.log(torch.tensor(2.0, device=device))).contiguous()
     results = [
         axial_attention_bwd(
             dou, q, k, v, bias, mask, lse, delta, D**-0.5, need_dbias=True, splits=s_
         )[3]
-        for s_ in (1, 2)
+        for s_ in (1, 2, 3)
     ]
     leaf = bias.clone().requires_grad_()
     (expected,) = torch.autograd.grad(
@@ -316,14 +393,16 @@ def test_dbias_row_splits_agree():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_kernel_low_precision_within_rule(dtype):
+def test_kernel_low_precision_within_rule(device, dtype):
     B, R, N, H, D = 1, 2, 11, 1, 32
-    q, k, v, gate = make_inputs(B, R, N, H, D, layout="transposed")
-    bias = make_bias(B, H, N, permuted=True)
-    mask = make_mask(B, R, N, kind="random")
+    q, k, v, gate = make_inputs(B, R, N, H, D, layout="transposed", device=device)
+    bias = make_bias(B, H, N, permuted=True, device=device)
+    mask = make_mask(B, R, N, kind="random", device=device)
     out_ref, grads_ref = _run(q, k, v, bias, mask, gate, "torch")  # fp32 truth
     low = [t.detach().to(dtype).requires_grad_() for t in (q, k, v, bias, gate)]
-    out_k, grads_k = _run(*low[:4], mask, low[4], "triton")
+    with launches() as seen:
+        out_k, grads_k = _run(*low[:4], mask, low[4], "triton")
+    seen.expect(*AXIAL_FWD, *AXIAL_BWD, *AXIAL_DBIAS, exactly=1)
     low_t = [t.detach().clone().requires_grad_() for t in low]
     out_t, grads_t = _run(*low_t[:4], mask, low_t[4], "torch")
     assert out_k.dtype == dtype
@@ -333,14 +412,23 @@ def test_kernel_low_precision_within_rule(dtype):
         assert_within_rule(gk, gt, gr, dtype, f"grad {name}")
 
 
-def test_auto_on_cpu_is_the_reference_and_inference_needs_no_grad():
+def test_auto_on_cpu_takes_the_torch_path_and_inference_needs_no_grad():
+    """ "auto" on CPU tensors runs no kernel (the interpreter is a test tool); a no-grad call on
+    the Triton path launches the forward kernel only (no autograd node, nothing kept for a
+    backward), and both agree with the independent float64 formulation."""
     q, k, v, gate = (t.detach() for t in make_inputs(1, 2, 6, 2, 8, layout="contiguous"))
     bias = torch.randn(1, 2, 6, 6)
-    expected = ref.axial_attention(q, k, v, bias=bias, gate=gate)
-    assert torch.equal(axial_attention(q, k, v, bias=bias, gate=gate, backend="auto"), expected)
-    with torch.no_grad():
+    expected = naive_attention(q, k, v, bias, None, gate, 8**-0.5)
+    with launches() as seen:
+        auto = axial_attention(q, k, v, bias=bias, gate=gate, backend="auto")
+    assert not seen.kernels and seen.fallbacks["axial_attention"] == 1
+    torch.testing.assert_close(auto.double(), expected, **FP32)
+    with torch.no_grad(), launches() as seen:
         out = axial_attention(q, k, v, bias=bias, gate=gate, backend="triton")
-    torch.testing.assert_close(out, expected, **FP32_DOT)
+    assert out.grad_fn is None
+    seen.expect(*AXIAL_FWD, exactly=1)
+    assert set(seen.kernels) == set(AXIAL_FWD)
+    torch.testing.assert_close(out.double(), expected, **FP32_DOT)
 
 
 @pytest.mark.parametrize(
