@@ -117,3 +117,58 @@ def test_write_to_handle_and_errors(tmp_path):
     assert read_fasta(io.StringIO(out.getvalue())) == [("m", "MK<mask>A")]
     write_fasta(iter([("g", "MKV")]), tmp_path / "y.fa.gz")
     assert gzip.decompress((tmp_path / "y.fa.gz").read_bytes()) == b">g\nMKV\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# read_records: the command line's input rules
+# ------------------------------------------------------------------------------------------------
+
+
+def test_read_records_rules(tmp_path):
+    from esmkernels.fasta import Record, Rejected, read_records
+
+    path = tmp_path / "in.fa.gz"
+    path.write_bytes(gzip.compress(b">sp|P1|X desc\nmkta\n>b\nMK1T\n>c\n\n>d\nMK:GG\n>e\nMK::G\n"))
+    warnings = []
+    records, rejected = read_records(path, skip_invalid=True, warn=warnings.append)
+    assert records == [Record("sp|P1|X", "MKTA", "sp|P1|X desc", 0)]
+    assert rejected == [
+        Rejected("b", "MK1T", 1, "invalid residue '1' at position 3"),
+        Rejected("c", "", 2, "empty sequence"),
+        Rejected("d", "MK:GG", 3, "invalid residue ':' at position 3"),
+        Rejected("e", "MK::G", 4, "invalid residue ':' at position 3"),
+    ]
+    assert warnings == [f"{path}: record 'sp|P1|X' has lowercase letters; read as uppercase"]
+    records, rejected = read_records(path, multimer=True, skip_invalid=True, warn=warnings.append)
+    assert [r.id for r in records] == ["sp|P1|X", "d"]
+    assert rejected[-1].reason == "chain 2 is empty (check the ':' separators)"
+    with pytest.raises(ValueError, match=r"record 'b': invalid residue '1' at position 3"):
+        read_records(path, warn=warnings.append)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "no FASTA records found"),
+        (">a\nMK\n>b\nQ\n>a x\nG\n", r"duplicate record id 'a' \(records 1 and 3\)"),
+        (">\nMK\n", "record 1 has an empty header"),
+        ("MK\n", "line 1 holds sequence data"),
+    ],
+)
+def test_read_records_errors(tmp_path, text, message):
+    from esmkernels.fasta import read_records
+
+    path = tmp_path / "x.fa"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_records(path, skip_invalid=True)
+
+
+def test_every_residue_letter_is_in_the_esm_vocabulary():
+    from esmkernels.configuration import ESM_VOCAB
+    from esmkernels.fasta import RESIDUES, check_sequence
+
+    assert RESIDUES <= set(ESM_VOCAB)
+    assert check_sequence("".join(sorted(RESIDUES))) is None
+    for bad in "J*-.<1 a":
+        assert check_sequence("MK" + bad) == f"invalid residue {bad!r} at position 3"
