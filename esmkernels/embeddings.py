@@ -131,7 +131,7 @@ def input_sha256(records: Sequence[tuple[str, str]]) -> str:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """"K/N" (0-based K) -> (K, N); ValueError naming the text otherwise."""
+    """ "K/N" (0-based K) -> (K, N); ValueError naming the text otherwise."""
     found = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
     if not found:
         raise ValueError(f"--shard {text!r}: expected K/N, e.g. 0/4 (K counts from 0)")
@@ -229,7 +229,7 @@ class EmbeddingWriter:
                     "--out directory"
                 )
             other = _read_json(path)
-            _check_settings(other.get("settings", {}), self.settings, path)
+            check_settings(other.get("settings", {}), self.settings, path)
         if self.index_path.exists():
             for entry in _read_json(self.index_path)["records"]:
                 self.records[entry["order"]] = entry
@@ -248,7 +248,9 @@ class EmbeddingWriter:
             from safetensors.torch import save
 
             name = shard_name(self.part, self.parts, shard)
-            payload = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+            payload = {
+                k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()
+            }
             atomic_write(self.directory / name, save(payload))
             for e in entries:
                 if e["status"] == "done":
@@ -279,7 +281,8 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _check_settings(stored: dict, wanted: dict, where: Path) -> None:
+def check_settings(stored: dict, wanted: dict, where: Path) -> None:
+    """ValueError naming every setting that differs between a stored job and this run."""
     diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
     if diff:
         shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff)
@@ -331,7 +334,7 @@ class EmbeddingStore(Mapping):
             if self.settings is None:
                 self.settings = data["settings"]
             else:
-                _check_settings(self.settings, data["settings"], path)
+                check_settings(self.settings, data["settings"], path)
             entries += data["records"]
         entries.sort(key=lambda e: e["order"])
         self._entries = {e["id"]: e for e in entries if e["status"] == "done"}
@@ -441,6 +444,7 @@ __all__ = [
     "EmbeddingStore",
     "EmbeddingWriter",
     "atomic_write",
+    "check_settings",
     "check_writable",
     "input_sha256",
     "open_embeddings",

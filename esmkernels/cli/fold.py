@@ -153,7 +153,7 @@ def used_chunk(model, fallback):
 
 
 def run(args: argparse.Namespace) -> int:
-    from esmkernels.embeddings import atomic_write, check_writable, input_sha256, split_parts
+    from esmkernels.embeddings import atomic_write, input_sha256, split_parts
     from esmkernels.models.esmfold import EsmForProteinFolding
     from esmkernels.progress import residue_bar
 
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         "parts": part.count,
         "input_sha256": input_sha256([items[o][:2] for o in orders]),
     }
-    _check_job(out, settings, atomic_write, check_writable)
+    _check_job(out, settings)
 
     share = [
         orders[i]
@@ -248,22 +248,19 @@ def run(args: argparse.Namespace) -> int:
     return report_failures(failed, str(summary_path)) if failed else EXIT_OK
 
 
-def _check_job(out, settings, atomic_write, check_writable) -> None:
+def _check_job(out, settings) -> None:
+    """The job's settings in fold-job.json; a rerun with other settings is refused."""
+    from esmkernels.embeddings import atomic_write, check_settings
+
     path = out / "fold-job.json"
-    text = json.dumps(settings, sort_keys=True, indent=1) + "\n"
+    settings = json.loads(json.dumps(settings))  # as stored: plain JSON values
     if path.exists():
-        stored = json.loads(path.read_text())
-        if stored != json.loads(text):
-            diff = sorted(
-                k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k)
-            )
-            shown = ", ".join(f"{k}: {stored.get(k)!r} -> {settings.get(k)!r}" for k in diff)
-            raise UsageError(
-                f"{out} holds a fold job with other settings ({shown}); rerun with the same input "
-                "and options to resume, or use a new --out directory"
-            )
+        try:
+            check_settings(json.loads(path.read_text()), settings, path)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         return
-    atomic_write(path, text.encode())
+    atomic_write(path, (json.dumps(settings, sort_keys=True, indent=1) + "\n").encode())
 
 
 def plan_batches(lengths: dict[int, int], max_tokens: int) -> list[list[int]]:
