@@ -208,6 +208,11 @@ _FAST_CLASSES: dict[tuple[type, type], type] = {}
 def _swap(module: nn.Module, mixin: type, options: Options) -> None:
     """Give `module` the class `mixin + type(module)` (cached per pair) and record `options`."""
     cls = type(module)
+    # transformers 4.x's output recording leaves `module.forward` set on the instance to the
+    # bound class method after a call; it would shadow the new class's forward.
+    stale = module.__dict__.get("forward")
+    if getattr(stale, "__self__", None) is module and stale.__func__ is cls.forward:
+        del module.__dict__["forward"]
     if not isinstance(module, mixin):
         fast = _FAST_CLASSES.get((cls, mixin))
         if fast is None:
@@ -359,11 +364,10 @@ class FastTriangleMultiplication:
 class ProjectingAttention:
     """transformers' `EsmFoldAttention` with the reference's `project` (q, k, v, gate heads)."""
 
-    project = ref_trunk.EsmFoldAttention.project
-
 
 class FastTriangleAttention:
-    """transformers' `EsmFoldTriangleAttention` running the fused axial attention kernel."""
+    """transformers' `EsmFoldTriangleAttention` running the fused axial attention kernel, in
+    blocks of transformers' `chunk_size`."""
 
     def forward(self, x, mask=None, chunk_size=None, *args, **kwargs):
         if args or any(kwargs.values()) or self.mha.linear_g is None:
@@ -380,6 +384,21 @@ class FastSequenceAttention:
         if indices is not None:
             return super().forward(x, mask, bias, indices)
         return ref_trunk.EsmFoldSelfAttention.forward(self, x, mask, bias), None
+
+
+# The reference trunk modules have transformers' attribute names, so their forward functions run
+# on transformers' modules as they are; each mixin also gets the reference's helper methods
+# (`project`, row-block helpers), whatever they are, so the two cannot drift apart.
+for _mixin, _reference in (
+    (FastTriangleMultiplication, ref_trunk.EsmFoldTriangleMultiplicativeUpdate),
+    (ProjectingAttention, ref_trunk.EsmFoldAttention),
+    (FastTriangleAttention, ref_trunk.EsmFoldTriangleAttention),
+    (FastSequenceAttention, ref_trunk.EsmFoldSelfAttention),
+):
+    for _name, _fn in vars(_reference).items():
+        if inspect.isfunction(_fn) and _name not in ("__init__", "forward"):
+            setattr(_mixin, _name, _fn)
+del _mixin, _reference, _name, _fn
 
 
 _TRUNK_NAMES = {
