@@ -27,7 +27,8 @@ traced by `torch.compile` like any other code.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -55,3 +56,19 @@ def define(
         return op
 
     return register
+
+
+@contextlib.contextmanager
+def autograd_inside_op() -> Iterator[None]:
+    """Run autograd inside a custom op's implementation (the triangle multiplication's backward
+    recomputes its forward through the reference and back-propagates it, row block by row block).
+
+    The dispatcher calls an op's implementation with the autograd keys excluded, so a graph built
+    there records nothing, `torch.enable_grad()` notwithstanding. This lifts that exclusion (and
+    only that) for the block, as torch's own higher-order ops do (`invoke_leaf_function`).
+    """
+    include = torch._C._dispatch_tls_local_include_set()
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    exclude = exclude.remove(torch._C.DispatchKey.AutogradFunctionality)
+    with torch._C._ForceDispatchKeyGuard(include, exclude), torch.enable_grad():
+        yield

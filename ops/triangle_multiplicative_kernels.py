@@ -33,7 +33,9 @@ Memory: a, b and x are [B, Ch, L, L] in z.dtype: 3 |z| extra when Ch = C. `chunk
 kernels 1-2 run on `chunk_size` hidden channels at a time (a and b become chunk_size / Ch of
 that; x stays whole, LN_out needs every channel). int64 offsets throughout.
 
-Backward: recomputed through the functional reference inside the autograd Function, which the
+Backward: recomputed through the functional reference inside the backward custom op
+(`esmkernels::triangle_multiplicative_bwd`, registered as the autograd of
+`triangle_multiplicative_fwd`; fake implementations let `torch.compile` trace both), which the
 issue allows: correct by construction, not fast. Memory stays O(L^2 C) and below eager
 PyTorch's: the recomputation is cut into LN_in, the shared b projection and blocks of output
 rows (`chunk_size`, default 128), each block back-propagated before the next
@@ -46,6 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
+from esmkernels.ops._custom_ops import autograd_inside_op, define
 from esmkernels.ops._dispatch import interpreting, poison_empty, resolve_backend
 from esmkernels.ops._tuning import dot, tuning
 from esmkernels.reference.esmfold import trunk_functional as ref
@@ -403,7 +406,7 @@ def trimul_fwd(
 
 
 # ------------------------------------------------------------------------------------------------
-# Autograd Function
+# Backward and custom ops
 # ------------------------------------------------------------------------------------------------
 
 
@@ -460,23 +463,68 @@ def trimul_bwd_recompute(
     return grads
 
 
-class TriangleMultiplicativeFunction(torch.autograd.Function):
-    """Kernel forward; backward by row-blocked recomputation through the functional reference."""
+# Custom ops (torch.library, see esmkernels.ops._custom_ops): the kernel forward and the
+# recomputing backward above as opaque operators with fake implementations, the backward
+# registered as the forward's autograd. The forward saves nothing beyond its inputs.
 
-    @staticmethod
-    def forward(ctx, z, mask, outgoing, eps, chunk_size, *params):
-        p = dict(zip(PARAM_NAMES, params))
-        ctx.save_for_backward(z, mask, *params)
-        ctx.outgoing, ctx.eps, ctx.chunk_size = outgoing, eps, chunk_size
-        return trimul_fwd(z, mask, p, outgoing, eps, chunk_size)
 
-    @staticmethod
-    def backward(ctx, dout):
-        z, mask, *params = ctx.saved_tensors
-        needs = dict(zip(("z", *PARAM_NAMES), (ctx.needs_input_grad[0], *ctx.needs_input_grad[5:])))
-        p = dict(zip(PARAM_NAMES, params))
-        g = trimul_bwd_recompute(dout, z, mask, p, ctx.outgoing, ctx.eps, ctx.chunk_size, needs)
-        return (g["z"], None, None, None, None, *(g[n] for n in PARAM_NAMES))
+def _fwd_fake(z, mask, params, outgoing, eps, chunk_size):
+    return z.new_empty(z.shape)
+
+
+def _bwd_fake(dout, z, mask, params, outgoing, eps, chunk_size, needs):
+    return [t.new_empty(t.shape if need else 0) for t, need in zip((z, *params), needs)]
+
+
+@define("triangle_multiplicative_bwd", fake=_bwd_fake)
+def _trimul_bwd_op(
+    dout: torch.Tensor,
+    z: torch.Tensor,
+    mask: torch.Tensor | None,
+    params: list[torch.Tensor],
+    outgoing: bool,
+    eps: float,
+    chunk_size: int | None,
+    needs: list[bool],
+) -> list[torch.Tensor]:
+    """[dz, d<param> in PARAM_NAMES order]; an empty tensor where `needs` is False (custom ops
+    cannot return None)."""
+    names = ("z", *PARAM_NAMES)
+    p = dict(zip(PARAM_NAMES, params))
+    with autograd_inside_op():
+        g = trimul_bwd_recompute(
+            dout, z, mask, p, outgoing, eps, chunk_size, dict(zip(names, needs))
+        )
+    return [g[n] if g[n] is not None else z.new_empty(0) for n in names]
+
+
+def _setup_context(ctx, inputs, output):
+    z, mask, params, outgoing, eps, chunk_size = inputs
+    ctx.save_for_backward(z, mask, *params)
+    ctx.outgoing, ctx.eps, ctx.chunk_size = outgoing, eps, chunk_size
+
+
+def _backward(ctx, dout):
+    z, mask, *params = ctx.saved_tensors
+    needs = [bool(ctx.needs_input_grad[0]), *map(bool, ctx.needs_input_grad[2])]
+    grads = _trimul_bwd_op(dout, z, mask, params, ctx.outgoing, ctx.eps, ctx.chunk_size, needs)
+    dz, *dparams = (g if need else None for g, need in zip(grads, needs))
+    return dz, None, dparams, None, None, None
+
+
+@define(
+    "triangle_multiplicative_fwd", fake=_fwd_fake, backward=_backward, setup_context=_setup_context
+)
+def _trimul_fwd_op(
+    z: torch.Tensor,
+    mask: torch.Tensor | None,
+    params: list[torch.Tensor],
+    outgoing: bool,
+    eps: float,
+    chunk_size: int | None,
+) -> torch.Tensor:
+    """`trimul_fwd` with the parameters in PARAM_NAMES order; differentiable in z and them."""
+    return trimul_fwd(z, mask, dict(zip(PARAM_NAMES, params)), outgoing, eps, chunk_size)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -598,6 +646,4 @@ def triangle_multiplicative_update(
             f"triangle_multiplicative_update: channels C={C}, Ch={ch} > {MAX_CHANNELS} are not supported by the kernels"
         )
     ordered = [params[n] for n in PARAM_NAMES]
-    return TriangleMultiplicativeFunction.apply(
-        z, mask, bool(outgoing), float(eps), chunk_size, *ordered
-    )
+    return _trimul_fwd_op(z, mask, ordered, bool(outgoing), float(eps), chunk_size)
