@@ -148,6 +148,7 @@ def test_out_of_memory_retries_smaller_chunks_then_fails_alone(ckpt, tmp_path, m
         seen.append(([o for o, _ in batch], chunk))
         ids = [o for o, _ in batch]
         if 0 in ids or (1 in ids and (not isinstance(chunk, int) or chunk > 16)):
+            self.model.last_chunk_size = None  # an unchunked attempt (as _infer records it)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return real(self, batch, chunk, longest)
 
@@ -191,3 +192,21 @@ def test_shares_fold_disjoint_records(ckpt, tmp_path):
     assert parts[0] and parts[1] and not parts[0] & parts[1]
     assert parts[0] | parts[1] == {rid for rid, _ in RECORDS}
     assert len(list(out.glob("*.pdb"))) == 3 and not (out / "summary.tsv").exists()
+
+
+def test_out_of_memory_halves_the_chunk_auto_picked(ckpt, tmp_path, monkeypatch):
+    fa = fasta(tmp_path / "in.fasta", RECORDS[:1])
+    real = fold_cli._Folder._infer
+    seen = []
+
+    def oom_unless_small(self, batch, chunk, longest):
+        seen.append(chunk)
+        if chunk == "auto":
+            self.model.last_chunk_size = 40  # as the memory model's pick would be recorded
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(self, batch, chunk, longest)
+
+    monkeypatch.setattr(fold_cli._Folder, "_infer", oom_unless_small)
+    assert run("fold", fa, "-m", ckpt, "-o", tmp_path / "o", "--num-recycles", "0", "-q") == 0
+    assert seen == ["auto", 20]
+    assert summary(tmp_path / "o" / "summary.tsv")[0]["chunk_size"] == "20"

@@ -15,8 +15,8 @@ in the same batches, so every PDB and PAE file is byte-identical to an uninterru
 (`seconds` in the summary is a measured time and differs).
 
 Failure isolation: a batch that runs out of memory is split; a record that runs out alone is
-retried with a smaller trunk chunk size (halving down to 4), then recorded as failed with its
-reason; invalid records with --skip-invalid are recorded as failed. Exit code 1 when any failed.
+retried with a smaller trunk chunk size (halving the one that failed, the memory model's pick
+under `--chunk-size auto`, down to 4), then recorded as failed with its reason; invalid records with --skip-invalid are recorded as failed. Exit code 1 when any failed.
 """
 
 from __future__ import annotations
@@ -332,7 +332,14 @@ class _Folder:
         order, seq = item
         if not is_oom(err):
             return {order: _failure(f"{type(err).__name__}: {err}")}
-        size = self.chunk // 2 if isinstance(self.chunk, int) else 128
+        # Halve the chunk the failed attempt used: the given one, or the one "auto" picked from
+        # the memory model (`last_chunk_size`); 128 when it ran unchunked.
+        used = (
+            self.chunk
+            if isinstance(self.chunk, int)
+            else getattr(self.model, "last_chunk_size", None)
+        )
+        size = used // 2 if isinstance(used, int) else 128
         tried = []
         while size >= MIN_CHUNK:
             tried.append(size)
@@ -353,6 +360,8 @@ class _Folder:
         import torch
 
         set_chunk(self.model, chunk, longest)
+        if hasattr(self.model, "last_chunk_size"):
+            self.model.last_chunk_size = None  # set again by this forward (the fast ESMFold)
         start = time.perf_counter()
         with torch.inference_mode():
             out = self.model.infer([s for _, s in batch], num_recycles=self.num_recycles)
