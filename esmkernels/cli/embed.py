@@ -252,6 +252,7 @@ class _Runner:
     def __init__(self, model, tokenizer, device, layers, include, max_tokens: int):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.layers, self.include, self.max_tokens = layers, include, max_tokens
+        self.keep_tokens: set[int] = set()  # records whose per-residue outputs are kept
 
     def shard(self, recs, limit, long_mode, checksum) -> tuple[list[dict], dict[str, Any]]:
         import torch
@@ -283,6 +284,11 @@ class _Runner:
             segments.append((order, 0, len(seq), seq))
             entry["stored_length"] = len(seq)
 
+        counts: dict[int, int] = {}
+        for order, *_ in segments:
+            counts[order] = counts.get(order, 0) + 1
+        # Per-residue outputs are kept only when asked for, or to merge a record's windows.
+        self.keep_tokens = {o for o, n in counts.items() if n > 1 or "per_tok" in self.include}
         results: dict[int, list[tuple[int, dict]]] = {}
         errors: dict[int, str] = {}
         queue = self._batches(segments)
@@ -322,7 +328,7 @@ class _Runner:
             rec = _assemble(parts, entry["stored_length"], self.layers)
             for layer in self.layers:
                 if "mean" in self.include:
-                    rows.setdefault(f"mean.{layer}", []).append(rec["per_tok"][layer].mean(0))
+                    rows.setdefault(f"mean.{layer}", []).append(rec["mean"][layer])
                 if "bos" in self.include:
                     rows.setdefault(f"bos.{layer}", []).append(rec["bos"][layer])
                 if "per_tok" in self.include:
@@ -356,21 +362,31 @@ class _Runner:
         enc = self.tokenizer([seg[3] for seg in batch], padding=True, return_tensors="pt")
         ids = enc["input_ids"].to(self.device)
         mask = enc["attention_mask"].to(self.device)
+        final_only = self.layers == [self.model.config.num_hidden_layers]
         with torch.inference_mode():
-            out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            out = self.model(
+                input_ids=ids, attention_mask=mask, output_hidden_states=not final_only
+            )
             contacts = None
             if "contacts" in self.include:
                 contacts = self.model.predict_contacts(ids, mask).float().cpu()
-        hidden = {layer: out.hidden_states[layer].float().cpu() for layer in self.layers}
-        result = {}
-        for b, (order, start, end, _) in enumerate(batch):
-            n = end - start
-            result[(order, start)] = {
-                "per_tok": {layer: h[b, 1 : n + 1].clone() for layer, h in hidden.items()},
-                "bos": {layer: h[b, 0].clone() for layer, h in hidden.items()},
-                "contacts": None if contacts is None else contacts[b, :n, :n].clone(),
-                "end": end,
-            }
+            if final_only:  # the final hidden state, after the last LayerNorm, as hidden_states[-1]
+                hidden = {self.layers[0]: out.last_hidden_state}
+            else:
+                hidden = {layer: out.hidden_states[layer] for layer in self.layers}
+            result = {}
+            for b, (order, start, end, _) in enumerate(batch):
+                n = end - start
+                tokens = {layer: h[b, 1 : n + 1].float() for layer, h in hidden.items()}
+                result[(order, start)] = {
+                    "mean": {layer: t.mean(0).cpu() for layer, t in tokens.items()},
+                    "per_tok": {layer: t.cpu() for layer, t in tokens.items()}
+                    if order in self.keep_tokens
+                    else None,
+                    "bos": {layer: h[b, 0].float().cpu() for layer, h in hidden.items()},
+                    "contacts": None if contacts is None else contacts[b, :n, :n].clone(),
+                    "end": end,
+                }
         return result
 
 
@@ -400,8 +416,10 @@ def _assemble(parts: list[tuple[int, dict]], length: int, layers) -> dict:
             if contacts is None:
                 contacts = torch.zeros(length, length)
             contacts[start:end, start:end] += seg["contacts"]
+    per_tok = {layer: per_tok[layer] / count for layer in layers}
     return {
-        "per_tok": {layer: per_tok[layer] / count for layer in layers},
+        "mean": {layer: t.mean(0) for layer, t in per_tok.items()},
+        "per_tok": per_tok,
         "bos": bos,
         "contacts": None if contacts is None else contacts / pair.clamp(min=1),
     }
