@@ -1,56 +1,38 @@
 #!/usr/bin/env bash
-# One full GPU session in one command (for the device tool's `run`, or any CUDA machine):
-#   bash bench/gpu_session.sh
-# 1. assembles the package from the working tree (no build, no network: the device machine's
-#    own torch / triton / transformers are used), 2. prints the GPU and versions, 3. runs the
-#    gpu-marked tests and the kernel property tests with the kernels compiled for real
-#    (TRITON_INTERPRET=0, hypothesis profile "gpu"), 4. runs the benchmark suite. Logs and the
-#    benchmark JSON go to $OUT (the device tool's folder) or bench/results/.
-# On a machine without CUDA the gpu tests skip and the benchmarks use their CPU shapes.
+# One GPU session in one command, sized for a short GPU window (the device tool's `run`, or any
+# CUDA machine):
+#   bash bench/gpu_session.sh [--budget SECONDS]      (default 480)
+# Runs from this working tree on the machine's own torch / triton / transformers: no install,
+# no network. Phases in priority order, each with its own cap (bench/gpu_session.py): the
+# environment, compiled correctness (gpu-marked tests, then the kernel property tests), kernel
+# benchmarks against their targets, ESM-2 and ESMFold against transformers, the longest fold.
+# Results go to $OUT (default bench/results/gpu-session-<time>/) as they come: summary.md,
+# results.json, session.log, tuned_configs.json. Bring them home with
+#   python -m bench.collect_gpu_run $OUT
+# Without CUDA the kernels run interpreted at tiny sizes and the GPU-only phases say so.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-bench/results}
+OUT=${OUT:-bench/results/gpu-session-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-# Compile the kernels for real where there is a GPU; interpret them elsewhere.
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+
+# Compile the kernels where there is a GPU; interpret them elsewhere.
 if $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  export TRITON_INTERPRET=0 HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-gpu}
+  export TRITON_INTERPRET=0
 else
-  export TRITON_INTERPRET=1 HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
+  export TRITON_INTERPRET=1
 fi
-export PYTHONUNBUFFERED=1
 
+# The package from this tree without installing it: esmkernels/ with its layers linked in as
+# esmkernels.ops / .models / .reference (links, so tests see the files of this tree).
 site=$(mktemp -d)
+trap 'rm -rf "$site"' EXIT
 mkdir -p "$site/esmkernels"
-cp -r esmkernels/. "$site/esmkernels/"
-cp -r reference "$site/esmkernels/reference"
-cp -r ops "$site/esmkernels/ops"
-cp -r models "$site/esmkernels/models"
+for entry in esmkernels/*; do ln -s "$PWD/$entry" "$site/esmkernels/$(basename "$entry")"; done
+for layer in ops models reference; do ln -s "$PWD/$layer" "$site/esmkernels/$layer"; done
 export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Autotune winners of earlier phases are kept on disk (Triton's cache_results) for later ones.
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$site/triton-cache}
 
-{
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
-  $PY - <<'PY'
-import torch, triton
-print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)
-print("device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
-try:
-    import transformers
-    print("transformers", transformers.__version__)
-except ImportError:
-    print("transformers absent")
-PY
-  git rev-parse HEAD 2>/dev/null || echo "commit unknown"
-} 2>&1 | tee "$OUT/env.txt"
-
-status=0
-$PY -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$OUT/gpu_tests.log" || status=1
-# Property tests that take the `device` fixture run compiled on the GPU here. The trunk-kernel
-# property tests build CPU tensors (interpreter only); their compiled coverage is the gpu-marked
-# large-shape tests above.
-$PY -m pytest -q -p no:cacheprovider -m "not slow and not gpu" \
-  tests/test_ops_layer_norm.py tests/test_ops_rotary_attention.py \
-  tests/test_models_esm.py 2>&1 | tee "$OUT/kernel_tests.log" || status=1
-$PY -m bench.run "$@" 2>&1 | tee "$OUT/bench.log" || status=1
-cp bench/results/*.json "$OUT/" 2>/dev/null || true
-exit $status
+$PY -m bench.gpu_session --out "$OUT" "$@"

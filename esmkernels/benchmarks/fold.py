@@ -102,7 +102,8 @@ class Models:
             return self._current[1]
         self._current = None
         free_memory(self.device)
-        model = build_model(provider, self.size, self.device, self.dtype, self.chunk_size)
+        with torch.device(self.device):  # initialised where it runs: fast on a GPU
+            model = build_model(provider, self.size, self.device, self.dtype, self.chunk_size)
         self._current = (provider, model)
         return model
 

@@ -100,7 +100,9 @@ class Models:
             from esmkernels.reference.esm import EsmForMaskedLM
 
             torch.manual_seed(0)
-            self._state = EsmForMaskedLM(EsmConfig(**config_kwargs(self.shape))).state_dict()
+            with torch.device(self.device):  # initialised where it runs: fast on a GPU
+                model = EsmForMaskedLM(EsmConfig(**config_kwargs(self.shape)))
+            self._state = model.state_dict()
         return self._state
 
     def get(self, provider: str) -> torch.nn.Module:
@@ -110,7 +112,8 @@ class Models:
         from esmkernels.benchmarks.timing import free_memory
 
         free_memory(self.device)
-        model = self._build(provider)
+        with torch.device(self.device):
+            model = self._build(provider)
         self._current = (provider, model)
         return model
 
