@@ -92,3 +92,29 @@ def test_bad_options_are_usage_errors(capsys, tmp_path, argv, message):
 def test_bad_length_is_a_usage_error(capsys):
     assert main(["bench", "--lengths", "8,0"]) == 2
     assert "--lengths: 0 must be >= 1" in capsys.readouterr().err
+
+
+def test_memory_suite_without_the_memory_model_says_so(capsys, tmp_path, monkeypatch):
+    from esmkernels.benchmarks import memory
+
+    monkeypatch.setattr(memory, "has", lambda name: False)
+    code = main(["bench", "--suite", "memory", "--lengths", "8", "--out", str(tmp_path),
+                 "--compare", "torch", "--no-plot"])  # fmt: skip
+    assert code == 0
+    assert "the fold memory model) is not available" in capsys.readouterr().out
+
+
+def test_memory_suite_compares_prediction_and_measurement(capsys, tmp_path):
+    fold_memory = pytest.importorskip("esmkernels.models.fold_memory")
+    code = main(["bench", "--suite", "memory", "--lengths", "8", "--out", str(tmp_path),
+                 "--compare", "torch", "--max-time", "0.01", "--no-plot"])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    (record,) = json.loads((tmp_path / "bench.json").read_text())["records"]
+    assert record["status"] == "ok" and record["peak_mb"] > 0
+    from esmkernels.benchmarks.fold import fold_config_kwargs
+    from esmkernels.configuration import EsmConfig
+
+    want = fold_memory.predict_fold_peak_bytes(EsmConfig(**fold_config_kwargs("tiny")), 8)
+    assert record["meta"]["predicted_mb"] == pytest.approx(want / 2**20)
+    ratio = record["meta"]["predicted_over_measured"]
+    assert ratio == pytest.approx(record["meta"]["predicted_mb"] / record["peak_mb"])

@@ -1,14 +1,16 @@
-"""Fold memory: the memory model's predicted peak vs the measured one (CUDA).
+"""Fold memory: the memory model's predicted peak vs the measured one, on any device.
 
-Uses `esmkernels.models.fold_memory.predict_fold_peak_bytes(config, length, *, batch, dtype,
-backend, chunk_size)`; until that module exists the suite reports itself unavailable.
+Predicted: `esmkernels.models.fold_memory.predict_fold_peak_bytes(config, L, batch=1, dtype,
+backend, chunk_size)`, the bytes of tensors one fold allocates on top of the loaded model.
+Measured: the same quantity, `fold_memory.track_peak_bytes` around each call (live bytes of
+the tensor storages the fold creates, weights excluded), so CPU runs compare too. The record's
+`peak_mb` is that measured peak; `meta` holds `predicted_mb` and `predicted_over_measured`.
+Times in this suite include the tracker's overhead: read them from the `fold` suite instead.
 """
 
 from __future__ import annotations
 
 import importlib
-
-import torch
 
 from esmkernels.benchmarks import fold
 from esmkernels.benchmarks.peers import has
@@ -19,10 +21,10 @@ CASES = ("fold_peak",)
 MODULE = "esmkernels.models.fold_memory"
 
 
-def predictor():
+def memory_model():
     if not has(MODULE):
         raise Unavailable(f"{MODULE} (the fold memory model) is not available in this version")
-    return importlib.import_module(MODULE).predict_fold_peak_bytes
+    return importlib.import_module(MODULE)
 
 
 def build(
@@ -30,13 +32,24 @@ def build(
 ) -> Workload:
     if provider not in PROVIDERS:
         raise Unavailable(f"the memory model predicts esmkernels backends only, not {provider!r}")
-    predict = predictor()
+    mm = memory_model()
     work = fold.build("fold", provider, length, models=models, num_recycles=num_recycles)
     model = models.get(provider)
-    dtype = models.dtype if isinstance(models.dtype, torch.dtype) else torch.float32
-    backend = "torch" if provider == "reference" else provider
-    predicted = predict(
-        model.config, length, batch=1, dtype=dtype, backend=backend, chunk_size=models.chunk_size
+    predicted = mm.predict_fold_peak_bytes(
+        model.config,
+        length,
+        batch=1,
+        dtype=models.dtype,
+        backend="triton" if provider == "triton" else "torch",
+        chunk_size=models.chunk_size,
     )
-    work.meta["predicted_mb"] = predicted / 2**20
-    return work
+    meta = {**work.meta, "predicted_mb": predicted / 2**20}
+    inner = work.forward
+
+    def tracked():
+        with mm.track_peak_bytes() as tracker:
+            out = inner()
+        meta["tracked_peak_mb"] = tracker.peak / 2**20
+        return out
+
+    return Workload(tracked, tokens=length, meta=meta)

@@ -63,7 +63,7 @@ def table(records: Sequence[dict], peers: Sequence[str]) -> str:
     rows = []
     for r in records:
         ms = f"{r['ms']:.4g}" if r["status"] == "ok" else _status(r)
-        peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
+        peak = f"{r['peak_mb']:.4g}" if r["peak_mb"] is not None else "-"
         provider = r["provider"]
         if provider == "triton" and r["device"] == "cpu":
             provider += " (interpreted)"  # a correctness tool, not a kernel speed
