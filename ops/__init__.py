@@ -6,9 +6,10 @@ The four public ops, one import away (as `torch.nn.functional` or `fla.ops`):
     ...     axial_attention, layer_norm, rotary_attention, triangle_multiplicative_update,
     ... )
 
-Each op: jit kernels -> launchers -> autograd Function -> public function with `backend=`. They
+Each op: jit kernels -> launchers -> custom ops (`torch.library`: fake + autograd, see
+`esmkernels.ops._custom_ops`) -> public function with `backend=`. They
 live in `<op>_kernels.py` modules (`esmkernels.ops.layer_norm_kernels` etc.), named so that the
-functions re-exported here never shadow a module; launchers and Functions are imported from there.
+functions re-exported here never shadow a module; launchers are imported from there.
 Importing this package compiles nothing and never touches CUDA.
 """
 

@@ -200,8 +200,10 @@ def _validate(q, k, v, inv_freq, position_ids, key_padding_mask, cu_seqlens, max
         raise ValueError(
             f"rotary_attention: cu_seqlens must be a 1-D integer tensor [B+1], got {cu_seqlens.dtype} of shape {tuple(cu_seqlens.shape)}"
         )
-    if max_seqlen is not None and cu_seqlens.is_cuda:
-        return int(max_seqlen)  # trust the caller: no host round trip on the GPU hot path
+    if max_seqlen is not None and (cu_seqlens.is_cuda or torch.compiler.is_compiling()):
+        # Trust the caller: no host round trip on the GPU hot path, and no data-dependent
+        # branch (a graph break) under torch.compile.
+        return int(max_seqlen)
     bounds = cu_seqlens.tolist()
     lens = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
     if bounds[0] != 0 or bounds[-1] != q.shape[0] or min(lens) < 0:
@@ -241,7 +243,8 @@ def rotary_attention(
         key_padding_mask: [B, L], 1 = keep (padded only). A query with no kept key gets zeros.
         cu_seqlens: [B+1] integer offsets of the packed sequences (starts at 0, ends at T).
         max_seqlen: longest packed sequence; computed from cu_seqlens when None (passing it on
-            CUDA skips a host round trip and the cu_seqlens content checks).
+            CUDA, or under torch.compile, skips a host round trip and the cu_seqlens content
+            checks).
         scale: multiplier applied to q before rotation; default D**-0.5.
         dropout_p: must be 0; attention dropout is not fused (callers use the reference).
         backend: "auto" | "triton" | "torch" (None: env ESMKERNELS_BACKEND, default "auto").
