@@ -230,6 +230,11 @@ class EmbeddingWriter:
                 )
             other = _read_json(path)
             check_settings(other.get("settings", {}), self.settings, path)
+        # A killed run can leave temporary files of this part (a shard or index being written);
+        # nothing else writes them, so they are removed.
+        for pattern in (f".shard-{part}of{parts}-*.tmp", f".{self.index_path.name}.*.tmp"):
+            for stale in self.directory.glob(pattern):
+                stale.unlink(missing_ok=True)
         if self.index_path.exists():
             for entry in _read_json(self.index_path)["records"]:
                 self.records[entry["order"]] = entry

@@ -232,6 +232,7 @@ def test_killed_run_resumes_byte_identically_without_recomputing(ckpt, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         run("embed", fa, "-m", ckpt, "-o", tmp_path / "killed", *argv)
     monkeypatch.setattr(EmbeddingWriter, "write_shard", real_write)
+    (tmp_path / "killed" / ".shard-0of1-00001.safetensors.x1y2.tmp").write_bytes(b"half")
     first = tmp_path / "killed" / "shard-0of1-00000.safetensors"
     stamp = first.stat().st_mtime_ns, first.stat().st_ino
     assert open_embeddings(tmp_path / "killed").ids == [IDS[0], IDS[3]]  # the longest two

@@ -117,6 +117,7 @@ def test_killed_run_resumes_byte_identically(ckpt, tmp_path, monkeypatch):
     name = summary(tmp_path / "whole" / "summary.tsv")[1]["file"]
     first = tmp_path / "killed" / name  # the dimer goes first: 7 residues + a 25-residue linker
     stamp = first.stat().st_mtime_ns, first.stat().st_ino
+    (tmp_path / "killed" / ".mono.pdb.k9x_2ab1.tmp").write_text("half a PDB")  # killed mid-write
     calls.clear()
     monkeypatch.setattr(fold_cli._Folder, "fold", lambda self, b: calls.append(b) or real(self, b))
     assert run("fold", fa, "-o", tmp_path / "killed", *argv) == 0

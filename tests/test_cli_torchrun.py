@@ -62,6 +62,7 @@ def test_torchrun_two_ranks_killed_and_resumed(tmp_path):
     again = torchrun(["embed", fa, "-o", out, *opts], tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "index-0of2.json" in again.stderr and "index-1of2.json" in again.stderr
+    assert sorted(files(out)) == sorted(files(tmp_path / "shards"))  # no temporary files left
     assert files(out) == files(tmp_path / "shards")
     assert (out / rank1[0]).stat().st_ino == kept.st_ino  # resumed, not rewritten
     assert (out / rank1[0]).stat().st_mtime_ns == kept.st_mtime_ns

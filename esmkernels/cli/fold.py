@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import time
 
 from esmkernels.cli._common import (
@@ -209,6 +210,13 @@ def run(args: argparse.Namespace) -> int:
         text = format_summary([rows[items[o][0]] for o in share if items[o][0] in rows])
         atomic_write(summary_path, text.encode())
 
+    # Temporary files a killed run of this share left behind (other shares' are not touched:
+    # they may be writing theirs now).
+    mine = {names[o] for o in share}
+    for path in out.iterdir():
+        found = re.match(r"^\.(.+)\.(pdb|pae\.json|tsv)\.[^.]+\.tmp$", path.name)
+        if found and (found.group(1) in mine or f"{found.group(1)}.tsv" == summary_path.name):
+            path.unlink(missing_ok=True)
     for o in share:  # invalid records (--skip-invalid) fail before any work
         rid, seq, reason = items[o]
         if reason is not None and rid not in rows:
