@@ -8,7 +8,7 @@ import types
 
 import pytest
 import torch
-from hypothesis import example, given
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from esmkernels.ops.triangle_multiplicative_kernels import (
@@ -16,6 +16,7 @@ from esmkernels.ops.triangle_multiplicative_kernels import (
     triangle_multiplicative_update,
 )
 from esmkernels.reference.esmfold import trunk_functional as ref
+from tests._launches import TRIMUL_FWD, launches, tiles
 from tests._sm90 import (
     Job,
     addptr_offset_types,
@@ -25,8 +26,15 @@ from tests._sm90 import (
 )
 from tests.tolerances import FP32_DOT, assert_within_rule
 
+# The `device` fixture is constant across examples, so reusing it is safe.
+FIXTURE_OK = settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+# Reference-only tests are cheap: more examples than the profile gives interpreted kernels.
+CHEAP = settings(max_examples=3 * settings().max_examples)
 
-def make_params(C, Ch, *, dtype=torch.float32, seed=0):
+
+def make_params(C, Ch, *, dtype=torch.float32, seed=0, device="cpu"):
     """Random parameters, scaled so activations stay O(1), as leaves requiring grad."""
     g = torch.Generator().manual_seed(seed)
     shapes = {
@@ -44,11 +52,11 @@ def make_params(C, Ch, *, dtype=torch.float32, seed=0):
             if len(shape) == 2
             else (1 + 0.3 * t if "ln_" in name and "weight" in name else 0.3 * t)
         )
-        params[name] = t.to(dtype).requires_grad_()
+        params[name] = t.to(device, dtype).requires_grad_()
     return params
 
 
-def make_z(B, L, C, *, layout, dtype=torch.float32, seed=1):
+def make_z(B, L, C, *, layout, dtype=torch.float32, seed=1, device="cpu"):
     """z [B, L, L, C]: contiguous, a transposed view, or a channel slice of a wider tensor."""
     g = torch.Generator().manual_seed(seed)
     if layout == "contiguous":
@@ -57,19 +65,19 @@ def make_z(B, L, C, *, layout, dtype=torch.float32, seed=1):
         z = torch.randn(B, L, L, C, generator=g).transpose(1, 2)
     else:
         z = torch.randn(B, L, L, 2 * C, generator=g)[..., C:]
-    return z.to(dtype).detach().requires_grad_()
+    return z.to(device, dtype).detach().requires_grad_()
 
 
-def make_mask(B, L, *, kind, seed=2):
+def make_mask(B, L, *, kind, seed=2, device="cpu"):
     """None, random, or the outer product of a padded sequence mask (whole rows and columns 0)."""
     if kind == "none":
         return None
     g = torch.Generator().manual_seed(seed)
     if kind == "random":
-        return (torch.rand(B, L, L, generator=g) > 0.3).float()
+        return (torch.rand(B, L, L, generator=g) > 0.3).float().to(device)
     seq = torch.ones(B, L)
     seq[:, (L + 1) // 2 :] = 0
-    return seq[:, :, None] * seq[:, None, :]
+    return (seq[:, :, None] * seq[:, None, :]).to(device)
 
 
 def naive_trimul(z, mask, p, outgoing, eps=1e-5):
@@ -98,8 +106,21 @@ def _run(z, mask, p, outgoing, backend, chunk_size=None):
         z, mask, **p, outgoing=outgoing, chunk_size=chunk_size, backend=backend
     )
     leaves = [z, *p.values()]
-    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(out.dtype)
-    return out, torch.autograd.grad(out, leaves, dout)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    return out, torch.autograd.grad(out, leaves, dout.to(out.device, out.dtype))
+
+
+def _naive_grads(z, mask, p, outgoing):
+    """Output and gradients of the independent float64 formulation (same upstream gradient)."""
+    leaves = [z.detach().double().requires_grad_(), *(t.detach().double() for t in p.values())]
+    leaves[1:] = [t.requires_grad_() for t in leaves[1:]]
+    out = naive_trimul(leaves[0], mask, dict(zip(p, leaves[1:])), outgoing)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    return out, torch.autograd.grad(out, leaves, dout.to(out.device, out.dtype))
+
+
+def _kernel_chunks(ch, chunk_size):
+    return 1 if chunk_size is None else -(-ch // min(chunk_size, ch))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -107,6 +128,7 @@ def _run(z, mask, p, outgoing, backend, chunk_size=None):
 # ------------------------------------------------------------------------------------------------
 
 
+@CHEAP
 @given(
     B=st.integers(1, 2),
     L=st.integers(1, 9),
@@ -117,6 +139,7 @@ def _run(z, mask, p, outgoing, backend, chunk_size=None):
     chunk_size=st.sampled_from([None, 1, 4]),
 )
 @example(B=1, L=1, C=4, Ch=4, outgoing=False, mask_kind="padded", chunk_size=None)
+@example(B=2, L=7, C=8, Ch=6, outgoing=False, mask_kind="random", chunk_size=4)
 def test_reference_matches_naive(B, L, C, Ch, outgoing, mask_kind, chunk_size):
     p = make_params(C, Ch)
     z = make_z(B, L, C, layout="contiguous")
@@ -157,6 +180,7 @@ def test_reference_matches_transformers(outgoing):
 # ------------------------------------------------------------------------------------------------
 
 
+@FIXTURE_OK
 @given(
     B=st.integers(1, 2),
     L=st.integers(1, 12),
@@ -172,42 +196,116 @@ def test_reference_matches_transformers(outgoing):
     B=1, L=2, C=16, Ch=12, outgoing=False, layout="transposed", mask_kind="padded", chunk_size=5
 )
 @example(B=1, L=11, C=32, Ch=16, outgoing=False, layout="sliced", mask_kind="random", chunk_size=5)
-def test_kernel_matches_reference_fp32(B, L, C, Ch, outgoing, layout, mask_kind, chunk_size):
-    p = make_params(C, Ch)
-    z = make_z(B, L, C, layout=layout)
-    mask = make_mask(B, L, kind=mask_kind)
-    out, grads = _run(z, mask, p, outgoing, "triton", chunk_size)
-    out_ref, grads_ref = _run(z, mask, p, outgoing, "torch")
+@example(B=2, L=9, C=8, Ch=12, outgoing=True, layout="contiguous", mask_kind="random", chunk_size=5)
+def test_kernel_matches_reference_fp32(
+    device, B, L, C, Ch, outgoing, layout, mask_kind, chunk_size
+):
+    """Forward against the reference; gradients (the backward recomputes through the
+    reference's functions, see the module docstring) against autograd of the independent
+    float64 formulation, so a recompute that drops or misroutes a gradient fails."""
+    p = make_params(C, Ch, device=device)
+    z = make_z(B, L, C, layout=layout, device=device)
+    mask = make_mask(B, L, kind=mask_kind, device=device)
+    with launches() as seen:
+        out, grads = _run(z, mask, p, outgoing, "triton", chunk_size)
+    n = _kernel_chunks(Ch, chunk_size)
+    seen.expect("_trimul_proj_kernel", "_trimul_contract_kernel", exactly=n)
+    seen.expect("_trimul_out_kernel", exactly=1)
+    out_ref = triangle_multiplicative_update(z, mask, **p, outgoing=outgoing, backend="torch")
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, out_ref, **FP32_DOT)
-    for name, g, gr in zip(("z", *PARAM_NAMES), grads, grads_ref):
-        torch.testing.assert_close(g, gr, **FP32_DOT, msg=lambda m, n=name: f"grad {n}: {m}")
+    _, grads_naive = _naive_grads(z, mask, p, outgoing)
+    for name, g, gr in zip(("z", *PARAM_NAMES), grads, grads_naive):
+        torch.testing.assert_close(
+            g.double(), gr, **FP32_DOT, msg=lambda m, n=name: f"grad {n}: {m}"
+        )
 
 
-def test_kernel_chunked_equals_unchunked():
-    """Channel chunks (the last one smaller) reproduce the unchunked kernel bit for bit."""
+def test_kernel_chunked_equals_unchunked(device):
+    """Channel chunks (the last one smaller) reproduce the unchunked kernel bit for bit, and
+    are observed: Ch = 12 in chunks of 5 projects and contracts three times."""
     p, z, mask = (
-        make_params(8, 12),
-        make_z(1, 10, 8, layout="contiguous"),
-        make_mask(1, 10, kind="random"),
+        make_params(8, 12, device=device),
+        make_z(1, 10, 8, layout="contiguous", device=device),
+        make_mask(1, 10, kind="random", device=device),
     )
     for outgoing in (True, False):
         with torch.no_grad():
             full = triangle_multiplicative_update(z, mask, **p, outgoing=outgoing, backend="triton")
-            for cs in (5, 64):
-                chunked = triangle_multiplicative_update(
-                    z, mask, **p, outgoing=outgoing, chunk_size=cs, backend="triton"
-                )
+            for cs, n in ((5, 3), (64, 1)):
+                with launches() as seen:
+                    chunked = triangle_multiplicative_update(
+                        z, mask, **p, outgoing=outgoing, chunk_size=cs, backend="triton"
+                    )
+                seen.expect("_trimul_proj_kernel", "_trimul_contract_kernel", exactly=n)
+                seen.expect("_trimul_out_kernel", exactly=1)
                 torch.testing.assert_close(chunked, full, atol=0, rtol=0)
 
 
-def test_kernel_padding_invariance():
+def test_backward_recomputes_in_row_chunks(device, monkeypatch):
+    """The recomputing backward builds one graph per block of `chunk_size` output rows (its
+    memory bound), BWD_ROWS rows without a chunk size; the gradients do not depend on it."""
+    import esmkernels.ops.triangle_multiplicative_kernels as tm
+
+    p, z = make_params(8, 8, device=device), make_z(1, 7, 8, layout="contiguous", device=device)
+    rows = []
+    real = tm.ref.triangle_update_rows
+    monkeypatch.setattr(
+        tm.ref,
+        "triangle_update_rows",
+        lambda zn, *a, **k: rows.append(zn.shape[1]) or real(zn, *a, **k),
+    )
+    _, whole = _run(z, None, p, False, "triton")
+    assert rows == [7]
+    rows.clear()
+    _, chunked = _run(z, None, p, False, "triton", chunk_size=3)
+    assert rows == [3, 3, 1]
+    for g, gc in zip(whole, chunked):
+        torch.testing.assert_close(gc, g, **FP32_DOT)
+    monkeypatch.setattr(tm, "BWD_ROWS", 2)
+    rows.clear()
+    _run(z, None, p, False, "triton")
+    assert rows == [2, 2, 2, 1]
+
+
+@pytest.mark.parametrize(
+    "blocks, outgoing",
+    [
+        pytest.param(
+            dict(BLOCK_I=16, BLOCK_J=32, BLOCK_K=16, BLOCK_P=64, BLOCK_H=16, BLOCK_N=16),
+            True,
+            id="i16-j32-outgoing",
+        ),
+        pytest.param(
+            dict(BLOCK_I=32, BLOCK_J=16, BLOCK_K=16, BLOCK_P=64, BLOCK_H=32, BLOCK_N=32),
+            False,
+            id="i32-j16-incoming",
+        ),
+    ],
+)
+def test_rectangular_tiles(device, blocks, outgoing):
+    """GPU tiles are rectangular: the contraction with BLOCK_I != BLOCK_J in both orders (its
+    grouped tile order too), the projection and output kernels with other pixel / channel
+    tiles, on L = 37 (several tiles each way, partial ones), Ch = 24 and a mask."""
+    B, L, C, Ch = 1, 37, 32, 24
+    p = make_params(C, Ch, device=device)
+    z = make_z(B, L, C, layout="transposed", device=device).detach()
+    mask = make_mask(B, L, kind="random", device=device)
+    p = {k: v.detach() for k, v in p.items()}
+    with torch.no_grad(), tiles(**blocks) as kernels, launches() as seen:
+        out = triangle_multiplicative_update(z, mask, **p, outgoing=outgoing, backend="triton")
+    assert set(TRIMUL_FWD) <= set(kernels)
+    seen.expect(*TRIMUL_FWD, exactly=1)
+    torch.testing.assert_close(out.double(), naive_trimul(z, mask, p, outgoing), **FP32_DOT)
+
+
+def test_kernel_padding_invariance(device):
     """A length-5 sequence padded to 9 (pair mask = outer product of the sequence mask) and
     batched with another sequence gives, on its valid 5 x 5 block, what it gives alone: masked
     pairs contribute nothing to the triangle sums."""
-    p = make_params(8, 8)
-    z = make_z(2, 9, 8, layout="contiguous").detach()
-    seq = torch.ones(2, 9)
+    p = make_params(8, 8, device=device)
+    z = make_z(2, 9, 8, layout="contiguous", device=device).detach()
+    seq = torch.ones(2, 9, device=device)
     seq[0, 5:] = 0
     mask = seq[:, :, None] * seq[:, None, :]
     for outgoing in (True, False):
@@ -221,10 +319,10 @@ def test_kernel_padding_invariance():
         torch.testing.assert_close(batched[:1, :5, :5], alone, **FP32_DOT)
 
 
-def test_kernel_masked_rows_and_columns_are_finite():
+def test_kernel_masked_rows_and_columns_are_finite(device):
     """A padded sequence masks whole rows and columns: a = b = 0 there, x = 0, LN_out(0) = bias."""
-    p, z = make_params(8, 8), make_z(1, 9, 8, layout="contiguous")
-    mask = make_mask(1, 9, kind="padded")
+    p, z = make_params(8, 8, device=device), make_z(1, 9, 8, layout="contiguous", device=device)
+    mask = make_mask(1, 9, kind="padded", device=device)
     with torch.no_grad():
         out = triangle_multiplicative_update(z, mask, **p, outgoing=True, backend="triton")
         expected = naive_trimul(z, mask, p, True)
@@ -235,29 +333,33 @@ def test_kernel_masked_rows_and_columns_are_finite():
 @pytest.mark.parametrize(
     "dtype, outgoing", [(torch.float16, True), (torch.bfloat16, False), (torch.bfloat16, True)]
 )
-def test_kernel_low_precision_within_rule(dtype, outgoing):
+def test_kernel_low_precision_within_rule(device, dtype, outgoing):
     B, L, C = 1, 7, 16
     p32, z32, mask = (
-        make_params(C, C),
-        make_z(B, L, C, layout="transposed"),
-        make_mask(B, L, kind="random"),
+        make_params(C, C, device=device),
+        make_z(B, L, C, layout="transposed", device=device),
+        make_mask(B, L, kind="random", device=device),
     )
     with torch.no_grad():
         ref32 = ref.triangle_multiplicative_update(z32, mask, **p32, outgoing=outgoing)
         p = {k: v.detach().to(dtype) for k, v in p32.items()}
         z = z32.detach().to(dtype)
         at_dtype = ref.triangle_multiplicative_update(z, mask, **p, outgoing=outgoing)
-        out = triangle_multiplicative_update(z, mask, **p, outgoing=outgoing, backend="triton")
+        with launches() as seen:
+            out = triangle_multiplicative_update(z, mask, **p, outgoing=outgoing, backend="triton")
+    seen.expect(*TRIMUL_FWD, exactly=1)
     assert out.dtype == dtype
     assert_within_rule(out, at_dtype, ref32, dtype, "update")
 
 
-def test_auto_on_cpu_is_the_reference():
+def test_auto_on_cpu_takes_the_torch_path():
+    """ "auto" on CPU tensors runs no kernel (the interpreter is a test tool), and its result
+    is the independent float64 formulation's."""
     p, z = make_params(8, 8), make_z(1, 5, 8, layout="contiguous")
-    with torch.no_grad():
-        expected = ref.triangle_multiplicative_update(z, None, **p, outgoing=True)
+    with torch.no_grad(), launches() as seen:
         out = triangle_multiplicative_update(z, None, **p, outgoing=True, backend="auto")
-    assert torch.equal(out, expected)
+    assert not seen.kernels and seen.fallbacks["triangle_multiplicative_update"] == 1
+    torch.testing.assert_close(out.double(), naive_trimul(z, None, p, True), **FP32_DOT)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 Each `Mutant` replaces one exact snippet (`old`, its `nth` occurrence when it is not unique) of
 one file by `new`, and names the test files that should notice, most likely killer first (the
-runner runs them fail-fast, in that order, and skips files that do not exist). Kinds follow the
+runner runs them fail-fast, in that order, and skips files that do not exist); a
+`file::function` entry is run before all the files, to reach a likely killer quickly. Kinds follow the
 issue that asked for them: index / stride mix-ups, wrong block sizes, dropped masks,
 off-by-one, wrong eps or scale, skipped chunking, ignored flags, bypassed kernels, removed
 validations.
@@ -32,7 +33,9 @@ class Mutant:
 LAUNCHED = "tests/test_kernels_launched.py"
 LN = ("tests/test_ops_layer_norm.py", LAUNCHED, "tests/test_models_esm.py")
 ROT = ("tests/test_ops_rotary_attention.py", LAUNCHED, "tests/test_models_esm.py")
+ROT_TILES = ("tests/test_ops_rotary_attention.py::test_rectangular_tiles_padded_and_varlen", *ROT)
 AX = ("tests/test_ops_axial_attention.py", LAUNCHED, "tests/test_models_esmfold.py")
+AX_TILES = ("tests/test_ops_axial_attention.py::test_rectangular_tiles", *AX)
 TM = ("tests/test_ops_triangle_multiplicative.py", LAUNCHED, "tests/test_models_esmfold.py")
 LM = (LAUNCHED, "tests/test_models_esm.py", "tests/test_models_variants.py")
 FOLD = (LAUNCHED, "tests/test_models_esmfold.py", "tests/test_esmfold_model.py")
@@ -107,7 +110,7 @@ MUTANTS: list[Mutant] = [
         "ops/rotary_attention_fwd.py",
         "for start_n in range(0, n_tok, BLOCK_N):",
         "for start_n in range(0, n_tok, BLOCK_M):",
-        ROT,
+        ROT_TILES,
         "stepping the key loop by the query tile; invisible while tiles are square",
     ),
     Mutant(
@@ -116,7 +119,7 @@ MUTANTS: list[Mutant] = [
         "ops/rotary_attention_bwd.py",
         "for start_n in range(0, n_tok, BLOCK_N):",
         "for start_n in range(0, n_tok, BLOCK_M):",
-        ROT,
+        ROT_TILES,
         "the dq kernel's key loop stepped by the query tile",
     ),
     Mutant(
@@ -125,7 +128,7 @@ MUTANTS: list[Mutant] = [
         "ops/rotary_attention_bwd.py",
         "for start_m in range(0, n_tok, BLOCK_M):",
         "for start_m in range(0, n_tok, BLOCK_N):",
-        ROT,
+        ROT_TILES,
         "the dk/dv kernel's query loop stepped by the key tile",
     ),
     Mutant(
@@ -143,7 +146,7 @@ MUTANTS: list[Mutant] = [
         "ops/rotary_attention_fwd.py",
         "p_pos = pos_ptr + i_b * stride_pb + (bos + o_i) * stride_pt",
         "p_pos = pos_ptr + i_b * stride_pb + o_i * stride_pt",
-        ROT,
+        ROT_TILES,
         "packed position_ids indexed within the sequence instead of from its first token",
     ),
     Mutant(
@@ -225,7 +228,7 @@ MUTANTS: list[Mutant] = [
         "ops/axial_attention_kernels.py",
         "for start_n in range(0, N, BLOCK_N):",
         "for start_n in range(0, N, BLOCK_M):",
-        AX,
+        AX_TILES,
         "stepping the key loop by the query tile; invisible while tiles are square",
     ),
     Mutant(
@@ -234,7 +237,7 @@ MUTANTS: list[Mutant] = [
         "ops/axial_attention_bwd.py",
         "for start_n in range(0, N, BLOCK_N):",
         "for start_n in range(0, N, BLOCK_M):",
-        AX,
+        AX_TILES,
         "the dq kernel's key loop stepped by the query tile",
     ),
     Mutant(
@@ -243,7 +246,7 @@ MUTANTS: list[Mutant] = [
         "ops/axial_attention_bwd.py",
         "for start_m in range(0, N, BLOCK_M):",
         "for start_m in range(0, N, BLOCK_N):",
-        AX,
+        AX_TILES,
         "the dk/dv kernel's query loop stepped by the key tile",
     ),
     Mutant(
@@ -252,7 +255,7 @@ MUTANTS: list[Mutant] = [
         "ops/axial_attention_bwd.py",
         "o_m = (i_t // n_tiles_n) * BLOCK_M",
         "o_m = (i_t // n_tiles_n) * BLOCK_N",
-        AX,
+        AX_TILES,
         "the dbias tile's row offset computed with the column tile size",
     ),
     Mutant(

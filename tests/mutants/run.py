@@ -70,6 +70,27 @@ def scratch_copy(dest: Path, tests_from: str | None) -> None:
         link.symlink_to(Path("..") / target, target_is_directory=True)
 
 
+def exists(tree: Path, test: str) -> bool:
+    """A test file, or a `file::function` node whose function the file defines."""
+    path, _, node = test.partition("::")
+    if not (tree / path).is_file():
+        return False
+    return not node or f"def {node.split('[')[0]}(" in (tree / path).read_text()
+
+
+def run_stages(tree: Path, tests: list[str], timeout: float) -> tuple[str, str, float]:
+    """The named test functions first (the likely killers), then the whole files."""
+    nodes = [t for t in tests if "::" in t]
+    files = list(dict.fromkeys(t.partition("::")[0] for t in tests))
+    spent = 0.0
+    if nodes:
+        outcome, detail, spent = run_tests(tree, nodes, timeout)
+        if outcome != "survived":
+            return outcome, detail, spent
+    outcome, detail, dt = run_tests(tree, files, max(1.0, timeout - spent))
+    return outcome, detail, spent + dt
+
+
 def apply(m: Mutant, tree: Path) -> tuple[str, str] | None:
     """(original text, mutated text) of m's file, or None when the snippet is stale."""
     path = tree / m.path
@@ -131,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("prefixes", nargs="*", help="run only mutants whose name starts so")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--tests-from", metavar="REV", help="use tests/ as of this git revision")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant")
     parser.add_argument("--target", type=float, default=95.0, help="kill rate (%%) to pass")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copy")
@@ -155,12 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         scratch_copy(tree, args.tests_from)
-        selected = {m.name: [t for t in m.tests if (tree / t).is_file()] for m in chosen}
+        selected = {m.name: [t for t in m.tests if exists(tree, t)] for m in chosen}
         print(f"scratch copy: {tree}; {len(chosen)} mutants; tests from "
               f"{args.tests_from or 'the working tree'}; load average {os.getloadavg()[0]:.2f}",
               flush=True)  # fmt: skip
         if not args.no_baseline:
-            union = list(dict.fromkeys(t for ts in selected.values() for t in ts))
+            union = list(
+                dict.fromkeys(t.partition("::")[0] for ts in selected.values() for t in ts)
+            )
             outcome, detail, dt = run_tests(tree, union, timeout=4 * args.timeout)
             print(f"baseline (unmutated, {len(union)} files): {outcome} {detail} [{dt:.0f} s]",
                   flush=True)  # fmt: skip
@@ -180,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not selected[m.name]:
                     outcome, detail, dt = "survived", "no selected test file exists", 0.0
                 else:
-                    outcome, detail, dt = run_tests(tree, selected[m.name], args.timeout)
+                    outcome, detail, dt = run_stages(tree, selected[m.name], args.timeout)
             finally:
                 path.write_text(texts[0])
             results[m.name] = (outcome, detail)
