@@ -19,14 +19,15 @@ from tqdm.auto import tqdm
 def residue_bar(total: int, desc: str, *, initial: int = 0, enabled: bool = True) -> tqdm:
     """A tqdm bar over `total` residues, `initial` of them already done (a resumed job).
 
-    Shows residues done / total, residues/s and the ETA (tqdm's unit scaling: 12.3k res/s).
+    Shows residues done / total, residues/s and the ETA (tqdm's unit scaling, 12.3k res/s, from
+    1,000 residues on).
     """
     return tqdm(
         total=total,
         initial=initial,
         desc=desc,
         unit="res",
-        unit_scale=True,
+        unit_scale=total >= 1000,
         disable=not enabled,
         file=sys.stderr,
         dynamic_ncols=True,

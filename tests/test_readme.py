@@ -29,6 +29,8 @@ def shell_commands(block: str) -> list[list[str]]:
 def test_readme_examples_run(tmp_path, monkeypatch):
     blocks = code_blocks()
     assert sum(lang == "python" for lang, _ in blocks) >= 3, "README lost its usage examples"
+    setup = next(code for lang, code in blocks if lang == "bash" and "make test" in code)
+    assert setup.splitlines()[0].startswith("make demo")  # the main job comes first
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
