@@ -175,7 +175,9 @@ def score_variants(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(sequence, str) or not sequence:
         raise ValueError(f"sequence must be a non-empty str, got {sequence!r}")
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+    if window is not None and (
+        isinstance(window, bool) or not isinstance(window, int) or window < 1
+    ):
         raise ValueError(f"window must be a positive int or None, got {window!r}")
     mutations = [mutations] if isinstance(mutations, str) else list(mutations)
     parsed = [parse_mutations(sequence, m, offset) for m in mutations]

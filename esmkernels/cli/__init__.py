@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         log(f"esmkernels {args.command}: error: {err}")
         return EXIT_USAGE
+    except BrokenPipeError:  # `esmkernels score ... | head`: the reader left; not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 __all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main"]
