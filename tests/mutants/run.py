@@ -25,6 +25,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copy")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: the running pytest is killed and the scratch copy removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     names = [m.name for m in MUTANTS]
     dupes = {n for n in names if names.count(n) > 1}
