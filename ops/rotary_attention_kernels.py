@@ -133,7 +133,11 @@ def _torch_varlen(q, k, v, cu_seqlens, max_seqlen, inv_freq, position_ids, scale
     pad = [t[index] for t in (q, k, v)]  # [B, max_seqlen, H, D]
     pos = None if position_ids is None else position_ids[index]
     out = _torch_padded(*pad, inv_freq, pos, valid, scale)
-    return out[valid]
+    # Back to packed tokens by index, not by the boolean mask: the output shape [T, H, D] stays
+    # static, so torch.compile traces this without a graph break.
+    t = torch.arange(q.shape[0], device=q.device)
+    seq = torch.searchsorted(cu_seqlens[1:].long(), t, right=True)  # [T]
+    return out[seq, t - cu_seqlens[seq].long()]
 
 
 def requested_backend(backend: str | None) -> str:
