@@ -257,3 +257,28 @@ def test_gpu_session_script_runs_end_to_end_on_cpu(tmp_path):
     assert any(r.get("kind") == "probe" and r["status"] == "ok" for r in records), probe
     summary = (out / "summary.md").read_text()
     assert "not measured: a GPU target" in summary and "no CUDA" in summary
+
+
+def test_longest_fold_stops_at_the_first_out_of_memory():
+    import time
+    import types
+
+    import torch
+
+    from esmkernels.benchmarks import fold
+
+    calls = []
+
+    def fake_model(ids, attention_mask, num_recycles):
+        calls.append(ids.shape[1])
+        if ids.shape[1] >= 16:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+        return types.SimpleNamespace(positions=torch.zeros(1))
+
+    models = types.SimpleNamespace(
+        device="cpu", chunk_size=64, size="tiny", get=lambda p: fake_model
+    )
+    rows = fold.longest_fold("triton", [32, 8, 16], models=models, deadline=time.monotonic() + 60)
+    assert [(r["length"], r["status"]) for r in rows] == [(8, "ok"), (16, "oom")]
+    assert calls == [8, 16] and rows[0]["chunk_size"] == 64
+    assert fold.longest_fold("triton", [8], models=models, deadline=time.monotonic() - 1) == []

@@ -2,8 +2,9 @@
 
 `real` is the full-size model (ESM-2 3B stem, 48 trunk blocks, c_s 1024, c_z 128) with random
 weights; `tiny` the tests' toy model. One sequence of L random residues per call,
-`num_recycles` recycles (default 0: one trunk pass). Each provider builds its own model from
-the same seed (timing does not depend on the weights' values; transformers' init differs).
+`num_recycles` recycles (default 0: one trunk pass), the trunk chunked as its config says
+(128 rows for the full size, as transformers' esmfold_v1) unless `chunk_size` is given. Each
+provider builds its own model from the same seed (timing does not depend on the weights' values; transformers' init differs).
 
 Providers: `reference` (esmkernels.reference), `torch` (the fast model's torch backend),
 `triton` (fast model, kernels), `hf` (transformers' EsmForProteinFolding).
@@ -86,7 +87,8 @@ def build_model(provider: str, size: str, device, dtype, chunk_size: int | None 
             check_triton(torch.device(device))
         model = EsmForProteinFolding(config, backend=provider)
     model = model.to_device_dtype(device=device, dtype=None if dtype == torch.float32 else dtype)
-    model.set_chunk_size(chunk_size)
+    if chunk_size is not None:  # else the config's, as transformers' model (128 for esmfold_v1)
+        model.set_chunk_size(chunk_size)
     return model.eval()
 
 
@@ -125,7 +127,8 @@ def build(
     def forward():
         return model(ids, attention_mask=mask, num_recycles=num_recycles).positions
 
-    meta = {"num_recycles": num_recycles, "chunk_size": models.chunk_size, "size": models.size}
+    chunk = getattr(getattr(model, "trunk", None), "chunk_size", models.chunk_size)
+    meta = {"num_recycles": num_recycles, "chunk_size": chunk, "size": models.size}
     return Workload(forward, tokens=length, meta=meta)
 
 
@@ -164,6 +167,7 @@ def longest_fold(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             row = {"length": L, "status": "ok", "seconds": time.monotonic() - t0}
+            row["chunk_size"] = work.meta["chunk_size"]
             if device.type == "cuda":
                 row["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         except Unavailable:
