@@ -80,6 +80,7 @@ def test_without_matplotlib_and_transformers_the_table_still_prints(capsys, tmp_
         (["--cases", "softmax"], "'softmax'"),
         (["--modes", "backward"], "'backward'"),
         (["--max-time", "0"], "--max-time 0"),
+        (["--threads", "0"], "--threads 0"),
     ],
 )
 def test_bad_options_are_usage_errors(capsys, tmp_path, argv, message):

@@ -75,6 +75,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-time", type=float, default=1.0, help="seconds per measurement")
     p.add_argument("--num-recycles", type=int, default=0, help="fold: recycles per call")
     p.add_argument("--chunk-size", type=int, default=None, help="fold: trunk chunk size")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 gives steadier CPU timings on a busy machine)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="output directory")
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
     p.set_defaults(func=run)
@@ -94,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--compare {bad or args.compare}: choose from {runner.PROVIDERS}")
     if args.max_time <= 0:
         raise UsageError(f"--max-time {args.max_time} must be > 0")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads {args.threads} must be >= 1")
     size = args.size if args.size != "auto" else ("real" if device.type == "cuda" else "tiny")
     suites = runner.SUITES if args.suite == "all" else (args.suite,)
     if args.cases and len(suites) > 1:
@@ -104,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     out = args.out or environment.results_dir(device=device)
-    env = environment.environment(device)
+    env = {**environment.environment(device), "torch_threads": torch.get_num_threads()}
     records: list[dict] = []
     written: list[Path] = []
     notes: list[str] = []
