@@ -10,6 +10,7 @@
 # results.json, session.log, tuned_configs.json. Bring them home with
 #   python -m bench.collect_gpu_run $OUT
 # Without CUDA the kernels run interpreted at tiny sizes and the GPU-only phases say so.
+# A copied tree without .git records the commit given as ESMKERNELS_COMMIT=<sha>.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu-session-$(date -u +%Y%m%d-%H%M%S)}

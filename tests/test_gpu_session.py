@@ -282,3 +282,14 @@ def test_longest_fold_stops_at_the_first_out_of_memory():
     assert [(r["length"], r["status"]) for r in rows] == [(8, "ok"), (16, "oom")]
     assert calls == [8, 16] and rows[0]["chunk_size"] == 64
     assert fold.longest_fold("triton", [8], models=models, deadline=time.monotonic() - 1) == []
+
+
+def test_commit_of_a_copied_tree_comes_from_the_environment(tmp_path, monkeypatch):
+    from esmkernels.benchmarks import environment
+
+    monkeypatch.setattr(environment, "REPO", tmp_path)  # a tree copied without .git
+    monkeypatch.setenv("ESMKERNELS_COMMIT", "0123456789abcdef")
+    assert environment.git_commit() == "0123456789abcdef"
+    assert environment.git_commit(short=True) == "0123456789"
+    monkeypatch.delenv("ESMKERNELS_COMMIT")
+    assert environment.git_commit() == "unknown"

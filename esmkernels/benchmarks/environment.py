@@ -37,8 +37,12 @@ def device_slug(device: torch.device | str | None = None) -> str:
 
 
 def git_commit(short: bool = False) -> str:
-    """HEAD of the checkout this package runs from, '-dirty' when tracked files changed;
-    'unknown' outside a git checkout."""
+    """HEAD of the checkout this package runs from, '-dirty' when tracked files changed.
+    Outside a git checkout (a copied tree, as on a lent GPU machine): $ESMKERNELS_COMMIT, else
+    'unknown'."""
+    given = os.environ.get("ESMKERNELS_COMMIT", "").strip()
+    if given and not (REPO / ".git").exists():
+        return given[:10] if short else given
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO, check=True
@@ -50,7 +54,7 @@ def git_commit(short: bool = False) -> str:
             cwd=REPO,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return (given[:10] if short else given) if given else "unknown"
     return (head[:10] if short else head) + ("-dirty" if dirty else "")
 
 
