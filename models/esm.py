@@ -38,7 +38,13 @@ statistics, softmax statistics and rotary angles are fp32 inside the ops. Prefer
 keep the rotary `inv_freq` buffers in fp32, which `.to` would round to the half dtype.
 
 Training: gradients flow through every kernel; `gradient_checkpointing_enable()` recomputes each
-packed layer in the backward pass (torch.utils.checkpoint, non-reentrant).
+packed layer in the backward pass (torch.utils.checkpoint, non-reentrant; it takes transformers'
+`gradient_checkpointing_kwargs`, so `transformers.Trainer(..., gradient_checkpointing=True)` works).
+PEFT LoRA on `query` / `key` / `value` wraps the projections the kernels are fed from.
+
+torch.compile: every layer traces without a graph break (the ops are `torch.library` custom
+ops); `torch.compile(model)` breaks only before the first layer, where input checks and the
+unpadding (`PackedBatch.from_mask`: `nonzero` and the longest length) read the batch on the host.
 
 Example:
     >>> import torch
@@ -271,6 +277,41 @@ class _FastMixin:
         model = super().from_pretrained(path_or_id, *args, **kwargs)
         model.backend = backend
         return model
+
+    def activation_checkpointing_enable(
+        self,
+        activation_checkpointing_kwargs: dict | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
+        """Recompute each layer in the backward pass, with transformers' signature, so
+        `transformers.Trainer(..., gradient_checkpointing=True)` works on these classes.
+
+        The recomputation is always non-reentrant (`torch.utils.checkpoint(...,
+        use_reentrant=False)`, which also works with frozen inputs, as under PEFT); the kwargs may
+        hold "use_reentrant" (ignored). Only every_n_layers=1 and offload=False are supported.
+        """
+        unknown = set(activation_checkpointing_kwargs or {}) - {"use_reentrant"}
+        if unknown:
+            raise TypeError(
+                f"activation_checkpointing_kwargs: unsupported keys {sorted(unknown)} (only "
+                "use_reentrant is accepted; recomputation is non-reentrant)"
+            )
+        if every_n_layers != 1 or offload:
+            raise ValueError(
+                f"every_n_layers={every_n_layers!r}, offload={offload!r}: only every layer, "
+                "without offloading, is supported"
+            )
+        super().gradient_checkpointing_enable()
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict | None = None, **kwargs
+    ) -> None:
+        """transformers' older name for `activation_checkpointing_enable`."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing_disable()
 
     @property
     def backend(self) -> str | None:
