@@ -18,6 +18,7 @@ from esmkernels.configuration import EsmConfig
 from esmkernels.models import esm as fast
 from esmkernels.reference import esm as ref
 from tests._configs import tiny_lm_config
+from tests._launches import LAYER_NORM, ROTARY_BWD, ROTARY_FWD, Launches, launches
 from tests.tolerances import MODEL_FP32, assert_within_rule
 
 PAD, MASK, CLS, EOS = 1, 32, 0, 2
@@ -109,6 +110,21 @@ def main_output(name: str, out) -> torch.Tensor:
     return out.last_hidden_state if name == "EsmModel" else out.logits
 
 
+def assert_path(seen: Launches, backend: str, model, *, backward: bool, attention: bool = True):
+    """The kernels ran (one LayerNorm launch per LayerNorm module, one attention launch per
+    layer, and their backward kernels) on "triton"; none ran and the torch path did on
+    "torch"."""
+    if backend == "torch":
+        assert not seen.kernels, seen
+        assert seen.fallbacks["layer_norm"] > 0
+        return
+    n_ln = sum(isinstance(m, fast.EsmLayerNorm) for m in model.modules())
+    n_layers = model.config.num_hidden_layers
+    seen.expect(*LAYER_NORM[: 1 + backward], exactly=n_ln)
+    if attention:
+        seen.expect(*(ROTARY_FWD + ROTARY_BWD)[: 1 + 3 * backward], exactly=n_layers)
+
+
 def assert_real_close(a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor, **tol) -> None:
     """Compare [B, L, ...] tensors at real positions; [B, ...] tensors fully."""
     if a.dim() >= 2 and a.shape[:2] == keep.shape:
@@ -126,7 +142,11 @@ def test_fast_matches_reference_forward_backward(name, style, backend, device):
     labels = labels_for(name, tokens)
     kwargs = {} if labels is None else {"labels": labels}
     want = reference(tokens, output_hidden_states=True, **kwargs)
-    got = model(tokens, output_hidden_states=True, **kwargs)
+    scalar(name, want, keep).backward()
+    with launches() as seen:
+        got = model(tokens, output_hidden_states=True, **kwargs)
+        scalar(name, got, keep).backward()
+    assert_path(seen, backend, model, backward=True)
     assert type(got) is type(want)
     assert_real_close(main_output(name, got), main_output(name, want), keep)
     assert len(got.hidden_states) == len(want.hidden_states) == 3
@@ -140,8 +160,6 @@ def test_fast_matches_reference_forward_backward(name, style, backend, device):
         torch.testing.assert_close(got.pooler_output, want.pooler_output, **MODEL_FP32)
 
     # A small fine-tuning step: the gradient of every parameter matches the reference's.
-    scalar(name, want, keep).backward()
-    scalar(name, got, keep).backward()
     ref_params = dict(reference.named_parameters())
     n_checked = 0
     for key, p in model.named_parameters():
@@ -160,7 +178,11 @@ def test_attentions_and_contacts_use_the_exact_path_for_that_call(style, backend
     reference, model = make_pair("EsmForMaskedLM", style, backend, device)
     tokens, keep = batch(device)
     want = reference(tokens, output_attentions=True, output_hidden_states=True)
-    got = model(tokens, output_attentions=True, output_hidden_states=True)
+    with launches() as seen:
+        got = model(tokens, output_attentions=True, output_hidden_states=True)
+    # Probabilities requested: the reference attention core for this call, LayerNorm kernels.
+    assert_path(seen, backend, model, backward=False, attention=False)
+    assert not seen.kernels[ROTARY_FWD[0]]
     assert len(got.attentions) == 2
     for a_got, a_want in zip(got.attentions, want.attentions):
         assert a_got.shape == (3, 2, 9, 9)
@@ -171,7 +193,9 @@ def test_attentions_and_contacts_use_the_exact_path_for_that_call(style, backend
         model.predict_contacts(tokens), reference.predict_contacts(tokens), **MODEL_FP32
     )
     # The next call without attentions is packed again (zeros at padding).
-    again = model(tokens, output_hidden_states=True)
+    with launches() as seen:
+        again = model(tokens, output_hidden_states=True)
+    assert_path(seen, backend, model, backward=False)
     assert again.attentions is None
     assert again.hidden_states[-1][~keep].abs().max() == 0
 
@@ -217,7 +241,9 @@ def test_unusual_masks_left_padding_and_holes(style, backend, device):
     mask[1, 3] = 0  # a hole in the middle of a sequence
     keep = mask.bool()
     want = reference(tokens, attention_mask=mask).last_hidden_state
-    got = model(tokens, attention_mask=mask).last_hidden_state
+    with launches() as seen:
+        got = model(tokens, attention_mask=mask).last_hidden_state
+    assert_path(seen, backend, model, backward=False)
     assert_real_close(got, want, keep)
 
 
@@ -265,6 +291,7 @@ def test_batch_invariance_and_varlen_equals_padded_torch(device, lengths, extra,
     lengths=LENGTHS, extra=st.integers(0, 3), style=st.sampled_from(STYLES), seed=st.integers(0, 99)
 )
 @example(lengths=[14, 1, 5], extra=2, style="esm2", seed=1)
+@example(lengths=[3, 14, 9], extra=0, style="esm1b", seed=2)
 def test_batch_invariance_and_varlen_equals_padded_triton(device, lengths, extra, style, seed):
     check_batch_invariance("triton", device, lengths, extra, style, seed)
 
@@ -280,9 +307,13 @@ def check_batch_invariance(backend, device, lengths, extra, style, seed):
         tokens[b, :n] = body
     tokens = tokens.to(device)
     keep = tokens.ne(PAD)
-    packed = model(tokens).logits
+    with launches() as seen:
+        packed = model(tokens).logits
+    assert_path(seen, backend, model, backward=False)
     model.esm.encoder.unpad = False
-    padded = model(tokens).logits
+    with launches() as seen:
+        padded = model(tokens).logits
+    assert_path(seen, backend, model, backward=False)
     model.esm.encoder.unpad = True
     assert_real_close(packed, padded, keep)
     for b, n in enumerate(lengths):
@@ -361,7 +392,9 @@ def test_fp16_stays_finite_at_real_activation_scales(backend, device):
     half = torch.float16
     ref_half = make_pair("EsmForMaskedLM", "esm2", "torch", device)[0]
     ref_half.load_state_dict(reference.state_dict())
-    got = model.to_device_dtype(dtype=half)(tokens).logits
+    with launches() as seen:
+        got = model.to_device_dtype(dtype=half)(tokens).logits
+    assert_path(seen, backend, model, backward=False)
     torch_half = ref_half.to_device_dtype(dtype=half)(tokens).logits
     assert torch.isfinite(got).all()
     assert_within_rule(got[keep], torch_half[keep], out.logits[keep], half, "fp16 logits")
@@ -384,8 +417,13 @@ def test_gradient_checkpointing_recomputes_and_matches(backend, device):
     )
     model.gradient_checkpointing_enable()
     assert model.is_gradient_checkpointing
-    model(tokens, labels=labels).loss.backward()
+    with launches() as seen:
+        model(tokens, labels=labels).loss.backward()
     assert len(calls) == 2  # forward + recomputation in backward
+    if backend == "triton":  # each layer's attention runs twice, its backward once
+        layers = model.config.num_hidden_layers
+        seen.expect(*ROTARY_FWD, exactly=2 * layers)
+        seen.expect(*ROTARY_BWD, exactly=layers)
     for n, p in model.named_parameters():
         if n in plain:
             torch.testing.assert_close(p.grad, plain[n], **GRAD_TOL)
