@@ -150,6 +150,12 @@ def test_sharded_errors_name_the_shard(tmp_path, mlm):
     with pytest.raises(ValueError, match="not a plain file name"):
         load_checkpoint(tmp_path)
 
+    # An index listing no tensor at all would load as a model with no weights.
+    data["weight_map"] = {}
+    index.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="'weight_map' must be a non-empty object"):
+        load_checkpoint(tmp_path)
+
 
 def test_weights_file_path_and_bare_weights_need_config(tmp_path, mlm):
     state, directory = mlm
@@ -220,6 +226,26 @@ def test_v5_file_layout_star_key_and_gamma_beta(tmp_path, mlm):
             layer.attention.LayerNorm.bias,
             stored[f"esm.encoder.layer.{i}.attention.LayerNorm.bias"],
         )
+
+
+def test_one_key_stored_twice_must_agree(tmp_path, mlm):
+    """transformers v4 names (LayerNorm.gamma) next to v5 names (LayerNorm.weight) for the same
+    parameter: equal tensors load, different ones are an error naming the key (never "the last
+    one wins")."""
+    _, directory = mlm
+    stored = load_file(directory / "model.safetensors")
+    key = "esm.encoder.layer.0.LayerNorm.weight"
+    twice = dict(stored)
+    twice[key[: -len("weight")] + "gamma"] = stored[key].clone()
+    tiny_config().save_pretrained(tmp_path)
+    save_file(twice, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    _, loaded, _ = load_checkpoint(tmp_path)
+    assert torch.equal(loaded[key], stored[key])
+
+    twice[key[: -len("weight")] + "gamma"] = stored[key] + 1
+    save_file(twice, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=f"two different tensors for '{key}'"):
+        load_checkpoint(tmp_path)
 
 
 def test_model_level_inv_freq_class_loads_and_saves_per_layer(tmp_path):

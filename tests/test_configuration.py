@@ -33,6 +33,12 @@ def test_folding_config_nests():
         ({"position_embedding_type": "alibi"}, "position_embedding_type"),
         ({"problem_type": "ranking"}, "problem_type"),
         ({"model_type": "bert"}, "model_type='bert'"),
+        (
+            {"hidden_size": 36, "num_attention_heads": 4, "position_embedding_type": "rotary"},
+            "rotary needs an even head_dim, got 9",
+        ),
+        ({"hidden_act": "relu"}, "hidden_act='relu'"),
+        ({"num_hidden_layers": 0}, "num_hidden_layers=0 must be positive"),
     ],
 )
 def test_validation_errors_name_the_key(kwargs, match):

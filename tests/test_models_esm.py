@@ -478,6 +478,17 @@ def test_backend_is_validated_and_reaches_every_op(device, monkeypatch):
     assert model.esm.backend == "torch"
 
 
+@pytest.mark.parametrize("env", ["triton", "torch"])
+def test_backend_none_follows_the_environment_at_call_time(env, device, monkeypatch):
+    """A model built without a backend reads ESMKERNELS_BACKEND at each call."""
+    model = fast.EsmForMaskedLM(tiny_config("esm2")).to(device).eval()
+    assert model.backend is None
+    monkeypatch.setenv("ESMKERNELS_BACKEND", env)
+    with launches() as seen:
+        model(batch(device)[0])
+    assert_path(seen, env, model, backward=False)
+
+
 def test_input_errors_are_the_references(device):
     _, model = make_pair("EsmForMaskedLM", "esm2", "torch", device)
     tokens, _ = batch(device)

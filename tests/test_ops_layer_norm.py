@@ -185,6 +185,29 @@ def test_errors_name_the_value(device):
         layer_norm(x, None, None, backend="cuda")
 
 
+@pytest.mark.parametrize(
+    "env, kernel", [("triton", True), (" Triton ", True), ("torch", False), ("", False)]
+)
+def test_backend_none_reads_the_environment(monkeypatch, device, env, kernel):
+    """backend=None means ESMKERNELS_BACKEND (default "auto": the torch path on CPU tensors); an
+    explicit backend wins over the variable."""
+    monkeypatch.setenv("ESMKERNELS_BACKEND", env)
+    x = torch.randn(3, 24, device=device)
+    on_gpu = device.type == "cuda" and env.strip() != "torch"
+    with launches() as seen:
+        layer_norm(x, None, None)
+    assert bool(seen.kernels) == (kernel or on_gpu), seen
+    with launches() as seen:
+        layer_norm(x, None, None, backend="torch" if kernel else "triton")
+    assert bool(seen.kernels) != kernel, seen
+
+
+def test_bad_environment_backend_is_named(monkeypatch):
+    monkeypatch.setenv("ESMKERNELS_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="ESMKERNELS_BACKEND='cuda'"):
+        layer_norm(torch.randn(2, 8), None, None)
+
+
 def test_forced_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
     # The interpreter flag is read at call time by the dispatcher; Triton itself is untouched.
     monkeypatch.setattr(_dispatch, "interpreting", lambda: False)
