@@ -43,7 +43,8 @@ def test_kernels_suite_writes_json_png_and_table(capsys, tmp_path):
     assert records[("trimul_out", "torch")]["status"].startswith("unavailable: ")
     assert "torch.compile" in records[("trimul_out", "torch")]["status"]
     assert records[("layer_norm", "hf")]["status"].startswith("unavailable: ")
-    assert records[("trimul_out", "hf")]["status"] == "ok"  # transformers' module, same weights
+    if peers.has("transformers"):  # the peer extra: transformers' module, same weights
+        assert records[("trimul_out", "hf")]["status"] == "ok"
     assert any("torch.compile" in line for line in payload["left_out"])
     png = tmp_path / "kernels.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
