@@ -45,6 +45,9 @@ REF_LM = (
     "tests/test_peer_fairesm_lm.py",
 )
 CKPT = ("tests/test_checkpoint.py", "tests/test_checkpoint_fairesm.py")
+CLI_FOLD = ("tests/test_cli_fold.py",)
+CLI_EMBED = ("tests/test_cli_embed.py",)
+CLI_SCORE = ("tests/test_cli_score.py",)
 
 MUTANTS: list[Mutant] = [
     # ------------------------------------------------------------------ LayerNorm kernel
@@ -435,8 +438,8 @@ MUTANTS: list[Mutant] = [
         "fold-trimul-bypassed",
         "bypassed kernel",
         "models/esmfold.py",
-        "return _trimul.triangle_multiplicative_update(*args, backend=self.backend, **kwargs)",
-        'return _trimul.triangle_multiplicative_update(*args, backend="torch", **kwargs)',
+        "z, mask, chunk_size=chunk_size, backend=backend, **kwargs",
+        'z, mask, chunk_size=chunk_size, backend="torch", **kwargs',
         FOLD,
         "the ESMFold trunk's triangle multiplication always takes the PyTorch path",
     ),
@@ -548,5 +551,87 @@ MUTANTS: list[Mutant] = [
         "pass",
         ("tests/test_configuration.py", "tests/test_checkpoint.py"),
         "a rotary config with an odd head dim is accepted (and fails deep in a kernel later)",
+    ),
+    # ------------------------------------------------------------------ command line
+    Mutant(
+        "cli-fold-num-recycles-ignored",
+        "ignored flag",
+        "esmkernels/cli/fold.py",
+        "num_recycles=self.num_recycles)",
+        "num_recycles=None)",
+        CLI_FOLD,
+        "--num-recycles parsed and stored but the model folds with its default",
+    ),
+    Mutant(
+        "cli-fold-chunk-size-ignored",
+        "ignored flag",
+        "esmkernels/cli/fold.py",
+        "folder = _Folder(model, chunk, args.num_recycles, args.pae, device)",
+        'folder = _Folder(model, "auto", args.num_recycles, args.pae, device)',
+        CLI_FOLD,
+        "--chunk-size parsed but the fold always chunks automatically",
+    ),
+    Mutant(
+        "cli-fold-resume-refolds",
+        "ignored flag",
+        "esmkernels/cli/fold.py",
+        "todo = [o for o in batch if items[o][0] not in rows]",
+        "todo = list(batch)",
+        CLI_FOLD,
+        "a rerun folds (and rewrites) records the summary already lists",
+    ),
+    Mutant(
+        "cli-embed-repr-layers-ignored",
+        "ignored flag",
+        "esmkernels/cli/embed.py",
+        "layers.append(layer % (n_layers + 1))",
+        "layers.append(n_layers)",
+        CLI_EMBED,
+        "--repr-layers validated but the last layer is always stored",
+    ),
+    Mutant(
+        "cli-embed-backend-ignored",
+        "ignored flag",
+        "esmkernels/cli/embed.py",
+        "backend=args.backend,",
+        "backend=None,",
+        CLI_EMBED,
+        "--backend recorded in the job settings but not passed to the model",
+    ),
+    Mutant(
+        "cli-embed-dtype-ignored",
+        "ignored flag",
+        "esmkernels/cli/embed.py",
+        "dtype=args.dtype,",
+        "dtype=None,",
+        CLI_EMBED,
+        "--dtype recorded in the job settings but the model loads in its stored dtype",
+    ),
+    Mutant(
+        "cli-embed-resume-recomputes",
+        "ignored flag",
+        "esmkernels/cli/embed.py",
+        "            if writer.finished(shard):\n                continue\n",
+        "",
+        CLI_EMBED,
+        "a rerun recomputes shards that are already written",
+    ),
+    Mutant(
+        "cli-score-offset-ignored",
+        "ignored flag",
+        "esmkernels/cli/score.py",
+        "offset=args.offset_idx,",
+        "offset=1,",
+        CLI_SCORE,
+        "--offset-idx checked when parsing mutations but not used for scoring",
+    ),
+    Mutant(
+        "cli-score-strategy-ignored",
+        "ignored flag",
+        "esmkernels/cli/score.py",
+        "            args.scoring_strategy,\n            batch_size=args.batch_size,",
+        '            "masked-marginals",\n            batch_size=args.batch_size,',
+        CLI_SCORE,
+        "--scoring-strategy logged but every run scores with masked marginals",
     ),
 ]
