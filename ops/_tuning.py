@@ -22,7 +22,9 @@ def block_configs(choices):
     """Config maker for `tuning`: (BLOCK_M, BLOCK_N, num_warps, num_stages) tuples.
 
     Under the interpreter: one 8 x 8 config (a GPU needs >= 16 for tl.dot; the interpreter does
-    not) so that tiny test shapes still cross block boundaries.
+    not) so that tiny test shapes still cross block boundaries. Square on purpose, for speed:
+    the op tests run every autotuned kernel with rectangular tiles in both orders
+    (`tests/_launches.py::tiles`), where a BLOCK_M / BLOCK_N mix-up fails.
     """
     if interpreting():
         return [triton.Config({"BLOCK_M": 8, "BLOCK_N": 8}, num_warps=1, num_stages=1)]
