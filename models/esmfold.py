@@ -8,22 +8,35 @@ loading) is the reference's, inherited, not copied. Two hooks of
   on unpadded tokens), same parameter names;
 - the trunk op namespace: `KernelTrunkOps`, whose `triangle_multiplicative_update` and
   `axial_attention` are `esmkernels.ops`' fused kernels, dispatched per call with this model's
-  `backend` ("auto": Triton on CUDA tensors, PyTorch otherwise).
+  `backend` ("auto": Triton on CUDA tensors, PyTorch otherwise). In inference on the PyTorch
+  path the triangle multiplication is `esmkernels.models.esmfold_lean`'s streamed version.
+
+Memory: the reference chunks every [L, L]-sized op and updates the pair state in place in
+inference (see `esmkernels.reference.esmfold.trunk`). The chunk size defaults to "auto": before
+each forward, `esmkernels.models.fold_memory.auto_chunk_size` picks it from the memory model and
+the free memory of the device (and raises, before any work, when the fold cannot fit);
+`set_chunk_size(n)` / `set_chunk_size(None)` override it, and `last_chunk_size` is the value the
+last forward used.
 
 Example:
     >>> from esmkernels import EsmForProteinFolding
-    >>> model = EsmForProteinFolding.from_pretrained("path/to/esmfold_v1", device="cuda")  # doctest: +SKIP
-    >>> model.set_chunk_size(64)  # bounds trunk memory for long chains  # doctest: +SKIP
+    >>> model = EsmForProteinFolding.from_pretrained(  # doctest: +SKIP
+    ...     "path/to/esmfold_v1", dtype=torch.bfloat16, device="cuda")
     >>> pdb = model.infer_pdb("MKTVRQERLKSIVRILERSKEPVSGAQ")  # doctest: +SKIP
+    >>> model.last_chunk_size  # chosen by chunk_size="auto"  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
+from esmkernels.models import esmfold_lean, fold_memory
 from esmkernels.models.esm import EsmModel, _FastMixin, check_backend
 from esmkernels.ops import axial_attention_kernels as _axial
 from esmkernels.ops import triangle_multiplicative_kernels as _trimul
+from esmkernels.ops._dispatch import resolve_backend
 from esmkernels.reference.esmfold import modeling as ref
 
 
@@ -33,8 +46,23 @@ class KernelTrunkOps:
     def __init__(self, backend: str | None = None):
         self.backend = check_backend(backend)
 
-    def triangle_multiplicative_update(self, *args: Any, **kwargs: Any):
-        return _trimul.triangle_multiplicative_update(*args, backend=self.backend, **kwargs)
+    def triangle_multiplicative_update(
+        self, z: torch.Tensor, mask: torch.Tensor | None, *, chunk_size=None, **kwargs: Any
+    ):
+        """`chunk_size` is rows per block, as for every trunk op: the PyTorch path in inference
+        runs `esmfold_lean` with it; the kernels chunk hidden channels, as many as
+        `esmfold_lean.channel_slice` gives for those rows."""
+        backend = resolve_backend(self.backend, z, op="triangle_multiplicative_update")
+        if backend == "torch" and not torch.is_grad_enabled():
+            return esmfold_lean.triangle_multiplicative_update(
+                z, mask, chunk_size=chunk_size, **kwargs
+            )
+        if backend == "triton" and chunk_size is not None:
+            channels = kwargs["a_proj_weight"].shape[0]
+            chunk_size = esmfold_lean.channel_slice(chunk_size, z.shape[1], channels)
+        return _trimul.triangle_multiplicative_update(
+            z, mask, chunk_size=chunk_size, backend=backend, **kwargs
+        )
 
     def axial_attention(self, *args: Any, **kwargs: Any):
         return _axial.axial_attention(*args, backend=self.backend, **kwargs)
@@ -51,16 +79,54 @@ class EsmForProteinFolding(_FastMixin, ref.EsmForProteinFolding):
         backend: None | "auto" | "triton" | "torch" for every kernel call (None: the environment
             variable ESMKERNELS_BACKEND); `from_pretrained(..., backend=...)` and the `backend`
             attribute set it too.
+        chunk_size: "auto" (default: chosen per forward by the memory model), rows per block,
+            or None (unchunked); see `set_chunk_size`.
+
+    Attributes:
+        last_chunk_size: the chunk size the last forward used (None before any, or unchunked).
     """
 
     stem_cls = EsmModel
 
-    def __init__(self, config, *, backend: str | None = None):
+    def __init__(
+        self, config, *, backend: str | None = None, chunk_size: int | str | None = "auto"
+    ):
         # Read by the reference constructor when it builds the trunk; per instance so that two
         # models can use different backends.
         self.__dict__["_trunk_ops"] = KernelTrunkOps(backend)
         super().__init__(config)
         self._init_backend(backend)
+        self.last_chunk_size: int | None = None
+        self.set_chunk_size(chunk_size)
+
+    @property
+    def chunk_size(self) -> int | str | None:
+        """The chunk-size setting: "auto", an int (rows per block) or None (unchunked)."""
+        return self._chunk_setting
+
+    def set_chunk_size(self, chunk_size: int | str | None) -> None:
+        """ "auto" (pick per forward from the memory model and the free memory), a positive int
+        (rows per block of every [L, L]-sized op) or None (unchunked). Outputs do not change."""
+        if chunk_size == "auto":
+            self._chunk_setting = "auto"
+            return
+        self.trunk.set_chunk_size(chunk_size)  # validates
+        self._chunk_setting = self.trunk.chunk_size
+
+    def forward(self, input_ids: torch.Tensor, *args: Any, **kwargs: Any):
+        """As the reference's; with chunk_size "auto", the chunk is chosen first (and a fold that
+        cannot fit raises `MemoryError` before any work)."""
+        if self._chunk_setting == "auto" and torch.is_tensor(input_ids) and input_ids.dim() == 2:
+            B, L = input_ids.shape
+            dtype = self.esm_s_combine.dtype
+            backend = resolve_backend(self.backend, self.esm_s_combine, op="EsmForProteinFolding")
+            self.trunk.set_chunk_size(
+                fold_memory.auto_chunk_size(
+                    self.config, L, batch=B, dtype=dtype, backend=backend, device=self.device
+                )
+            )
+        self.last_chunk_size = self.trunk.chunk_size
+        return super().forward(input_ids, *args, **kwargs)
 
     @property
     def backend(self) -> str | None:

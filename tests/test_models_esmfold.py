@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from collections import Counter
 
 import pytest
 import torch
@@ -44,17 +45,8 @@ def fast_copy(reference, backend):
 FIELDS = ("positions", "plddt", "ptm", "distogram_logits", "s_z", "s_s", "predicted_aligned_error")
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_fast_matches_reference(backend):
-    reference = tiny_model()
-    fast = fast_copy(reference, backend)
-    assert isinstance(fast.trunk.blocks[0].tri_mul_out.ops.namespace, KernelTrunkOps)
-    seqs = [random_sequence(7, 1), random_sequence(4, 2)]
-    with torch.no_grad():
-        want = reference.infer(seqs, num_recycles=1)
-        got = fast.infer(seqs, num_recycles=1)
-    # Padded positions are not part of the contract (the fast stem leaves zeros there).
-    real = want.atom37_atom_exists[..., 1].bool()  # [B, L]: CA exists on real residues
+def assert_same_fold(got, want, real, msg=""):
+    """Every field of FIELDS on real residues (padding is not part of the contract)."""
     pair = real[:, :, None] & real[:, None, :]
     for name in FIELDS:
         a, b = getattr(got, name), getattr(want, name)
@@ -64,7 +56,49 @@ def test_fast_matches_reference(backend):
             a, b = a[:, real], b[:, real]
         elif name != "ptm":
             a, b = a[real], b[real]
-        torch.testing.assert_close(a, b, **MODEL_FP32, msg=f"{name} ({backend})")
+        torch.testing.assert_close(a, b, **MODEL_FP32, msg=f"{name} {msg}")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("recycles", [0, 2])
+def test_fast_matches_reference(backend, recycles):
+    """A padded batch, chunk size "auto" (the default): positions, pLDDT, pTM, PAE, distogram."""
+    reference = tiny_model()
+    fast = fast_copy(reference, backend)
+    assert isinstance(fast.trunk.blocks[0].tri_mul_out.ops.namespace, KernelTrunkOps)
+    assert fast.chunk_size == "auto"
+    seqs = [random_sequence(7, 1), random_sequence(4, 2)]
+    with torch.no_grad():
+        want = reference.infer(seqs, num_recycles=recycles)
+        got = fast.infer(seqs, num_recycles=recycles)
+    real = want.atom37_atom_exists[..., 1].bool()  # [B, L]: CA exists on real residues
+    assert_same_fold(got, want, real, f"({backend}, {recycles} recycles)")
+    if backend == "triton":  # the kernels ran (the fast model's trunk ops, not the fallback)
+        assert fast.last_chunk_size is None or fast.last_chunk_size >= 1
+
+
+def test_triton_backend_runs_the_kernels(monkeypatch):
+    """The "triton" fast model launches both trunk kernels (no silent fallback to torch)."""
+    from esmkernels.ops import axial_attention_kernels, triangle_multiplicative_kernels
+
+    launches = Counter()
+    for module, name in (
+        (triangle_multiplicative_kernels, "trimul_fwd"),
+        (axial_attention_kernels, "axial_attention_fwd"),
+    ):
+        original = getattr(module, name)
+
+        def counting(*args, _f=original, _n=name, **kwargs):
+            launches[_n] += 1
+            return _f(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counting)
+    fast = fast_copy(tiny_model(), "triton")
+    fast.set_chunk_size(None)
+    with torch.no_grad():
+        fast.infer(random_sequence(5, 3), num_recycles=0)
+    # one block: two triangle multiplications; sequence, starting and ending attention
+    assert launches == {"trimul_fwd": 2, "axial_attention_fwd": 3}
 
 
 def test_backend_switch_and_pickle():

@@ -103,6 +103,32 @@ class EsmForProteinFoldingOutput(ModelOutput):
     chain_index: torch.Tensor | None = None
     mean_plddt: torch.Tensor | None = None
 
+    # Field layouts, for `select`: [S, B, L, ...] stacked over structure blocks, [B, L, L, ...]
+    # pairs, [B] per sequence; the rest are [B, L, ...] (max_predicted_aligned_error is a scalar).
+    _STACKED = ("frames", "sidechain_frames", "unnormalized_angles", "angles", "positions",
+                "states", "lddt_head")  # fmt: skip
+    _PAIRS = ("s_z", "distogram_logits", "ptm_logits", "aligned_confidence_probs",
+              "predicted_aligned_error")  # fmt: skip
+    _PER_SEQUENCE = ("ptm", "mean_plddt")
+
+    def select(self, index: int, length: int | None = None) -> EsmForProteinFoldingOutput:
+        """The output of batch item `index` alone (batch 1), cut to its first `length` residues."""
+        n = slice(None) if length is None else slice(0, length)
+        fields = {}
+        for name in self.__dataclass_fields__:
+            t = getattr(self, name)
+            if t is None or name == "max_predicted_aligned_error":
+                fields[name] = t
+            elif name in self._STACKED:
+                fields[name] = t[:, index : index + 1, n]
+            elif name in self._PAIRS:
+                fields[name] = t[index : index + 1, n, n]
+            elif name in self._PER_SEQUENCE:
+                fields[name] = t[index : index + 1]
+            else:
+                fields[name] = t[index : index + 1, n]
+        return type(self)(**fields)
+
 
 class EsmForProteinFolding(PreTrainedMixin, nn.Module):
     """ESMFold: ESM-2 stem, folding trunk, structure module and confidence heads.
@@ -431,7 +457,8 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
         chain_linker: str | None = DEFAULT_LINKER,
         num_recycles: int | None = None,
         masking_pattern: torch.Tensor | None = None,
-    ) -> EsmForProteinFoldingOutput:
+        max_tokens_per_batch: int | None = None,
+    ) -> EsmForProteinFoldingOutput | list[EsmForProteinFoldingOutput]:
         """Fold one-letter sequences; chains of a multimer are separated by ':'.
 
         Chains are joined by `chain_linker` (default 25 glycines) and their residue indices
@@ -445,14 +472,33 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
             residue_index_offset, chain_linker: multimer handling, as described.
             num_recycles: see `forward`.
             masking_pattern: [B, L], 1 = mask that residue.
+            max_tokens_per_batch: fold in several padded batches instead of one: sequences are
+                sorted by length and packed while (sequences x longest length) stays within this
+                many tokens (a longer sequence is folded alone). Not combinable with
+                `position_ids` or `masking_pattern`.
 
         Returns:
-            `EsmForProteinFoldingOutput` with `chain_index` and `mean_plddt` set.
+            `EsmForProteinFoldingOutput` with `chain_index` and `mean_plddt` set; with
+            `max_tokens_per_batch`, a list of them in input order, one per sequence (batch 1,
+            cut to the sequence's own length), each independent of how the batches were packed.
 
         Raises:
             ValueError: empty input, an empty chain, or an invalid residue letter (named with
                 its position), negative num_recycles.
         """
+        if max_tokens_per_batch is not None:
+            if position_ids is not None or masking_pattern is not None:
+                raise ValueError(
+                    "infer: max_tokens_per_batch cannot be combined with position_ids or "
+                    "masking_pattern (they are laid out for one padded batch)"
+                )
+            return self._infer_packed(
+                sequences,
+                max_tokens_per_batch,
+                residue_index_offset=residue_index_offset,
+                chain_linker=chain_linker,
+                num_recycles=num_recycles,
+            )
         enc = encode_sequences(sequences, residue_index_offset, chain_linker)
         device = self.device
         aatype, mask = enc["aatype"].to(device), enc["mask"].to(device)
@@ -488,6 +534,21 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
         out.chain_index = enc["chain_index"].to(device)
         return out
 
+    def _infer_packed(
+        self, sequences: str | Sequence[str], max_tokens: int, **kwargs: Any
+    ) -> list[EsmForProteinFoldingOutput]:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"infer: max_tokens_per_batch={max_tokens!r} must be a positive int")
+        seqs = [sequences] if isinstance(sequences, str) else list(sequences)
+        linker = kwargs["chain_linker"] or ""
+        lengths = [len(encode_sequences(s, 0, linker)["aatype"][0]) for s in seqs]  # validates
+        results: list[EsmForProteinFoldingOutput | None] = [None] * len(seqs)
+        for batch in pack_by_length(lengths, max_tokens):
+            out = self.infer([seqs[i] for i in batch], **kwargs)
+            for row, i in enumerate(batch):
+                results[i] = out.select(row, lengths[i])
+        return results  # type: ignore[return-value]
+
     @staticmethod
     def output_to_pdb(output: EsmForProteinFoldingOutput | dict) -> list[str]:
         """PDB texts, one per batch item, of the final atom positions.
@@ -508,8 +569,12 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
         return self.infer_pdbs([sequence], *args, **kwargs)[0]
 
     def infer_pdbs(self, sequences: Sequence[str], *args: Any, **kwargs: Any) -> list[str]:
-        """PDB texts of several sequences, folded as one padded batch. See `infer`."""
-        return self.output_to_pdb(self.infer(sequences, *args, **kwargs))
+        """PDB texts of several sequences, folded as one padded batch (or several, with
+        `max_tokens_per_batch`), in input order. See `infer`."""
+        out = self.infer(sequences, *args, **kwargs)
+        if isinstance(out, list):
+            return [self.output_to_pdb(o)[0] for o in out]
+        return self.output_to_pdb(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -606,6 +671,23 @@ def encode_sequences(
     return out
 
 
+def pack_by_length(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices of `lengths` in batches: sorted by length (ties in input order), each batch
+    holding sequences while (count x its longest) <= max_tokens; a longer one is alone.
+
+    Example:
+        >>> pack_by_length([5, 2, 3, 9], max_tokens=9)
+        [[1, 2], [0], [3]]
+    """
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= max_tokens:
+            batches[-1].append(i)  # sorted: lengths[i] is the batch's longest
+        else:
+            batches.append([i])
+    return batches
+
+
 def _collate(rows: list[torch.Tensor], pad: float = 0) -> torch.Tensor:
     """Right-pad 1-D tensors to [len(rows), max length]."""
     length = max(len(r) for r in rows)
@@ -620,4 +702,5 @@ __all__ = [
     "EsmForProteinFoldingOutput",
     "af2_to_esm_indices",
     "encode_sequences",
+    "pack_by_length",
 ]

@@ -591,7 +591,9 @@ class EsmFoldingTrunk(nn.Module):
 
     def set_chunk_size(self, chunk_size: int | None) -> None:
         """Chunk the axial ops over rows (memory ~O(L) per chunk); None disables chunking."""
-        if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) <= 0):
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0
+        ):
             raise ValueError(
                 f"set_chunk_size: chunk_size={chunk_size!r} must be a positive int or None"
             )
@@ -642,6 +644,7 @@ class EsmFoldingTrunk(nn.Module):
                     recycle_bins = self.distogram(
                         backbone, RECYCLE_MIN_BIN, RECYCLE_MAX_BIN, RECYCLE_BINS, chunk_size=chunk
                     )
+                    structure = {}  # the previous pass's outputs are dead
                 s = s_s_0 + self.recycle_s_norm(s.detach())
                 # z = s_z_0 + LN(z) + disto(recycle_bins) + relpos, row block by row block.
                 z = chunk_rows(

@@ -281,12 +281,15 @@ def _attend_queries(
     mask: Tensor | None,
     scale: float,
 ) -> Tensor:
-    """A block of queries: q, gate [B, R, Nq, H, D]; bias [B, H, Nq, Nk]; k, v [B, R, Nk, H, D];
-    mask [B, R, Nk]. Logits, softmax and sums in fp32; the [B, R, H, Nq, Nk] logits are the
-    only block-sized temporaries (the additions and masking are in place)."""
-    s = torch.matmul((q.float() * scale).transpose(2, 3), k.float().permute(0, 1, 3, 4, 2))
+    """A block of queries: q, gate [B, R, Nq, H, D]; bias [B, H, Nq, Nk]; mask [B, R, Nk];
+    k, v: [B, R, H, Nk, D] fp32, contiguous. Logits, softmax and sums in fp32: the query block,
+    the [B, R, H, Nq, Nk] logits and their softmax are the block's temporaries (the bias and the
+    masking are applied in place)."""
+    qt = q.transpose(2, 3).to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    s = torch.matmul(qt.mul_(scale), k.transpose(-1, -2))  # [B, R, H, Nq, Nk]
+    del qt
     if bias is not None:
-        s += bias.float()[:, None]  # [B, R, H, Nq, Nk]
+        s += bias[:, None]
     has_key = None
     if mask is not None:
         keep = mask.bool()[:, :, None, None, :]  # [B, R, 1, 1, Nk]
@@ -296,7 +299,8 @@ def _attend_queries(
         s.masked_fill_(~has_key, 0.0)
     p = torch.softmax(s, dim=-1)
     del s
-    out = torch.matmul(p, v.float().transpose(2, 3)).transpose(2, 3)  # [B, R, Nq, H, D]
+    out = torch.matmul(p, v).transpose(2, 3)  # [B, R, Nq, H, D]
+    del p
     if has_key is not None:
         out = out * has_key.view(*has_key.shape[:2], 1, 1, 1)
     if gate is not None:
@@ -352,7 +356,10 @@ def axial_attention(
     if mask is not None and tuple(mask.shape) != (B, R, N):
         raise ValueError(f"axial_attention: mask must be {(B, R, N)}, got {tuple(mask.shape)}")
     scale = D**-0.5 if scale is None else float(scale)
-    # Queries are dim 2 of q, gate and bias alike.
+    # Keys and values once, [B, R, H, N, D] fp32 contiguous, for every block of queries (dim 2
+    # of q, gate and bias alike).
+    k = k.transpose(2, 3).to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    v = v.transpose(2, 3).to(torch.float32, memory_format=torch.contiguous_format, copy=True)
     return chunk_rows(
         _attend_queries, q, gate, bias, chunk_size=chunk_size, dim=2, k=k, v=v, mask=mask,
         scale=scale,

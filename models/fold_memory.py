@@ -1,0 +1,477 @@
+"""Memory model of one ESMFold fold, the automatic chunk size, and a tensor-byte tracker.
+
+`predict_fold_peak_bytes` predicts the peak of the bytes of tensors a fold (`forward` in
+inference) allocates on top of the loaded model, from the configuration, the length L, the
+batch, the dtype, the backend and the chunk size. It is written from the code's allocations
+(`esmkernels.reference.esmfold` with the ops of `esmkernels.models.esmfold`), not fitted to
+measurements: each phase below lists the tensors alive at its high-water mark, and the peak is
+the largest phase. Notation: b batch, e the activation element size, f = 4 (fp32), R the rows
+per chunk (min(chunk_size, L), L when unchunked), "block(c)" = b * R * L * c elements, and the
+pair tensor z = b * L^2 * c_z * e bytes.
+
+- stem: the ESM-2 hidden states of every layer, twice (the stem's tuple and their stack), plus
+  one layer's feed-forward and attention temporaries;
+- pass input: z, the recycled distogram bins (int64) and three blocks of embeddings;
+- per block, with z alive: the sequence attention (its [b, H_s, L, L] pair bias and two blocks of
+  fp32 logits), sequence->pair (two blocks), both triangle multiplications (torch: x in the
+  contraction dtype plus three channel slices [b, h, L, L]; Triton: x, a and b slices and the
+  [b, L, L, c_z] output), both triangle attentions (their [b, L, L, H] bias, q, k, v, gate and
+  the output for R rows, the torch path's two [b, R, H, R, L] fp32 logits) and the pair
+  transition (eight blocks: its 4 c_z hidden layer and ReLU);
+- structure module: z, its own pair tensor, and one block of invariant point attention
+  (fp32 point differences [b, R, L, H, P_qk, 3] and logits);
+- heads: z and the [b, L, L, 64] distogram, pTM logits and aligned-error probabilities (outputs
+  of the API) plus one block of softmax temporaries.
+
+`auto_chunk_size` picks the chunk: among powers of two (and None, "unchunked"), the largest
+whose predicted peak fits `free_bytes` (CUDA: free device memory; CPU: available RAM) less a
+safety margin, and stays within `LEAN_SLACK` of the smallest achievable peak: beyond that a
+bigger chunk buys no memory-bound speed (on a CPU small blocks stay in cache and are faster)
+and only spends memory. If even the smallest chunk does not fit, it raises before any work
+starts, naming L and the predicted and free bytes. There is no out-of-memory retry loop.
+
+`track_peak_bytes` measures what the model predicts: the peak of live tensor bytes allocated
+under it (a `TorchDispatchMode` that counts each new storage until it is freed), on any device.
+
+Example:
+    >>> from esmkernels.configuration import EsmConfig
+    >>> cfg = esmfold_v1_config()
+    >>> predict_fold_peak_bytes(cfg, 1024, dtype=torch.bfloat16, chunk_size=64) > 0
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from esmkernels.configuration import EsmConfig
+
+BACKENDS = ("torch", "triton")
+# Auto chunk: keep the predicted peak within this factor of the smallest achievable one.
+LEAN_SLACK = 1.25
+# Auto chunk: use at most this fraction of the free memory (allocator fragmentation, the
+# model's own O(L) tensors, other processes).
+SAFETY_MARGIN = 0.15
+DISTOGRAM_BINS = 64
+LDDT_BINS = 50
+
+__all__ = [
+    "BACKENDS",
+    "LEAN_SLACK",
+    "SAFETY_MARGIN",
+    "TrackedBytes",
+    "auto_chunk_size",
+    "esmfold_v1_config",
+    "free_memory_bytes",
+    "model_weight_bytes",
+    "predict_fold_memory",
+    "predict_fold_peak_bytes",
+    "track_peak_bytes",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# The model
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Dims:
+    b: int
+    L: int
+    e: int  # activation element size
+    xe: int  # triangle contraction element size (fp32 for fp16: it overflows)
+    low: bool  # bf16 / fp16: reference layer_norm makes fp32 copies
+    c_s: int
+    c_z: int
+    h_s: int
+    h_z: int
+    stem_c: int
+    stem_layers: int
+    stem_ffn: int
+    stem_heads: int
+    sm_s: int
+    sm_z: int
+    ipa_h: int
+    ipa_c: int
+    ipa_pq: int
+    ipa_pv: int
+    lddt_hid: int
+    num_blocks: int
+    sm_blocks: int
+
+    @classmethod
+    def of(cls, config: EsmConfig, length: int, batch: int, dtype: torch.dtype) -> _Dims:
+        fold = config.esmfold_config
+        t = fold.trunk
+        sm = t.structure_module
+        e = torch.empty((), dtype=dtype).element_size()
+        return cls(
+            b=batch,
+            L=length,
+            e=e,
+            xe=4 if dtype == torch.float16 else e,
+            low=e < 4,
+            c_s=t.sequence_state_dim,
+            c_z=t.pairwise_state_dim,
+            h_s=t.sequence_state_dim // t.sequence_head_width,
+            h_z=t.pairwise_state_dim // t.pairwise_head_width,
+            stem_c=config.hidden_size,
+            stem_layers=config.num_hidden_layers,
+            stem_ffn=config.intermediate_size,
+            stem_heads=config.num_attention_heads,
+            sm_s=sm.sequence_dim,
+            sm_z=sm.pairwise_dim,
+            ipa_h=sm.num_heads_ipa,
+            ipa_c=sm.ipa_dim,
+            ipa_pq=sm.num_qk_points,
+            ipa_pv=sm.num_v_points,
+            lddt_hid=fold.lddt_head_hid_dim,
+            num_blocks=t.num_blocks,
+            sm_blocks=sm.num_blocks,
+        )
+
+
+def _check(config, length, batch, dtype, backend, chunk_size) -> None:
+    if not isinstance(config, EsmConfig) or config.esmfold_config is None:
+        raise TypeError(
+            f"fold memory: config must be an ESMFold EsmConfig, got {type(config).__name__}"
+        )
+    for name, v in (("length", length), ("batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"fold memory: {name}={v!r} must be a positive int")
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"fold memory: dtype={dtype!r} is not float32, bfloat16 or float16")
+    if backend not in BACKENDS:
+        raise ValueError(f"fold memory: backend={backend!r} is not one of {BACKENDS}")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"fold memory: chunk_size={chunk_size!r} must be a positive int or None")
+
+
+def predict_fold_memory(
+    config: EsmConfig,
+    length: int,
+    *,
+    batch: int = 1,
+    dtype: torch.dtype = torch.float32,
+    backend: str = "torch",
+    chunk_size: int | None = None,
+) -> dict[str, int]:
+    """Predicted high-water mark (bytes) of each phase of a fold; see the module docstring.
+
+    Returns a dict phase -> bytes ("stem", "input", "seq_attention", "seq_to_pair",
+    "tri_mul", "tri_att", "pair_mlp", "structure", "heads").
+    """
+    _check(config, length, batch, dtype, backend, chunk_size)
+    from esmkernels.models.esmfold_lean import channel_slice  # no import cycle at load time
+
+    d = _Dims.of(config, length, batch, dtype)
+    b, L, e, f = d.b, d.L, d.e, 4
+    R = L if chunk_size is None else min(chunk_size, L)  # rows (and queries) per block
+    chunked = R < L
+
+    def block(c: int, size: int = e) -> int:
+        """Bytes of one block of R rows: [b, R, L, c]."""
+        return b * R * L * c * size
+
+    def pair(c: int, size: int = e) -> int:
+        return b * L * L * c * size
+
+    def layer_norm(c: int) -> int:
+        """Peak of the reference (functional) layer_norm on a block: fp32 copies in low precision."""
+        return 2 * block(c, f) + block(c) if d.low else block(c)
+
+    z = pair(d.c_z)
+    single = 4 * b * L * d.c_s * e  # s_0, s, the recycled s and a sequence temporary
+    phases: dict[str, int] = {}
+
+    # Stem: all hidden states twice (the stem's tuple and their stack), one layer's temporaries.
+    tokens = b * (L + 2)
+    hidden = tokens * (d.stem_layers + 1) * d.stem_c * e
+    layer = tokens * (2 * d.stem_ffn + 6 * d.stem_c) * e + b * d.stem_heads * (L + 2) ** 2 * f * 2
+    phases["stem"] = 2 * hidden + layer
+
+    # Pass input: z, the int64 recycling bins, three blocks of embeddings and int64 indices.
+    phases["input"] = z + pair(1, 8) + 3 * block(d.c_z) + 3 * block(1, 8) + single
+
+    # Sequence attention: its pair bias [b, L, L, H_s] (made one block at a time), then, one
+    # row with blocks of R queries: fp32 logits and their softmax [b, H_s, R, L].
+    bias_s = pair(d.h_s)
+    logits_s = b * d.h_s * R * L * f
+    seq_attention = max(block(d.c_z) + block(d.h_s), 2 * logits_s)
+    # ... with the sequence's LayerNorm, q | k | v, gate, fp32 keys and values, output.
+    phases["seq_attention"] = z + bias_s + seq_attention + single + 7 * b * L * d.c_s * e
+
+    # Sequence -> pair: the product / difference halves and their concatenation, then o_proj.
+    phases["seq_to_pair"] = z + 2 * block(d.c_z) + single
+
+    # Triangle multiplication.
+    n = channel_slice(chunk_size, L, d.c_z)  # hidden channels per slice
+    plane = b * L * L * n * e  # one channel slice [b, n, L, L]
+    x = pair(d.c_z, d.xe)
+    if backend == "torch":  # esmfold_lean: x, then a | b, their product; output over x
+        project = 2 * plane + max(layer_norm(d.c_z), block(d.c_z) + 3 * block(2 * n))
+        contract = 3 * plane + (3 * b * L * L * n * f if d.xe != e else 0)
+        output = max(block(d.c_z) + layer_norm(d.c_z if d.xe == e else 2 * d.c_z), 3 * block(d.c_z))
+        output += 0 if d.xe == e else block(d.c_z)  # the update is not written over an fp32 x
+        phases["tri_mul"] = z + x + max(project, contract, output) + single
+    else:  # kernels: x, a and b slices, then the [b, L, L, c_z] output
+        phases["tri_mul"] = z + x + max(2 * plane, z) + single
+
+    # Triangle attention: its bias [b, L, L, H] (one block at a time), then per block of R rows
+    # the layer norm and q, k, v, gate, the attention and the output projection (ending node:
+    # a transposed copy of the attention output first).
+    bias_z = pair(d.h_z)
+    if backend == "torch":  # keys and values in fp32 [b, R, H, L, D], per block of R queries
+        q_blk = b * R * R * d.c_z * f  # the scaled fp32 queries
+        logits = b * R * d.h_z * R * L * f
+        attend = 2 * block(d.c_z, f) + max(q_blk + logits, 2 * logits, 3 * q_blk)
+        attend += block(d.c_z) if chunked else 0  # the query blocks' assembled output
+    else:  # the kernel's output and log-sum-exp
+        attend = block(d.c_z) + b * R * d.h_z * L * f
+    att = max(5 * block(d.c_z), 4 * block(d.c_z) + attend, 7 * block(d.c_z))
+    phases["tri_att"] = z + bias_z + att + single
+
+    # Pair transition: 4 c_z hidden channels and their ReLU.
+    phases["pair_mlp"] = z + 8 * block(d.c_z) + single
+
+    # Structure module: z, its own pair tensor, one block of invariant point attention: fp32
+    # query-key point differences and their squares [b, R, L, H, P, 3], logits and softmax.
+    sm_pair = pair(d.sm_z)
+    h = d.ipa_h
+    ipa = 2 * block(3 * h * d.ipa_pq, f) + 3 * block(h, f) + block(h)
+    ipa = max(ipa, block(h * d.ipa_pq, f) * 2 + 2 * block(h, f), block(d.sm_z) + block(d.sm_z, f))
+    sm_out = d.sm_blocks * b * L * ((7 + 128 + 42) * f + (28 + d.sm_s) * e)
+    phases["structure"] = z + sm_pair + ipa + sm_out + single
+
+    # Heads: z and the outputs distogram, pTM logits, aligned-error probabilities and PAE, one
+    # block of softmax temporaries; pLDDT logits [8, b, L, 37 * 50].
+    head = pair(DISTOGRAM_BINS)
+    lddt = d.sm_blocks * b * L * 37 * LDDT_BINS * e
+    temps = max(3 * block(DISTOGRAM_BINS) + block(d.c_z), 2 * block(DISTOGRAM_BINS))
+    phases["heads"] = z + 3 * head + pair(1) + temps + lddt + sm_out + 2 * b * L * d.c_s * e
+    return phases
+
+
+def predict_fold_peak_bytes(
+    config: EsmConfig,
+    length: int,
+    *,
+    batch: int = 1,
+    dtype: torch.dtype = torch.float32,
+    backend: str = "torch",
+    chunk_size: int | None = None,
+    include_weights: bool = False,
+) -> int:
+    """Predicted peak bytes of the tensors one fold allocates (the largest phase of
+    `predict_fold_memory`), plus the model's parameters when `include_weights`.
+
+    Args:
+        config: an ESMFold `EsmConfig`.
+        length: residues per sequence (the padded length L of the batch).
+        batch: sequences in the batch.
+        dtype: the model's dtype (`from_pretrained(..., dtype=...)`).
+        backend: "torch" (the CPU path) or "triton" (kernels, CUDA).
+        chunk_size: the model's chunk size (None: unchunked).
+        include_weights: add `model_weight_bytes(config, dtype)`.
+    """
+    phases = predict_fold_memory(
+        config, length, batch=batch, dtype=dtype, backend=backend, chunk_size=chunk_size
+    )
+    peak = max(phases.values())
+    return peak + (model_weight_bytes(config, dtype) if include_weights else 0)
+
+
+_WEIGHTS: dict[tuple, int] = {}
+
+
+def model_weight_bytes(config: EsmConfig, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of an `EsmForProteinFolding`'s parameters and buffers in `dtype`, counted on a
+    model built on the meta device (no memory is allocated)."""
+    key = (repr(config.to_dict()), dtype)
+    if key not in _WEIGHTS:
+        from esmkernels.reference.esmfold.modeling import EsmForProteinFolding
+
+        with torch.device("meta"):
+            model = EsmForProteinFolding(config)
+        size = torch.empty((), dtype=dtype).element_size()
+        total = sum(p.numel() * size for p in model.parameters())
+        total += sum(
+            buf.numel() * (size if buf.is_floating_point() else buf.element_size())
+            for buf in model.buffers()
+        )
+        _WEIGHTS[key] = int(total)
+    return _WEIGHTS[key]
+
+
+# ------------------------------------------------------------------------------------------------
+# Automatic chunk size
+# ------------------------------------------------------------------------------------------------
+
+
+def free_memory_bytes(device: torch.device | str | None = None) -> int:
+    """Free memory where a fold would run: CUDA free device memory (plus what PyTorch's
+    allocator caches but does not use), else the CPU's available RAM (`MemAvailable`)."""
+    device = torch.device("cpu" if device is None else device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        reserved = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + reserved)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else 0
+
+
+def _candidates(length: int) -> list[int | None]:
+    """Chunk sizes auto considers, smallest first: powers of two below L, then None."""
+    out: list[int | None] = [2**k for k in range(max(1, math.ceil(math.log2(max(length, 2)))))]
+    return [c for c in out if c < length] + [None]
+
+
+def auto_chunk_size(
+    config: EsmConfig,
+    length: int,
+    *,
+    batch: int = 1,
+    dtype: torch.dtype = torch.float32,
+    backend: str = "torch",
+    device: torch.device | str | None = None,
+    free_bytes: int | None = None,
+    margin: float = SAFETY_MARGIN,
+) -> int | None:
+    """The chunk size a fold of `batch` x `length` residues should use (None: unchunked).
+
+    The largest candidate (powers of two, then None) whose predicted peak is at most
+    (1 - margin) * free_bytes and at most `LEAN_SLACK` times the smallest candidate's peak.
+
+    Args:
+        config, length, batch, dtype, backend: as `predict_fold_peak_bytes`.
+        device: where the fold runs, for `free_memory_bytes` when `free_bytes` is None.
+        free_bytes: the memory the fold may use (the model already loaded); default the
+            device's free memory.
+        margin: fraction of `free_bytes` kept free.
+
+    Raises:
+        MemoryError: before any work, when even the smallest chunk's predicted peak does not
+            fit; the message names L, the predicted and the free bytes.
+    """
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"auto_chunk_size: margin={margin!r} must be in [0, 1)")
+    if free_bytes is None:
+        free_bytes = free_memory_bytes(device)
+    budget = int(free_bytes * (1.0 - margin))
+    peaks = {
+        c: predict_fold_peak_bytes(
+            config, length, batch=batch, dtype=dtype, backend=backend, chunk_size=c
+        )
+        for c in _candidates(length)
+    }
+    floor = min(peaks.values())
+    if floor > budget:
+        raise MemoryError(
+            f"ESMFold: a fold of L={length} (batch {batch}, {dtype}, backend {backend}) needs "
+            f"about {floor / 2**30:.2f} GiB ({floor} bytes) even at the smallest chunk size, but "
+            f"only {free_bytes / 2**30:.2f} GiB ({free_bytes} bytes) are free "
+            f"({margin:.0%} kept as margin)"
+        )
+    limit = min(budget, int(floor * LEAN_SLACK))
+    chosen: int | None = 1
+    for c, peak in peaks.items():  # ascending chunk sizes: keep the last that fits
+        if peak <= limit:
+            chosen = c
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------------
+# Measuring
+# ------------------------------------------------------------------------------------------------
+
+
+class TrackedBytes(TorchDispatchMode):
+    """Counts the bytes of tensor storages created under it, until each is freed.
+
+    `current` and `peak` are in bytes. Views, in-place results and tensors that existed before
+    the mode (weights) are not counted; every new storage an op returns is, on any device.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self._live: dict[int, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor) and t.device.type != "meta"
+        }
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            ptr, size = storage.data_ptr(), storage.nbytes()
+            if size == 0 or ptr in inputs or ptr in self._live:
+                continue
+            self._live[ptr] = size
+            self.current += size
+            self.peak = max(self.peak, self.current)
+            weakref.finalize(storage, self._free, ptr)
+        return out
+
+    def _free(self, ptr: int) -> None:
+        self.current -= self._live.pop(ptr, 0)
+
+
+@contextlib.contextmanager
+def track_peak_bytes() -> Iterator[TrackedBytes]:
+    """Context manager yielding a `TrackedBytes` whose `peak` is read after the block.
+
+    Example:
+        >>> with track_peak_bytes() as t:
+        ...     y = torch.ones(1000) * 2
+        >>> t.peak
+        8000
+    """
+    with TrackedBytes() as tracker:
+        yield tracker
+
+
+def esmfold_v1_config(num_blocks: int = 48) -> EsmConfig:
+    """The published esmfold_v1 architecture (ESM-2 3B stem, 48 trunk blocks), for the model."""
+    from esmkernels.configuration import ESM_VOCAB
+
+    stem = dict(
+        vocab_size=33,
+        pad_token_id=1,
+        mask_token_id=32,
+        hidden_size=2560,
+        num_hidden_layers=36,
+        num_attention_heads=40,
+        intermediate_size=10240,
+        position_embedding_type="rotary",
+        token_dropout=True,
+        emb_layer_norm_before=False,
+        vocab_list=list(ESM_VOCAB),
+    )
+    trunk = dict(num_blocks=num_blocks, chunk_size=None)
+    return EsmConfig(**stem, is_folding_model=True, esmfold_config=dict(trunk=trunk))

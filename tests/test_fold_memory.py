@@ -1,0 +1,179 @@
+"""The fold memory model (`esmkernels.models.fold_memory`) against measured peaks, and "auto".
+
+Measured = the peak of live tensor bytes a fold allocates (`track_peak_bytes`, which counts every
+new storage until it is freed), on CPU with the torch backend, for a grid of lengths, chunk
+sizes, widths (including the esmfold_v1 trunk width c_s = 1024, c_z = 128, 32-wide heads, one
+block) and dtypes. The model is written from the code's allocations; it must be within 15%.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from esmkernels.configuration import EsmConfig, StructureModuleConfig
+from esmkernels.models import fold_memory as fm
+from esmkernels.models.esmfold import EsmForProteinFolding
+from tests.test_esmfold_model import STEM
+
+# The structure module and heads at ESMFold's own widths (2 of its 8 blocks): their [L, L]
+# temporaries are part of the peak.
+SM = StructureModuleConfig(
+    sequence_dim=384, pairwise_dim=128, ipa_dim=16, resnet_dim=128, num_heads_ipa=12,
+    num_qk_points=4, num_v_points=8, num_blocks=2, dropout_rate=0.0,
+)  # fmt: skip
+
+
+def fold_config(c_s: int, c_z: int, num_blocks: int = 1) -> EsmConfig:
+    trunk = dict(
+        num_blocks=num_blocks,
+        sequence_state_dim=c_s,
+        pairwise_state_dim=c_z,
+        sequence_head_width=32,
+        pairwise_head_width=32,
+        max_recycles=1,
+        chunk_size=None,
+        structure_module=SM.to_dict(),
+    )
+    return EsmConfig(
+        **STEM, is_folding_model=True, esmfold_config=dict(fp16_esm=False, trunk=trunk)
+    )
+
+
+_MODELS: dict[tuple, EsmForProteinFolding] = {}
+
+
+def fold_model(c_s: int, c_z: int, dtype: torch.dtype) -> EsmForProteinFolding:
+    key = (c_s, c_z, dtype)
+    if key not in _MODELS:
+        torch.manual_seed(0)
+        _MODELS[key] = EsmForProteinFolding(fold_config(c_s, c_z), backend="torch").eval().to(dtype)
+    return _MODELS[key]
+
+
+def measured_peak(model: EsmForProteinFolding, length: int, chunk, batch: int = 1) -> int:
+    model.set_chunk_size(chunk)
+    ids = torch.randint(0, 20, (batch, length), generator=torch.Generator().manual_seed(length))
+    with torch.no_grad(), fm.track_peak_bytes() as tracker:
+        model(ids, num_recycles=0)
+    return tracker.peak
+
+
+GRID = [  # c_s, c_z, L, chunk, dtype
+    (1024, 128, 64, None, torch.float32),
+    (1024, 128, 64, 8, torch.float32),
+    (1024, 128, 80, 16, torch.bfloat16),
+    (128, 64, 96, None, torch.bfloat16),
+    (128, 64, 96, 16, torch.float32),
+    (256, 32, 120, 32, torch.float32),
+]
+
+
+@pytest.mark.parametrize("c_s, c_z, length, chunk, dtype", GRID)
+def test_prediction_within_15_percent_of_measured(c_s, c_z, length, chunk, dtype):
+    model = fold_model(c_s, c_z, dtype)
+    got = measured_peak(model, length, chunk)
+    want = fm.predict_fold_peak_bytes(
+        model.config, length, dtype=dtype, backend="torch", chunk_size=chunk
+    )
+    assert 0.85 <= want / got <= 1.15, f"predicted {want} vs measured {got} bytes"
+
+
+def test_chunking_lowers_the_measured_peak():
+    """Chunking happened: the measured peak falls with the chunk, as the model says."""
+    model = fold_model(128, 64, torch.float32)
+    peaks = [measured_peak(model, 96, chunk) for chunk in (None, 32, 8)]
+    assert peaks[0] > peaks[1] > peaks[2] and peaks[0] > 2 * peaks[2]
+
+
+def test_auto_chunk_respects_the_budget(monkeypatch):
+    """The model's "auto" picks the chunk from the free memory, and the fold stays within it."""
+    model = fold_model(128, 64, torch.float32)
+    L = 96
+    cfg = model.config
+    floor = fm.predict_fold_peak_bytes(cfg, L, chunk_size=1)
+    unchunked = fm.predict_fold_peak_bytes(cfg, L, chunk_size=None)
+    for budget in (int(floor * 1.2), int(floor * 1.6), 2 * unchunked):
+        monkeypatch.setattr(fm, "free_memory_bytes", lambda device=None, b=budget: b)
+        want = fm.auto_chunk_size(cfg, L, free_bytes=budget)
+        model.set_chunk_size("auto")
+        ids = torch.randint(0, 20, (1, L))
+        with torch.no_grad(), fm.track_peak_bytes() as tracker:
+            model(ids, num_recycles=0)
+        assert model.chunk_size == "auto" and model.last_chunk_size == want
+        assert tracker.peak <= budget * (1 - fm.SAFETY_MARGIN) * 1.15
+        predicted = fm.predict_fold_peak_bytes(cfg, L, chunk_size=want)
+        assert predicted <= budget * (1 - fm.SAFETY_MARGIN)
+    # With plenty of memory the chunk stops growing once the peak is near its floor.
+    big = fm.auto_chunk_size(cfg, L, free_bytes=10**12)
+    assert fm.predict_fold_peak_bytes(cfg, L, chunk_size=big) <= fm.LEAN_SLACK * floor
+
+
+def test_auto_chunk_refuses_what_cannot_fit():
+    cfg = fold_config(1024, 128)
+    floor = fm.predict_fold_peak_bytes(cfg, 300, chunk_size=1)
+    with pytest.raises(MemoryError, match=rf"L=300 .*{floor} bytes.*\(1000 bytes\) are free"):
+        fm.auto_chunk_size(cfg, 300, free_bytes=1000)
+
+
+def test_prediction_is_monotone_and_scales_like_a_pair_tensor():
+    cfg = fm.esmfold_v1_config()
+    for backend in fm.BACKENDS:
+        peaks = [
+            fm.predict_fold_peak_bytes(
+                cfg, 2048, dtype=torch.bfloat16, backend=backend, chunk_size=c
+            )
+            for c in (16, 64, 256, None)
+        ]
+        assert peaks == sorted(peaks)
+        pair = 2048**2 * 128 * 2
+        # Lean: a chunked trunk at L=2,048 stays within a few pair tensors (heads included).
+        assert peaks[1] <= 3.5 * pair
+    assert fm.model_weight_bytes(cfg, torch.bfloat16) > 6 * 2**30  # the 3B stem and trunk
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(length=0), "length=0"),
+        (dict(length=10, chunk_size=0), "chunk_size=0"),
+        (dict(length=10, backend="cuda"), "backend='cuda'"),
+        (dict(length=10, batch=True), "batch=True"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fm.predict_fold_peak_bytes(fold_config(64, 32), **kwargs)
+    with pytest.raises(TypeError, match="dtype"):
+        fm.predict_fold_peak_bytes(fold_config(64, 32), 8, dtype=torch.int8)
+
+
+def test_set_chunk_size_values():
+    model = fold_model(128, 64, torch.float32)
+    for value in ("auto", 5, None):
+        model.set_chunk_size(value)
+        assert model.chunk_size == value
+    for bad in (0, -1, "big", 2.5):
+        with pytest.raises(ValueError, match="chunk_size"):
+            model.set_chunk_size(bad)
+
+
+@pytest.mark.gpu
+def test_prediction_matches_cuda_peak_at_trunk_width(device):
+    """Real trunk width on the GPU: torch.cuda.max_memory_allocated vs the model, Triton path."""
+    torch.manual_seed(0)
+    model = EsmForProteinFolding(fold_config(1024, 128, num_blocks=2)).eval()
+    model = model.to(device=device, dtype=torch.bfloat16)
+    for length, chunk in ((512, None), (1024, 64)):
+        model.set_chunk_size(chunk)
+        ids = torch.randint(0, 20, (1, length), device=device)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            model(ids, num_recycles=0)
+        got = torch.cuda.max_memory_allocated() - base
+        want = fm.predict_fold_peak_bytes(
+            model.config, length, dtype=torch.bfloat16, backend="triton", chunk_size=chunk
+        )
+        assert 0.85 <= want / got <= 1.15, (length, chunk, want, got)
