@@ -321,6 +321,21 @@ def check_batch_invariance(backend, device, lengths, extra, style, seed):
         torch.testing.assert_close(packed[b, :n], alone, **MODEL_FP32)
 
 
+def test_packed_rotary_positions_are_column_indices(device):
+    """Packing keeps each token's column in the padded batch as its rotary position (left
+    padding and holes included); the caller's [1, L] or [B, L] positions are gathered alike."""
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 0, 1, 0], [1, 1, 1, 1, 1]], device=device)
+    pack = fast.PackedBatch.from_mask(mask, None, rotary=True)
+    columns = torch.arange(5, device=device).expand(3, 5)[mask.bool()]
+    assert pack.position_ids.tolist() == columns.tolist()
+    assert pack.cu_seqlens.tolist() == [0, 3, 6, 11] and pack.max_seqlen == 5
+    given = torch.arange(5, device=device)[None] * 10 + 3
+    assert fast.PackedBatch.from_mask(mask, given, rotary=True).position_ids.tolist() == [
+        23, 33, 43, 3, 13, 33, 3, 13, 23, 33, 43,
+    ]  # fmt: skip
+    assert fast.PackedBatch.from_mask(mask, None, rotary=False).position_ids is None
+
+
 def test_checkpoint_dir_loads_into_both_and_round_trips(tmp_path, device):
     config = tiny_config("esm2")
     torch.manual_seed(2)
