@@ -29,7 +29,7 @@ transformers = pytest.importorskip("transformers")
 
 GPU = on_gpu()
 SHAPE, L, SEQS, DTYPE = (
-    ("esm2_650M", 1024, 64, torch.bfloat16) if GPU else ("esm2_8M", 256, 16, torch.float32)
+    ("esm2_650M", 1024, 64, torch.bfloat16) if GPU else ("esm2_8M", 256, 8, torch.float32)
 )
 PROVIDERS = ("hf", "patched")
 CASES = ("skewed", "uniform")
