@@ -31,30 +31,11 @@ from tests._launches import (
     TRIMUL_FWD,
     launches,
 )
+from tests.test_esmfold_trunk import randomize_, tiny_trunk_config
 from tests.tolerances import MODEL_FP32
 
 PAD, CLS, EOS = 1, 0, 2
 GRAD_TOL = {"atol": 2e-4, "rtol": 2e-4}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _randomize(module: torch.nn.Module, seed: int) -> None:
-    """Non-trivial values for every parameter (inits zero many biases and residual branches)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if p.dim() == 1:
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * noise)
-            else:
-                p.copy_(noise / p.shape[-1] ** 0.5)
 
 
 def _lm_tokens(lengths: list[int], seed: int = 0) -> torch.Tensor:
@@ -74,7 +55,7 @@ def test_lm_launches_each_kernel_once_per_layer(style, unpad):
     config = tiny_lm_config(style, max_position_embeddings=64)
     torch.manual_seed(0)
     reference = ref.EsmForMaskedLM(config)
-    _randomize(reference, seed=1)
+    randomize_(reference, seed=1)
     model = fast.EsmForMaskedLM(config, backend="triton")
     model.load_state_dict(reference.state_dict())
     model.esm.encoder.unpad = unpad
@@ -120,8 +101,6 @@ def _reference_fold() -> RefFolding:
     """Tiny reference ESMFold (stem head dim 16, which the rotary kernel tiles; trunk head
     width 8, one block), non-trivial weights."""
     if not _FOLD:
-        from tests.test_esmfold_trunk import tiny_trunk_config
-
         stem = dict(
             vocab_size=33, pad_token_id=1, mask_token_id=32, hidden_size=32,
             num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -132,7 +111,7 @@ def _reference_fold() -> RefFolding:
         config = EsmConfig(**stem, is_folding_model=True, esmfold_config=fold)
         torch.manual_seed(0)
         model = RefFolding(config)
-        _randomize(model, seed=2)
+        randomize_(model, seed=2)
         with torch.no_grad():  # keep the structure module's updates small: stable gradients
             for name, p in model.named_parameters():
                 if "structure_module" in name and p.dim() > 1:
