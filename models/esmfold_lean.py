@@ -27,7 +27,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from esmkernels.reference.esmfold.trunk_functional import chunk_rows, contraction_dtype
+from esmkernels.reference.esmfold.trunk_functional import (
+    chunk_rows,
+    contraction_dtype,
+    gated_projection,
+)
 from esmkernels.reference.functional import layer_norm
 
 Tensor = torch.Tensor
@@ -164,14 +168,9 @@ def _project_rows(
     ln: tuple[Tensor, Tensor, float],
     weights: list[Tensor],
 ) -> Tensor:
-    """Rows [B, I, L, C] of z -> [B, I, L, 2h]: mask * sigmoid(zn Wg^T + bg) * (zn Wp^T + bp)."""
+    """Rows [B, I, L, C] of z -> [B, I, L, 2h]: the reference's gated projection of LN_in(z)."""
     wp, bp, wg, bg = weights
-    zn = layer_norm(z, *ln)
-    y = F.linear(zn, wp, bp)
-    y.mul_(torch.sigmoid(F.linear(zn, wg, bg)))
-    if mask is not None:
-        y.mul_(mask.unsqueeze(-1).to(y.dtype))
-    return y
+    return gated_projection(layer_norm(z, *ln), mask, wp, bp, wg, bg)
 
 
 def _output_rows(
