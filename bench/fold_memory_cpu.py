@@ -50,7 +50,7 @@ def _rss_bytes() -> int:
 
 
 def _config_kwargs(c_s: int, c_z: int) -> dict:
-    from esmkernels.configuration import ESM_VOCAB
+    from esmkernels.core.configuration import ESM_VOCAB
 
     stem = dict(
         vocab_size=33, pad_token_id=1, mask_token_id=32, hidden_size=320, num_hidden_layers=6,
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
         if "error" not in ours and "error" not in hf:
             row["memory_ratio"] = ours["peak_rss_growth_bytes"] / hf["peak_rss_growth_bytes"]
             row["time_ratio"] = ours["seconds"] / hf["seconds"]
-            from esmkernels.configuration import EsmConfig
+            from esmkernels.core.configuration import EsmConfig
 
             ours_cfg = EsmConfig(**_config_kwargs(case["c_s"], case["c_z"]))
             row["ours_predicted_peak_bytes"] = fm.predict_fold_peak_bytes(

@@ -19,7 +19,7 @@ import torch
 
 from bench.conftest import peak_memory_mb, run_or_record_oom
 from bench.fold_memory_cpu import TABLE_LENGTHS, _config_kwargs, predicted_table
-from esmkernels.configuration import EsmConfig
+from esmkernels.core.configuration import EsmConfig
 from esmkernels.models import fold_memory as fm
 
 

@@ -9,12 +9,12 @@ CUDA and PyTorch elsewhere. The plain-PyTorch spec is `esmkernels.reference`.
 Importing this package never touches CUDA; kernels compile on first use.
 """
 
-from esmkernels.checkpoint import FORMATS, load_checkpoint, save_checkpoint
-from esmkernels.configuration import EsmConfig, EsmFoldConfig, StructureModuleConfig, TrunkConfig
-from esmkernels.embeddings import EmbeddingStore, open_embeddings
-from esmkernels.fasta import read_fasta, write_fasta
+from esmkernels.core.checkpoint import FORMATS, load_checkpoint, save_checkpoint
+from esmkernels.core.configuration import EsmConfig, EsmFoldConfig, StructureModuleConfig, TrunkConfig
+from esmkernels.jobs.embeddings import EmbeddingStore, open_embeddings
+from esmkernels.jobs.fasta import read_fasta, write_fasta
 from esmkernels.integrations import accelerate, patch_transformers, unpatch_transformers
-from esmkernels.modeling_utils import PreTrainedMixin
+from esmkernels.core.modeling_utils import PreTrainedMixin
 from esmkernels.models.esm import (
     EsmForMaskedLM,
     EsmForSequenceClassification,
@@ -22,7 +22,7 @@ from esmkernels.models.esm import (
     EsmModel,
 )
 from esmkernels.models.esmfold import EsmForProteinFolding
-from esmkernels.outputs import (
+from esmkernels.core.outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
     ModelOutput,
@@ -30,8 +30,8 @@ from esmkernels.outputs import (
     TokenClassifierOutput,
 )
 from esmkernels.reference.esmfold.modeling import EsmForProteinFoldingOutput
-from esmkernels.tokenization import BatchEncoding, EsmTokenizer
-from esmkernels.variants import score_variants
+from esmkernels.core.tokenization import BatchEncoding, EsmTokenizer
+from esmkernels.core.variants import score_variants
 
 __version__ = "0.1.0"
 

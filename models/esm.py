@@ -71,8 +71,8 @@ from esmkernels.ops.layer_norm_kernels import layer_norm
 from esmkernels.ops.rotary_attention_kernels import rotary_attention
 from esmkernels.reference import esm as ref
 from esmkernels.reference import esm_layers as ref_layers
-from esmkernels.tokenization import EsmTokenizer
-from esmkernels.variants import score_variants as _score_variants
+from esmkernels.core.tokenization import EsmTokenizer
+from esmkernels.core.variants import score_variants as _score_variants
 
 
 def check_backend(backend: str | None) -> str | None:
@@ -370,7 +370,7 @@ class EsmForMaskedLM(_FastTaskMixin, ref.EsmForMaskedLM):
     ) -> torch.Tensor:
         """Log-likelihood-ratio scores of `mutations` (e.g. "A42G", "A42G:S50T") of `sequence`.
 
-        See `esmkernels.variants.score_variants`; `tokenizer` defaults to the ESM vocabulary.
+        See `esmkernels.core.variants.score_variants`; `tokenizer` defaults to the ESM vocabulary.
         Returns [len(mutations)] float32 on the CPU.
 
         Example:

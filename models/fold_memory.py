@@ -34,7 +34,7 @@ starts, naming L and the predicted and free bytes. There is no out-of-memory ret
 under it (a `TorchDispatchMode` that counts each new storage until it is freed), on any device.
 
 Example:
-    >>> from esmkernels.configuration import EsmConfig
+    >>> from esmkernels.core.configuration import EsmConfig
     >>> cfg = esmfold_v1_config()
     >>> predict_fold_peak_bytes(cfg, 1024, dtype=torch.bfloat16, chunk_size=64) > 0
     True
@@ -53,7 +53,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from esmkernels.configuration import EsmConfig
+from esmkernels.core.configuration import EsmConfig
 
 BACKENDS = ("torch", "triton")
 # Auto chunk: keep the predicted peak within this factor of the smallest achievable one.
@@ -458,7 +458,7 @@ def track_peak_bytes() -> Iterator[TrackedBytes]:
 
 def esmfold_v1_config(num_blocks: int = 48) -> EsmConfig:
     """The published esmfold_v1 architecture (ESM-2 3B stem, 48 trunk blocks), for the model."""
-    from esmkernels.configuration import ESM_VOCAB
+    from esmkernels.core.configuration import ESM_VOCAB
 
     stem = dict(
         vocab_size=33,

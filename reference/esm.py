@@ -12,7 +12,7 @@ Classes (transformers' names, parameter names and outputs):
 
 Every `forward(input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
 [labels=None,] output_attentions=None, output_hidden_states=None, return_dict=None)` returns an
-output dataclass of `esmkernels.outputs`, or its `to_tuple()` with `return_dict=False`. Inputs
+output dataclass of `esmkernels.core.outputs`, or its `to_tuple()` with `return_dict=False`. Inputs
 are validated before any compute (`check_inputs`).
 
 Masks: `attention_mask` is `[B, L]` with 1 = keep, 0 = padding. When it is None and input_ids are
@@ -53,9 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esmkernels.configuration import EsmConfig
-from esmkernels.modeling_utils import PreTrainedMixin
-from esmkernels.outputs import (
+from esmkernels.core.configuration import EsmConfig
+from esmkernels.core.modeling_utils import PreTrainedMixin
+from esmkernels.core.outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
     SequenceClassifierOutput,

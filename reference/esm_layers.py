@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from esmkernels.configuration import EsmConfig
+from esmkernels.core.configuration import EsmConfig
 from esmkernels.reference.functional import layer_norm, rotary_attention
 
 # Fraction of tokens replaced by <mask> during ESM training (15% selected, 80% of those masked).

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from esmkernels.configuration import EsmConfig
-from esmkernels.modeling_utils import PreTrainedMixin
+from esmkernels.core.configuration import EsmConfig
+from esmkernels.core.modeling_utils import PreTrainedMixin
 
 
 def tiny_config(**overrides) -> EsmConfig:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from esmkernels.configuration import EsmConfig
+from esmkernels.core.configuration import EsmConfig
 
 BASE = dict(
     vocab_size=33,

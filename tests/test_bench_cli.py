@@ -114,7 +114,7 @@ def test_memory_suite_compares_prediction_and_measurement(capsys, tmp_path):
     (record,) = json.loads((tmp_path / "bench.json").read_text())["records"]
     assert record["status"] == "ok" and record["peak_mb"] > 0
     from esmkernels.benchmarks.fold import fold_config_kwargs
-    from esmkernels.configuration import EsmConfig
+    from esmkernels.core.configuration import EsmConfig
 
     want = fold_memory.predict_fold_peak_bytes(EsmConfig(**fold_config_kwargs("tiny")), 8)
     assert record["meta"]["predicted_mb"] == pytest.approx(want / 2**20)

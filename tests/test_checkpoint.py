@@ -19,14 +19,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from esmkernels import checkpoint as ckpt
-from esmkernels import modeling_utils
-from esmkernels.checkpoint import (
+from esmkernels.core import checkpoint as ckpt
+from esmkernels.core import modeling_utils
+from esmkernels.core.checkpoint import (
     layer_inv_freq_key,
     load_checkpoint,
     save_checkpoint,
 )
-from esmkernels.configuration import EsmConfig
+from esmkernels.core.configuration import EsmConfig
 from tests._ckpt_models import (
     TinyEsmForMaskedLM,
     TinyEsmModel,
@@ -277,7 +277,7 @@ def test_missing_inv_freq_is_recomputed_with_a_warning(tmp_path, mlm, caplog):
         k: v for k, v in load_file(directory / "model.safetensors").items() if "inv_freq" not in k
     }
     save_file(stored, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    with caplog.at_level(logging.WARNING, logger="esmkernels.modeling_utils"):
+    with caplog.at_level(logging.WARNING, logger="esmkernels.core.modeling_utils"):
         model = TinyEsmForMaskedLM.from_pretrained(directory)
     assert "no rotary inv_freq" in caplog.text
     expected = 1.0 / (10000 ** (torch.arange(0, 8, 2).float() / 8))

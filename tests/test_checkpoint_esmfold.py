@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from esmkernels.checkpoint import load_checkpoint, torch_load_safe
-from esmkernels.configuration import EsmConfig
+from esmkernels.core.checkpoint import load_checkpoint, torch_load_safe
+from esmkernels.core.configuration import EsmConfig
 from esmkernels.reference.esm import EsmModel
 from esmkernels.reference.esmfold.modeling import EsmForProteinFolding
 from tests.test_esmfold_model import STEM, _fair_esmfold_file, tiny_model

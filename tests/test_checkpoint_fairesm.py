@@ -14,7 +14,7 @@ import warnings
 import pytest
 import torch
 
-from esmkernels.checkpoint import fair_esm_to_hf, load_checkpoint, save_checkpoint
+from esmkernels.core.checkpoint import fair_esm_to_hf, load_checkpoint, save_checkpoint
 from tests._ckpt_models import TinyEsmForMaskedLM, TinyEsmModel
 
 H, FFN, LAYERS, HEADS, VOCAB = 16, 24, 2, 2, 33

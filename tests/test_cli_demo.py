@@ -7,7 +7,7 @@ import csv
 
 from esmkernels import open_embeddings
 from esmkernels.cli import demo
-from esmkernels.fasta import read_records
+from esmkernels.jobs.fasta import read_records
 from tests._cli import files, run
 
 

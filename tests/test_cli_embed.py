@@ -9,9 +9,9 @@ import torch
 
 from esmkernels import open_embeddings
 from esmkernels.cli import embed as embed_cli
-from esmkernels.embeddings import EmbeddingWriter, split_parts
+from esmkernels.jobs.embeddings import EmbeddingWriter, split_parts
 from esmkernels.reference import esm as ref
-from esmkernels.tokenization import EsmTokenizer
+from esmkernels.core.tokenization import EsmTokenizer
 from tests._cli import fasta, files, lm_checkpoint, run
 
 RECORDS = [

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from esmkernels.reference import esm as ref
-from esmkernels.tokenization import EsmTokenizer
+from esmkernels.core.tokenization import EsmTokenizer
 from tests._cli import fasta, lm_checkpoint, run
 
 WT = "MKTAYIAKQRQISFVKSH"

@@ -21,7 +21,7 @@ KILL_RANK_1 = textwrap.dedent(
     """
     import os
     if os.environ.get("RANK") == "1":
-        from esmkernels.embeddings import EmbeddingWriter
+        from esmkernels.jobs.embeddings import EmbeddingWriter
         real = EmbeddingWriter.write_shard
         def write_then_die(self, *args, **kwargs):
             real(self, *args, **kwargs)

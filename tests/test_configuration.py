@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from esmkernels.configuration import EsmConfig, EsmFoldConfig, TrunkConfig
+from esmkernels.core.configuration import EsmConfig, EsmFoldConfig, TrunkConfig
 
 
 def test_roundtrip_keeps_unknown_keys(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from esmkernels.configuration import EsmConfig
+from esmkernels.core.configuration import EsmConfig
 from esmkernels.reference.esm import EsmForMaskedLM, EsmModel
 from esmkernels.reference.esmfold.modeling import EsmForProteinFolding
 from tests._cli import run
@@ -75,7 +75,7 @@ def test_esmfold_with_its_stem(tmp_path, capsys):
 
 
 def _imports(name: str) -> set[str]:
-    tree = ast.parse((ROOT / "esmkernels" / f"{name}.py").read_text())
+    tree = ast.parse((ROOT / "esmkernels" / "core" / f"{name}.py").read_text())
     found = set()
     for node in ast.walk(tree):  # function-level imports count too
         if isinstance(node, ast.ImportFrom) and node.module:
@@ -86,6 +86,6 @@ def _imports(name: str) -> set[str]:
 
 
 def test_checkpoint_readers_import_in_one_direction():
-    assert "esmkernels.convert_esmfold" in _imports("checkpoint")
-    assert "esmkernels.checkpoint" not in _imports("convert_esmfold")
-    assert not {"esmkernels.checkpoint", "esmkernels.convert_esmfold"} & _imports("fair_esm")
+    assert "esmkernels.core.convert_esmfold" in _imports("checkpoint")
+    assert "esmkernels.core.checkpoint" not in _imports("convert_esmfold")
+    assert not {"esmkernels.core.checkpoint", "esmkernels.core.convert_esmfold"} & _imports("fair_esm")

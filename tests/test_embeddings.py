@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from esmkernels.embeddings import (
+from esmkernels.jobs.embeddings import (
     EmbeddingWriter,
     atomic_write,
     open_embeddings,

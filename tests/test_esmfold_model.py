@@ -14,8 +14,8 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from esmkernels import convert_esmfold as convert
-from esmkernels.configuration import ESM_VOCAB, EsmConfig
+from esmkernels.core import convert_esmfold as convert
+from esmkernels.core.configuration import ESM_VOCAB, EsmConfig
 from esmkernels.reference.esm import EsmModel
 from esmkernels.reference.esmfold.modeling import (
     EsmForProteinFolding,

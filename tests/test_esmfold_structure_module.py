@@ -5,7 +5,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from esmkernels.configuration import StructureModuleConfig
+from esmkernels.core.configuration import StructureModuleConfig
 from esmkernels.reference.esmfold import residue_constants as rc
 from esmkernels.reference.esmfold.rigid import Rigid, Rotation
 from esmkernels.reference.esmfold.structure_module import InvariantPointAttention, StructureModule

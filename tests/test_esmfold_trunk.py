@@ -18,7 +18,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from esmkernels.configuration import StructureModuleConfig, TrunkConfig
+from esmkernels.core.configuration import StructureModuleConfig, TrunkConfig
 from esmkernels.reference.esmfold import trunk as T
 from esmkernels.reference.esmfold import trunk_functional
 from tests.tolerances import FP32

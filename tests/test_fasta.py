@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from esmkernels.fasta import read_fasta, write_fasta
+from esmkernels.jobs.fasta import read_fasta, write_fasta
 
 # Any text without line breaks; \x0b, \x1c, \x85, \u2028... are not line breaks in FASTA.
 headers = st.text(st.characters(blacklist_characters="\r\n"), max_size=30).map(str.strip)
@@ -125,7 +125,7 @@ def test_write_to_handle_and_errors(tmp_path):
 
 
 def test_read_records_rules(tmp_path):
-    from esmkernels.fasta import Record, Rejected, read_records
+    from esmkernels.jobs.fasta import Record, Rejected, read_records
 
     path = tmp_path / "in.fa.gz"
     path.write_bytes(gzip.compress(b">sp|P1|X desc\nmkta\n>b\nMK1T\n>c\n\n>d\nMK:GG\n>e\nMK::G\n"))
@@ -156,7 +156,7 @@ def test_read_records_rules(tmp_path):
     ],
 )
 def test_read_records_errors(tmp_path, text, message):
-    from esmkernels.fasta import read_records
+    from esmkernels.jobs.fasta import read_records
 
     path = tmp_path / "x.fa"
     path.write_text(text)
@@ -165,8 +165,8 @@ def test_read_records_errors(tmp_path, text, message):
 
 
 def test_every_residue_letter_is_in_the_esm_vocabulary():
-    from esmkernels.configuration import ESM_VOCAB
-    from esmkernels.fasta import RESIDUES, check_sequence
+    from esmkernels.core.configuration import ESM_VOCAB
+    from esmkernels.jobs.fasta import RESIDUES, check_sequence
 
     assert RESIDUES <= set(ESM_VOCAB)
     assert check_sequence("".join(sorted(RESIDUES))) is None

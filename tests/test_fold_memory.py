@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esmkernels.configuration import EsmConfig, StructureModuleConfig
+from esmkernels.core.configuration import EsmConfig, StructureModuleConfig
 from esmkernels.models import fold_memory as fm
 from esmkernels.models.esmfold import EsmForProteinFolding
 from tests.test_esmfold_model import STEM

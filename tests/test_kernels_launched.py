@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esmkernels.configuration import EsmConfig
+from esmkernels.core.configuration import EsmConfig
 from esmkernels.models import esm as fast
 from esmkernels.models.esmfold import EsmForProteinFolding
 from esmkernels.reference import esm as ref

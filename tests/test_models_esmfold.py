@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 import torch
 
-from esmkernels.configuration import EsmConfig
+from esmkernels.core.configuration import EsmConfig
 from esmkernels.models.esmfold import EsmForProteinFolding, KernelTrunkOps
 from esmkernels.reference.esmfold.modeling import EsmForProteinFolding as RefEsmForProteinFolding
 from tests.test_esmfold_model import STEM, random_sequence

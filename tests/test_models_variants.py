@@ -1,4 +1,4 @@
-"""Variant scoring (`esmkernels.variants`, `EsmForMaskedLM.score_variants`) against direct loops.
+"""Variant scoring (`esmkernels.core.variants`, `EsmForMaskedLM.score_variants`) against direct loops.
 
 The expected scores are computed here from their definitions (Meier et al. 2021), one
 unbatched forward per masked copy through the reference model.
@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esmkernels.configuration import EsmConfig
+from esmkernels.core.configuration import EsmConfig
 from esmkernels.models import esm as fast
 from esmkernels.reference import esm as ref
-from esmkernels.tokenization import EsmTokenizer
-from esmkernels.variants import METHODS, parse_mutations, score_variants
+from esmkernels.core.tokenization import EsmTokenizer
+from esmkernels.core.variants import METHODS, parse_mutations, score_variants
 
 SEQUENCE = "MKTAYIAKQRQISFVKSH"
 MUTATIONS = ["K2A", "T3G:A4C", "H18W", "M1M", "A7L:K8R:Q9E"]

@@ -12,7 +12,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from esmkernels.configuration import StructureModuleConfig
+from esmkernels.core.configuration import StructureModuleConfig
 from esmkernels.reference.esmfold import confidence as C
 from esmkernels.reference.esmfold import geometry as G
 from esmkernels.reference.esmfold import pdb

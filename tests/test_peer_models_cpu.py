@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esmkernels.configuration import EsmConfig
+from esmkernels.core.configuration import EsmConfig
 from esmkernels.models import esm as fast
 from tests.tolerances import MODEL_FP32
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from esmkernels.configuration import ESM_VOCAB
-from esmkernels.tokenization import EsmTokenizer
+from esmkernels.core.configuration import ESM_VOCAB
+from esmkernels.core.tokenization import EsmTokenizer
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.peer

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esmkernels.configuration import EsmConfig
+from esmkernels.core.configuration import EsmConfig
 from esmkernels.reference.esm import (
     EsmForMaskedLM,
     EsmForSequenceClassification,

@@ -10,7 +10,7 @@ import shlex
 from pathlib import Path
 
 from esmkernels.cli import main
-from esmkernels.fasta import write_fasta
+from esmkernels.jobs.fasta import write_fasta
 from tests._cli import fold_checkpoint, lm_checkpoint
 from tests.test_checkpoint_fairesm import _esm2_file, _hand_built
 

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from esmkernels.configuration import EsmConfig
-from esmkernels.outputs import (
+from esmkernels.core.configuration import EsmConfig
+from esmkernels.core.outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
     ModelOutput,

@@ -13,9 +13,9 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-import esmkernels.tokenization
-from esmkernels.configuration import ESM_VOCAB
-from esmkernels.tokenization import EsmTokenizer
+import esmkernels.core.tokenization
+from esmkernels.core.configuration import ESM_VOCAB
+from esmkernels.core.tokenization import EsmTokenizer
 
 TOK = EsmTokenizer()
 LETTERS = "".join(t for t in ESM_VOCAB if len(t) == 1)  # LAGVSERTIDPKQNFYMHWCXBUZO.-
@@ -395,5 +395,5 @@ def test_missing_path(tmp_path):
 
 
 def test_docstring_examples():
-    result = doctest.testmod(esmkernels.tokenization)
+    result = doctest.testmod(esmkernels.core.tokenization)
     assert result.attempted > 0 and result.failed == 0

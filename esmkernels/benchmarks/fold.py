@@ -56,7 +56,7 @@ def fold_config_kwargs(size: str) -> dict:
     fold = {"trunk": dict(s.trunk)} if s.trunk else {}
     if size == "tiny":
         fold["lddt_head_hid_dim"] = 16
-    from esmkernels.configuration import ESM_VOCAB
+    from esmkernels.core.configuration import ESM_VOCAB
 
     return {**stem, "is_folding_model": True, "esmfold_config": fold, "vocab_list": list(ESM_VOCAB)}
 
@@ -73,7 +73,7 @@ def build_model(provider: str, size: str, device, dtype, chunk_size: int | None 
         if chunk_size is not None:
             model.trunk.set_chunk_size(chunk_size)
         return model.eval()
-    from esmkernels.configuration import EsmConfig
+    from esmkernels.core.configuration import EsmConfig
 
     config = EsmConfig(**fold_config_kwargs(size))
     if provider == "reference":

@@ -165,7 +165,7 @@ def _attention(provider, L, s: Sizes, device, dtype, g, varlen: bool) -> Workloa
 
 
 def _trunk_module(case: str, s: Sizes, ops):
-    from esmkernels.configuration import TrunkConfig
+    from esmkernels.core.configuration import TrunkConfig
     from esmkernels.reference.esmfold import trunk
 
     if case.startswith("trimul"):

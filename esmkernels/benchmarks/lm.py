@@ -96,7 +96,7 @@ class Models:
 
     def state(self) -> dict:
         if self._state is None:
-            from esmkernels.configuration import EsmConfig
+            from esmkernels.core.configuration import EsmConfig
             from esmkernels.reference.esm import EsmForMaskedLM
 
             torch.manual_seed(0)
@@ -118,7 +118,7 @@ class Models:
         return model
 
     def _build(self, provider: str) -> torch.nn.Module:
-        from esmkernels.configuration import EsmConfig
+        from esmkernels.core.configuration import EsmConfig
 
         config = EsmConfig(**config_kwargs(self.shape))
         if provider == "hf":

@@ -104,7 +104,7 @@ class Part:
     """
 
     def __init__(self, shard: str | None):
-        from esmkernels.embeddings import parse_shard
+        from esmkernels.jobs.embeddings import parse_shard
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.distributed = world > 1
@@ -176,7 +176,7 @@ def pick_device(name: str | None, part: Part | None = None):
 
 def read_input(path: str, *, multimer: bool, skip_invalid: bool):
     """`fasta.read_records` with warnings on stderr; errors become UsageError (exit 2)."""
-    from esmkernels.fasta import read_records
+    from esmkernels.jobs.fasta import read_records
 
     try:
         return read_records(path, multimer=multimer, skip_invalid=skip_invalid, warn=log)
@@ -185,7 +185,7 @@ def read_input(path: str, *, multimer: bool, skip_invalid: bool):
 
 
 def output_dir(path: str) -> Path:
-    from esmkernels.embeddings import check_writable
+    from esmkernels.jobs.embeddings import check_writable
 
     if Path(path).exists() and not Path(path).is_dir():
         raise UsageError(f"--out {path} exists and is not a directory")
@@ -239,7 +239,7 @@ def load_model(cls, path_or_id: str, want: str, cmd: str, **kwargs: Any):
 
 
 def tokenizer_for(path_or_id: str):
-    from esmkernels.tokenization import EsmTokenizer
+    from esmkernels.core.tokenization import EsmTokenizer
 
     path = Path(path_or_id)
     if path.is_dir() and (path / "vocab.txt").is_file():

@@ -45,8 +45,8 @@ def architecture(config, state_dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from esmkernels.checkpoint import load_checkpoint, save_checkpoint
-    from esmkernels.tokenization import EsmTokenizer
+    from esmkernels.core.checkpoint import load_checkpoint, save_checkpoint
+    from esmkernels.core.tokenization import EsmTokenizer
 
     out = Path(args.out)
     if (out / "config.json").exists() and not args.overwrite:

@@ -111,10 +111,10 @@ def make_checkpoints(root: Path) -> tuple[Path, Path]:
     """The two random-weight HF checkpoints (written once; the same bytes every time)."""
     import torch
 
-    from esmkernels.configuration import EsmConfig
+    from esmkernels.core.configuration import EsmConfig
     from esmkernels.reference.esm import EsmForMaskedLM
     from esmkernels.reference.esmfold.modeling import EsmForProteinFolding
-    from esmkernels.tokenization import EsmTokenizer
+    from esmkernels.core.tokenization import EsmTokenizer
 
     lm_dir, fold_dir = root / "esm2_demo_random_weights", root / "esmfold_demo_random_weights"
     if not (lm_dir / "model.safetensors").is_file():
@@ -150,7 +150,7 @@ def compare_lm(lm_dir: Path, sequences: list[str], device) -> tuple[float, float
 
     from esmkernels.models.esm import EsmModel
     from esmkernels.reference.esm import EsmModel as RefEsmModel
-    from esmkernels.tokenization import EsmTokenizer
+    from esmkernels.core.tokenization import EsmTokenizer
 
     enc = EsmTokenizer()(sequences, padding=True, return_tensors="pt").to(device)
     fast = EsmModel.from_pretrained(lm_dir, device=device)
@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from esmkernels.cli import main
-    from esmkernels.fasta import read_records, write_fasta
+    from esmkernels.jobs.fasta import read_records, write_fasta
 
     out = output_dir(args.out)
     source = Path(args.fasta) if args.fasta else demo_fasta()

@@ -1,6 +1,6 @@
 """`esmkernels embed FASTA --model M --out DIR`: embeddings of every record, resumable.
 
-Output: an embedding store (`esmkernels.embeddings`): sharded safetensors files plus an index;
+Output: an embedding store (`esmkernels.jobs.embeddings`): sharded safetensors files plus an index;
 read it with `esmkernels.open_embeddings(DIR)`. Options follow fair-esm's `esm-extract`
 (`--repr-layers`, `--include mean per_tok bos contacts`, `--truncation-seq-length`,
 `--max-tokens-per-batch`).
@@ -139,7 +139,7 @@ def windows(length: int, size: int) -> list[tuple[int, int]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from esmkernels.embeddings import (
+    from esmkernels.jobs.embeddings import (
         EmbeddingWriter,
         input_sha256,
         plan_shards,
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         split_parts,
     )
     from esmkernels.models.esm import EsmModel
-    from esmkernels.progress import residue_bar
+    from esmkernels.jobs.progress import residue_bar
 
     for name in ("max_tokens_per_batch", "records_per_shard", "truncation_seq_length"):
         value = getattr(args, name)

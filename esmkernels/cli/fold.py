@@ -154,9 +154,9 @@ def used_chunk(model, fallback):
 
 
 def run(args: argparse.Namespace) -> int:
-    from esmkernels.embeddings import atomic_write, input_sha256, split_parts
+    from esmkernels.jobs.embeddings import atomic_write, input_sha256, split_parts
     from esmkernels.models.esmfold import EsmForProteinFolding
-    from esmkernels.progress import residue_bar
+    from esmkernels.jobs.progress import residue_bar
 
     chunk = parse_chunk(args.chunk_size)
     if args.num_recycles is not None and args.num_recycles < 0:
@@ -258,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_job(out, settings) -> None:
     """The job's settings in fold-job.json; a rerun with other settings is refused."""
-    from esmkernels.embeddings import atomic_write, check_settings
+    from esmkernels.jobs.embeddings import atomic_write, check_settings
 
     path = out / "fold-job.json"
     settings = json.loads(json.dumps(settings))  # as stored: plain JSON values

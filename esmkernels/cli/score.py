@@ -7,7 +7,7 @@ The wild type comes from `--sequence` or a one-record `--fasta`; the mutations f
 defaults to 0). Every row is checked against the wild type before any model is loaded; a
 mismatch is an error naming the row.
 
-Strategies (`esmkernels.variants`): masked-marginals (default), wt-marginals, pseudo-ppl.
+Strategies (`esmkernels.core.variants`): masked-marginals (default), wt-marginals, pseudo-ppl.
 Several `--model`s give one score column each plus their mean (the ESM-1v ensemble: pass the
 five esm1v_t33_650M_UR90S_1..5 checkpoints). A sequence longer than an absolute-position model
 takes (ESM-1b / ESM-1v: 1,022 residues) is scored in windows of that length centred on each
@@ -117,9 +117,9 @@ def model_columns(models: list[str], taken: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from esmkernels.cli.embed import model_limit
-    from esmkernels.fasta import check_sequence
+    from esmkernels.jobs.fasta import check_sequence
     from esmkernels.models.esm import EsmForMaskedLM
-    from esmkernels.variants import parse_mutations, score_variants
+    from esmkernels.core.variants import parse_mutations, score_variants
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
             row["mean"] = f"{sum(values) / len(values):.6f}"
         writer.writerow(row)
     if args.out:
-        from esmkernels.embeddings import atomic_write
+        from esmkernels.jobs.embeddings import atomic_write
 
         atomic_write(args.out, buffer.getvalue().encode())
         log(f"wrote {len(rows)} row(s) to {args.out}")

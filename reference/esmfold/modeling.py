@@ -32,9 +32,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from esmkernels.configuration import EsmConfig
-from esmkernels.modeling_utils import PreTrainedMixin
-from esmkernels.outputs import ModelOutput
+from esmkernels.core.configuration import EsmConfig
+from esmkernels.core.modeling_utils import PreTrainedMixin
+from esmkernels.core.outputs import ModelOutput
 from esmkernels.reference.esm import EsmModel
 from esmkernels.reference.esmfold import confidence, geometry, pdb
 from esmkernels.reference.esmfold import residue_constants as rc

@@ -15,7 +15,7 @@ to (HF creates them lazily in the activations' dtype, so under bf16 its constant
 
 Example:
     >>> import torch
-    >>> from esmkernels.configuration import StructureModuleConfig
+    >>> from esmkernels.core.configuration import StructureModuleConfig
     >>> cfg = StructureModuleConfig(sequence_dim=32, pairwise_dim=16, ipa_dim=8, resnet_dim=16,
     ...                             num_heads_ipa=2, num_qk_points=2, num_v_points=2, num_blocks=2)
     >>> sm = StructureModule(cfg).eval()

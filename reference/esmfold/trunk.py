@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from esmkernels.configuration import TrunkConfig
+from esmkernels.core.configuration import TrunkConfig
 from esmkernels.reference.esmfold import trunk_functional as _reference_ops
 from esmkernels.reference.esmfold.structure_module import StructureModule
 from esmkernels.reference.esmfold.trunk_functional import chunk_rows

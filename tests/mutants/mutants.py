@@ -515,7 +515,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ckpt-conflicting-duplicates-accepted",
         "removed validation",
-        "esmkernels/checkpoint.py",
+        "esmkernels/core/checkpoint.py",
         'raise ValueError(f"checkpoint holds two different tensors for {key!r}")',
         "pass",
         CKPT,
@@ -524,7 +524,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ckpt-empty-weight-map-accepted",
         "removed validation",
-        "esmkernels/checkpoint.py",
+        "esmkernels/core/checkpoint.py",
         "if not isinstance(weight_map, dict) or not weight_map:",
         "if not isinstance(weight_map, dict):",
         CKPT,
@@ -546,7 +546,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "config-rotary-odd-head-dim-accepted",
         "removed validation",
-        "esmkernels/configuration.py",
+        "esmkernels/core/configuration.py",
         'raise ValueError(f"EsmConfig: rotary needs an even head_dim, got {self.head_dim}")',
         "pass",
         ("tests/test_configuration.py", "tests/test_checkpoint.py"),

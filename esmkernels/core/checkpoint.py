@@ -9,7 +9,7 @@ Formats (the name `load_checkpoint` reports in brackets):
   (`"fair-esm-args"`), and ESM-2, with `cfg["model"]` (`"fair-esm-cfg"`). A
   `<name>-contact-regression.pt` file beside the `.pt` is merged in.
 * fair-esm ESMFold `.pt` files (`esmfold_3B_v1.pt`, `"fair-esm-esmfold"`, converted by
-  `esmkernels.convert_esmfold`, which this module imports; it does not import this one). They hold the folding trunk and heads only; the ESM-2 3B stem
+  `esmkernels.core.convert_esmfold`, which this module imports; it does not import this one). They hold the folding trunk and heads only; the ESM-2 3B stem
   comes from its own checkpoint, `load_checkpoint("esmfold_3B_v1.pt",
   stem="esm2_t36_3B_UR50D.pt")`. Without `stem` the state dict has no `esm.*` keys.
 * A Hub id such as `facebook/esm2_t6_8M_UR50D` (through `huggingface_hub`, only when installed,
@@ -29,7 +29,7 @@ files use):
   strips it to fit the model class.
 
 Security: pickled files are read only with `torch.load(..., weights_only=True)`
-(`esmkernels.fair_esm.torch_load_safe`, re-exported here), allowing
+(`esmkernels.core.fair_esm.torch_load_safe`, re-exported here), allowing
 `argparse.Namespace` (fair-esm's `args` and ESM-2's `cfg["model"]` are namespaces of plain
 values) and omegaconf configs, which are read through inert stand-in classes into plain dicts
 without importing omegaconf (`torch_load_safe`). Anything else in the pickle is refused with an
@@ -38,7 +38,7 @@ error that names it.
 This module is a foundation leaf: it imports nothing from `models/`, `ops/` or `reference/`.
 
 Example:
-    >>> from esmkernels.checkpoint import load_checkpoint
+    >>> from esmkernels.core.checkpoint import load_checkpoint
     >>> config, state_dict, fmt = load_checkpoint("esm2_t6_8M_UR50D.pt")  # doctest: +SKIP
     >>> fmt, config.num_hidden_layers, state_dict["esm.embeddings.word_embeddings.weight"].shape
     ('fair-esm-cfg', 6, torch.Size([33, 320]))
@@ -58,9 +58,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from esmkernels.configuration import CONFIG_NAME, EsmConfig
-from esmkernels.convert_esmfold import convert_fair_esmfold, is_fair_esmfold
-from esmkernels.fair_esm import (
+from esmkernels.core.configuration import CONFIG_NAME, EsmConfig
+from esmkernels.core.convert_esmfold import convert_fair_esmfold, is_fair_esmfold
+from esmkernels.core.fair_esm import (
     FAIR_MASK_ID,
     FAIR_PAD_ID,
     config_field,

@@ -10,7 +10,7 @@ whitespace; case and every other character are kept as they are, so that the tok
 lowercase, empty records and duplicate ids (see its docstring).
 
 Example:
-    >>> from esmkernels.fasta import read_fasta, write_fasta
+    >>> from esmkernels.jobs.fasta import read_fasta, write_fasta
     >>> write_fasta([("seq1 some protein", "MKTAYIAKQR"), ("seq2", "MKV")], "/tmp/x.fasta")
     >>> read_fasta("/tmp/x.fasta")
     [('seq1 some protein', 'MKTAYIAKQR'), ('seq2', 'MKV')]

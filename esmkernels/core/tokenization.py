@@ -36,7 +36,7 @@ reference the fast path is tested against.
 This module is a foundation leaf: it imports nothing from `models/`, `ops/` or `reference/`.
 
 Example:
-    >>> from esmkernels.tokenization import EsmTokenizer
+    >>> from esmkernels.core.tokenization import EsmTokenizer
     >>> tok = EsmTokenizer()
     >>> tok("MKT<mask>A")["input_ids"]
     [0, 20, 15, 11, 32, 5, 2]
@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from esmkernels.configuration import ESM_VOCAB
+from esmkernels.core.configuration import ESM_VOCAB
 
 VOCAB_FILE_NAME = "vocab.txt"
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"

@@ -20,7 +20,7 @@ element is the logits): the esmkernels fast and reference classes, or transforme
 foundation module: it imports nothing from `models/`, `ops/` or `reference/`.
 
 Example:
-    >>> from esmkernels.tokenization import EsmTokenizer
+    >>> from esmkernels.core.tokenization import EsmTokenizer
     >>> score_variants(model, EsmTokenizer(), "MKTAYIAK", ["K2A", "T3G:A4C"])  # doctest: +SKIP
     tensor([-1.2031, -3.0245])
 """

@@ -1,7 +1,7 @@
 """fair-esm files: safe unpickling and the ESM-1b / ESM-1v / ESM-2 key names.
 
-Shared by the two readers of fair-esm `.pt` files, `esmkernels.checkpoint` (language models,
-and the entry point for every format) and `esmkernels.convert_esmfold` (ESMFold, whose file may
+Shared by the two readers of fair-esm `.pt` files, `esmkernels.core.checkpoint` (language models,
+and the entry point for every format) and `esmkernels.core.convert_esmfold` (ESMFold, whose file may
 hold an ESM-2 stem). It depends on neither, so the two do not import each other both ways:
 `checkpoint` -> `convert_esmfold` -> `fair_esm`, and `checkpoint` -> `fair_esm`.
 

@@ -8,21 +8,21 @@ transformers uses (`trunk.*`, `esm_s_combine`, `esm_s_mlp.*`, `embedding.*`, `*_
 `af2_to_esm`), so they are kept; the structure-module config keys are renamed.
 
 The stem comes from its own ESM-2 checkpoint, as a loaded `(config, state_dict)` pair;
-`esmkernels.checkpoint.load_checkpoint(path, stem=...)` also takes a path or Hub id for it and
+`esmkernels.core.checkpoint.load_checkpoint(path, stem=...)` also takes a path or Hub id for it and
 reads it first. Without it the
 returned state dict has no `esm.*` keys and the config describes ESM-2 3B (ESMFold v0 / v1's
 stem). A file that does store the stem (fair-esm names under `esm.`) has it converted.
 
-The published files pickle their cfg as omegaconf objects; `esmkernels.fair_esm.torch_load_safe`
+The published files pickle their cfg as omegaconf objects; `esmkernels.core.fair_esm.torch_load_safe`
 reads those into plain dicts without importing omegaconf (see its docstring), so
 `load_checkpoint("esmfold_3B_v1.pt", stem="esm2_t36_3B_UR50D.pt")` and
 `EsmForProteinFolding.from_pretrained(...)` with the same arguments read them directly.
 
-This module is a foundation leaf: it imports only `esmkernels.configuration` and
-`esmkernels.fair_esm`. `esmkernels.checkpoint` imports it (never the other way round).
+This module is a foundation leaf: it imports only `esmkernels.core.configuration` and
+`esmkernels.core.fair_esm`. `esmkernels.core.checkpoint` imports it (never the other way round).
 
 Example:
-    >>> from esmkernels.checkpoint import load_checkpoint
+    >>> from esmkernels.core.checkpoint import load_checkpoint
     >>> stem = load_checkpoint("esm2_t36_3B_UR50D.pt")[:2]  # doctest: +SKIP
     >>> config, state_dict = load_fair_esmfold("esmfold_3B_v1.pt", stem=stem)  # doctest: +SKIP
     >>> config.esmfold_config.trunk.num_blocks, "esm.embeddings.word_embeddings.weight" in state_dict
@@ -38,14 +38,14 @@ from typing import Any, TypeAlias
 
 import torch
 
-from esmkernels.configuration import (
+from esmkernels.core.configuration import (
     ESM_VOCAB,
     EsmConfig,
     EsmFoldConfig,
     StructureModuleConfig,
     TrunkConfig,
 )
-from esmkernels.fair_esm import fair_esm_to_hf, torch_load_safe
+from esmkernels.core.fair_esm import fair_esm_to_hf, torch_load_safe
 
 # A stem: what `load_checkpoint` returns for an ESM-2 checkpoint, (config, weights).
 Stem: TypeAlias = tuple[EsmConfig, Mapping[str, torch.Tensor]]

@@ -14,7 +14,7 @@ constructor argument (`cls(config)`), stores it as `self.config`, and uses HF pa
             self.lm_head = EsmLMHead(config)
             self.post_init()                    # ties the decoder to the embedding
 
-Loading (`from_pretrained`) reads any format `esmkernels.checkpoint.load_checkpoint` knows, then:
+Loading (`from_pretrained`) reads any format `esmkernels.core.checkpoint.load_checkpoint` knows, then:
 
 1. fits the base-model prefix: a base checkpoint (`embeddings.*`) loads into a head class
    (`esm.embeddings.*`) and a head checkpoint loads into the base class (its head keys, e.g.
@@ -47,13 +47,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from esmkernels.checkpoint import (
+from esmkernels.core.checkpoint import (
     format_keys,
     is_inv_freq_key,
     load_checkpoint,
     save_checkpoint,
 )
-from esmkernels.configuration import EsmConfig
+from esmkernels.core.configuration import EsmConfig
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class PreTrainedMixin:
 
         Args:
             path_or_id: directory, weights file, fair-esm `.pt`, or Hub id (see
-                `esmkernels.checkpoint.load_checkpoint`).
+                `esmkernels.core.checkpoint.load_checkpoint`).
             config: configuration to use instead of the stored one.
             dtype: cast parameters (and floating buffers other than `_keep_in_fp32`) to this
                 dtype: a `torch.dtype`, "float32" / "float16" / "bfloat16" (or "fp16", "bf16"),
