@@ -151,6 +151,18 @@ def test_training_flag_is_restored_and_dropout_is_off(models):
 def test_parse_mutations():
     assert parse_mutations("MKTAY", "K2A:Y5W") == [(1, "K", "A"), (4, "Y", "W")]
     assert parse_mutations("MKTAY", "m1l") == [(0, "M", "L")]
+    assert parse_mutations("mktay", "K2A") == parse_mutations("MKTAY", "k2a") == [(1, "K", "A")]
+    with pytest.raises(ValueError, match=r"'M1J'.*'J' is not in the vocabulary"):
+        parse_mutations("MKTAY", "M1J", alphabet={"A", "M", "K"})
+    assert parse_mutations("MKTAY", "M1J") == [(0, "M", "J")]  # no alphabet: format only
+
+
+def test_either_case_scores_the_same(models):
+    """Lower-case sequences and mutations score as their upper case (issue 18)."""
+    _, _, model = models
+    want = model.score_variants(SEQUENCE[:12], ["K2A", "T3G:A4C"])
+    got = model.score_variants(SEQUENCE[:12].lower(), ["k2a", "t3G:a4C"])
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize(

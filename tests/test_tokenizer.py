@@ -14,6 +14,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import esmkernels.core.tokenization
+import esmkernels.core.tokenizer_encoding
 from esmkernels.core.configuration import ESM_VOCAB
 from esmkernels.core.tokenization import EsmTokenizer
 
@@ -69,7 +70,36 @@ def test_empty_sequence_is_cls_eos():
     assert TOK(" \n")["input_ids"] == [CLS, EOS]
     assert TOK("", add_special_tokens=False)["input_ids"] == []
     assert TOK(["", "A"], padding=True)["input_ids"] == [[CLS, EOS, PAD], [CLS, 5, EOS]]
-    assert TOK([]) == {"input_ids": [], "attention_mask": []}
+
+
+@pytest.mark.parametrize("return_tensors", [None, "np", "pt"])
+def test_an_empty_batch_is_a_clear_error(return_tensors):
+    with pytest.raises(ValueError, match="the batch is empty"):
+        TOK([], return_tensors=return_tensors, padding=True)
+
+
+def test_lower_case_becomes_unk_with_one_warning_naming_the_count():
+    with pytest.warns(UserWarning, match=r"3 lower-case letter\(s\) became <unk>") as seen:
+        ids = TOK(["mkT<mask>", "a"], padding=True)["input_ids"]
+    assert len(seen) == 1  # once per call, not per sequence
+    assert ids == [[CLS, UNK, UNK, 11, MASK, EOS], [CLS, UNK, EOS, PAD, PAD, PAD]]  # as transformers
+
+
+def test_inline_tokens_and_upper_case_do_not_warn(recwarn):
+    TOK(["MKT<mask><pad>", "A<unk>", "M9*"])
+    TOK("mkt", strict=False, uppercase=True)
+    assert not [w for w in recwarn if "lower-case" in str(w.message)]
+
+
+def test_uppercase_option_keeps_inline_tokens():
+    assert TOK("mk<mask>t", uppercase=True)["input_ids"] == TOK("MK<mask>T")["input_ids"]
+    assert TOK.upper("a<mask>c<eos>") == "A<mask>C<eos>"
+    assert TOK.lowercase_unknown(["mk<mask>", "<cls>T", "é"]) == 2
+
+
+def test_strict_names_lower_case_and_the_option():
+    with pytest.raises(ValueError, match="upper-case"):
+        TOK("Mk", strict=True)
 
 
 @given(pieces)
@@ -394,6 +424,9 @@ def test_missing_path(tmp_path):
         EsmTokenizer.from_pretrained(tmp_path)
 
 
-def test_docstring_examples():
-    result = doctest.testmod(esmkernels.core.tokenization)
+@pytest.mark.parametrize(
+    "module", [esmkernels.core.tokenization, esmkernels.core.tokenizer_encoding]
+)
+def test_docstring_examples(module):
+    result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

@@ -16,6 +16,9 @@ Compatibility with transformers' `EsmTokenizer`:
   position i of the sequence is always token i + 1. transformers instead turns a run of adjacent
   unknown characters ("mkt", "9*") into a single `<unk>`, which shifts every later residue; the
   two agree whenever no two unknown characters are adjacent. `strict=True` raises instead.
+* Lower case is never silent: by default lower-case letters become `<unk>` (ids identical to
+  transformers) with one warning per call naming how many; `uppercase=True` upper-cases residue
+  letters first (inline tokens such as `<mask>` are kept).
 * `decode` joins tokens with single spaces, as transformers does ("<cls> M K <eos>"); with
   `skip_special_tokens=True` and the spaces removed it gives the sequence back:
   `tok.decode(tok.encode(s), skip_special_tokens=True).replace(" ", "") == s` for any `s` made of
@@ -23,15 +26,13 @@ Compatibility with transformers' `EsmTokenizer`:
 * Deliberate differences, all on inputs transformers accepts silently: ids outside the vocabulary
   given to `decode`/`convert_ids_to_tokens` raise ValueError (transformers prints `<unk>`);
   `padding="max_length"` without a length, and `max_length` smaller than the special tokens with
-  truncation, raise ValueError; an empty batch returns empty lists.
+  truncation, raise ValueError; so does an empty batch (`tok([])`).
 
 The empty sequence encodes to `<cls> <eos>`, as in transformers; models reject it later.
 
-Speed: texts that are plain ASCII are encoded together through a 256-entry numpy lookup table over
-their bytes; inline special tokens are first replaced by one stand-in control character each (a
-regex substitution), so they take the same path. Anything else (non-ASCII text, or text that
-already contains a stand-in character) goes through a per-character scan, which is also the
-reference the fast path is tested against.
+Speed: plain ASCII texts are encoded together through a numpy lookup table
+(`esmkernels.core.tokenizer_encoding`); padding and tensors are assembled by
+`esmkernels.core.batch_encoding`.
 
 This module is a foundation leaf: it imports nothing from `models/`, `ops/` or `reference/`.
 
@@ -47,109 +48,27 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import operator
 import os
-import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from esmkernels.core.batch_encoding import BatchEncoding, Layout, check_int, pack_arrays, pack_lists
 from esmkernels.core.configuration import ESM_VOCAB
+from esmkernels.core.tokenizer_encoding import EncodingMixin
 
 VOCAB_FILE_NAME = "vocab.txt"
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 
 # transformers writes "no limit" as int(1e30); anything this large means unlimited here.
 _UNLIMITED = 10**18
-# Lookup-table codes that are not token ids.
-_WHITESPACE = -1
-_INVALID = -2
-# Non-whitespace ASCII control characters, used as one-character stand-ins for multi-character
-# tokens so that texts with inline `<mask>` etc. take the vectorised path.
-_STAND_INS = tuple(chr(c) for c in (*range(32), 127) if not chr(c).isspace())
-
-# Accepted `padding` / `truncation` values (transformers' spellings) and what they mean here.
-_PADDING = {
-    False: None,
-    "do_not_pad": None,
-    True: "longest",
-    "longest": "longest",
-    "max_length": "max_length",
-}
-_TRUNCATION = {
-    None: None,
-    False: False,
-    "do_not_truncate": False,
-    True: True,
-    "longest_first": True,
-    "only_first": True,
-}
-
-
-class _Rescan(Exception):
-    """Internal: the vectorised path saw an unknown character under strict=True."""
-
-
-class BatchEncoding(dict):
-    """The output of `EsmTokenizer.__call__`: a dict with attribute access (`enc.input_ids`).
-
-    Holds `input_ids` and (unless disabled) `attention_mask` (1 = real token, 0 = padding), as
-    lists, numpy arrays `[B, L]` or torch tensors `[B, L]`, both int64.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def to(self, device: Any) -> BatchEncoding:
-        """Move torch tensors to `device` in place and return self (like transformers)."""
-        for key, value in self.items():
-            if hasattr(value, "to") and not isinstance(value, np.ndarray):
-                self[key] = value.to(device)
-        return self
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    # Building ~1e5 lists makes the cyclic GC rescan every list built so far, over and over
-    # (3-5x slower); lists of ints hold no cycles, so pause it.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _read_vocab_file(path: str | os.PathLike) -> list[str]:
     with open(path, encoding="utf-8") as f:
         return [line.strip() for line in f.read().splitlines()]
-
-
-def _check_flag(name: str, value: Any, allowed: dict) -> Any:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        if value in allowed:
-            return allowed[value]
-    options = ", ".join(repr(k) for k in allowed)
-    raise ValueError(f"EsmTokenizer: {name}={value!r} is not one of {options}")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"EsmTokenizer: {name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"EsmTokenizer: {name}={value} must be >= {minimum}")
-    return int(value)
 
 
 def _as_id(value: Any) -> int:
@@ -163,7 +82,7 @@ def _as_id(value: Any) -> int:
         ) from None
 
 
-class EsmTokenizer:
+class EsmTokenizer(EncodingMixin):
     """Tokenizer for ESM-1b / ESM-1v / ESM-2 / ESMFold (the HF `vocab.txt` format).
 
     Args:
@@ -207,7 +126,7 @@ class EsmTokenizer:
     ) -> None:
         tokens = list(ESM_VOCAB) if vocab_file is None else _read_vocab_file(vocab_file)
         self._set_vocab(tokens, source=str(vocab_file) if vocab_file is not None else "ESM_VOCAB")
-        self.model_max_length = _check_int("model_max_length", model_max_length, 1)
+        self.model_max_length = check_int("model_max_length", model_max_length, 1)
         self.vocab_file = None if vocab_file is None else str(vocab_file)
 
     # ------------------------------------------------------------------ vocabulary
@@ -231,28 +150,7 @@ class EsmTokenizer:
         self._tokens = tuple(tokens)
         self._token_to_id = seen
         self._special_ids = frozenset(seen[t] for _, t in self._SPECIAL)
-
-        lut = np.full(256, _INVALID, dtype=np.int16)
-        for c in range(128):
-            if chr(c).isspace():
-                lut[c] = _WHITESPACE
-        multi = sorted((t for t in tokens if len(t) > 1), key=len, reverse=True)
-        for token, i in seen.items():
-            if len(token) == 1 and token.isascii():
-                lut[ord(token)] = i
-        # Longest first, so that a token that is a prefix of another never wins the match.
-        self._split_re = re.compile("(" + "|".join(map(re.escape, multi)) + ")") if multi else None
-        starts = sorted({t[0] for t in multi})
-        self._start_re = re.compile("[" + "".join(map(re.escape, starts)) + "]") if multi else None
-        self._stand_in: dict[str, str] = {}
-        stand_ins = [c for c in _STAND_INS if c not in seen]
-        if len(multi) <= len(stand_ins):
-            self._stand_in = dict(zip(multi, stand_ins, strict=False))
-            for token, ch in self._stand_in.items():
-                lut[ord(ch)] = seen[token]
-        used = "".join(self._stand_in.values())
-        self._stand_in_re = re.compile("[" + re.escape(used) + "]") if used else None
-        self._lut = lut
+        self._build_lookup(tokens, seen)
 
     @property
     def vocab_size(self) -> int:
@@ -428,43 +326,6 @@ class EsmTokenizer:
 
     # ------------------------------------------------------------------ encoding
 
-    def _scan(self, text: str) -> Iterator[tuple[str, int, int | None]]:
-        """(token, position in `text`, id or None if unknown) for each token, whitespace skipped.
-
-        The per-character reference path: readable, and what the vectorised path must equal.
-        """
-        pieces = self._split_re.split(text) if self._split_re is not None else [text]
-        pos = 0
-        for k, piece in enumerate(pieces):
-            if k % 2:
-                yield piece, pos, self._token_to_id[piece]
-            else:
-                for j, ch in enumerate(piece):
-                    if not ch.isspace():
-                        yield ch, pos + j, self._token_to_id.get(ch)
-            pos += len(piece)
-
-    def _encode_slow(self, text: str, strict: bool = False, index: int | None = None) -> list[int]:
-        unk = self.unk_token_id
-        ids = []
-        for token, pos, i in self._scan(text):
-            if i is None:
-                if strict:
-                    self._raise_invalid(token, pos, index)
-                i = unk
-            ids.append(i)
-        return ids
-
-    def _raise_invalid(self, ch: str, pos: int, index: int | None) -> None:
-        where = f"position {pos}" + ("" if index is None else f" of sequence {index}")
-        hint = ""
-        if ch.upper() in self._token_to_id and ch.upper() != ch:
-            hint = " (the vocabulary is upper case: upper-case the sequence first)"
-        raise ValueError(
-            f"EsmTokenizer: character {ch!r} at {where} is not in the vocabulary{hint}; "
-            "pass strict=False to map it to <unk>"
-        )
-
     def tokenize(self, text: str) -> list[str]:
         """Tokens of `text` without special tokens added; unknown characters are kept as they are.
 
@@ -475,72 +336,6 @@ class EsmTokenizer:
         if not isinstance(text, str):
             raise TypeError(f"EsmTokenizer.tokenize: expected a str, got {type(text).__name__}")
         return [token for token, _, _ in self._scan(text)]
-
-    def _vectorisable(self, text: str) -> bool:
-        """Whether `text` can take the lookup-table path (see the module docstring)."""
-        if not text.isascii():
-            return False
-        if self._stand_in_re is not None and self._stand_in_re.search(text):
-            return False
-        return bool(self._stand_in) or self._start_re is None or not self._start_re.search(text)
-
-    def _encode_ascii(self, texts: list[str], strict: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Vectorised: ASCII texts (multi-character tokens already replaced by stand-ins).
-
-        Returns flat ids `[sum(counts)]` (int64) and per-text token counts `[len(texts)]`.
-        Raises `_Rescan` when `strict` and some character is not in the vocabulary.
-        """
-        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-        codes = np.frombuffer("".join(texts).encode("ascii"), dtype=np.uint8)
-        vals = self._lut[codes].astype(np.int64)
-        bad = vals == _INVALID
-        if bad.any():
-            if strict:
-                raise _Rescan
-            vals[bad] = self.unk_token_id
-        keep = vals >= 0
-        if keep.all():
-            return vals, lengths
-        kept = np.concatenate(([0], np.cumsum(keep)))
-        ends = np.cumsum(lengths)
-        counts = kept[ends] - kept[ends - lengths]
-        return vals[keep], counts
-
-    def _encode_many(
-        self, texts: Sequence[str], strict: bool, batched: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Flat ids `[sum(counts)]` and per-text counts `[len(texts)]`, no special tokens added."""
-        n = len(texts)
-        joined = "".join(texts)
-        fast = list(range(n)) if self._vectorisable(joined) else None
-        if fast is None:
-            fast = [k for k, t in enumerate(texts) if self._vectorisable(t)]
-        prepared = [texts[k] for k in fast]
-        if self._stand_in and self._start_re.search(joined):
-            sub, table, start = self._split_re.sub, self._stand_in, self._start_re.search
-            prepared = [sub(lambda m: table[m.group()], t) if start(t) else t for t in prepared]
-        try:
-            flat, counts = self._encode_ascii(prepared, strict)
-            slow = [] if len(fast) == n else sorted(set(range(n)).difference(fast))
-            slow_ids = [self._encode_slow(texts[k], strict, k if batched else None) for k in slow]
-        except _Rescan:
-            # Errors are rare: find the first offending sequence and character the slow way.
-            for k, t in enumerate(texts):
-                self._encode_slow(t, strict=True, index=k if batched else None)
-            raise AssertionError("unreachable: no invalid character found on rescan") from None
-        if not slow:
-            return flat, counts
-        # Mixed batch: scatter the vectorised results, then fill in the rest one by one.
-        all_counts = np.zeros(n, dtype=np.int64)
-        all_counts[fast] = counts
-        all_counts[slow] = [len(ids) for ids in slow_ids]
-        starts = np.concatenate(([0], np.cumsum(all_counts)))
-        out = np.empty(int(starts[-1]), dtype=np.int64)
-        shift = np.repeat(starts[fast] - (np.cumsum(counts) - counts), counts)
-        out[np.arange(len(flat)) + shift] = flat
-        for k, ids in zip(slow, slow_ids, strict=True):
-            out[starts[k] : starts[k + 1]] = ids
-        return out, all_counts
 
     def encode(
         self,
@@ -577,6 +372,7 @@ class EsmTokenizer:
         return_attention_mask: bool = True,
         strict: bool = False,
         pad_to_multiple_of: int | None = None,
+        uppercase: bool = False,
     ) -> BatchEncoding:
         """Encode one sequence or a batch.
 
@@ -597,6 +393,9 @@ class EsmTokenizer:
             strict: raise ValueError naming the first character outside the vocabulary (its
                 0-based index in the string, and the sequence index for a batch).
             pad_to_multiple_of: round the padded length up to a multiple of this.
+            uppercase: upper-case residue letters first (inline tokens are kept). By default
+                lower-case letters become `<unk>`, as in transformers, with one warning per call
+                naming how many did.
 
         Returns:
             BatchEncoding with `input_ids` and `attention_mask`; for a single str with
@@ -621,128 +420,35 @@ class EsmTokenizer:
             raise TypeError(
                 f"EsmTokenizer: expected a str or a list of str, got {type(text).__name__}"
             )
-        pad_mode = _check_flag("padding", padding, _PADDING)
-        trunc = _check_flag("truncation", truncation, _TRUNCATION)
-        n_special = 2 if add_special_tokens else 0
-        max_length = _check_int("max_length", max_length, 0)
-        multiple = _check_int("pad_to_multiple_of", pad_to_multiple_of, 1)
-        if return_tensors not in (None, "np", "pt"):
-            raise ValueError(
-                f"EsmTokenizer: return_tensors={return_tensors!r} is not one of None, 'np', 'pt'"
-            )
-        if trunc is None:
-            trunc = max_length is not None and padding is False
-        if (trunc or pad_mode == "max_length") and max_length is None:
-            max_length = self.model_max_length
-        if pad_mode == "max_length" and max_length is None:
-            raise ValueError(
-                "EsmTokenizer: padding='max_length' needs max_length (or model_max_length)"
-            )
-        if trunc and pad_mode and multiple and max_length is not None and max_length % multiple:
-            raise ValueError(
-                f"EsmTokenizer: truncating to max_length={max_length} and padding to a multiple "
-                f"of pad_to_multiple_of={multiple} contradict each other"
-            )
-        if trunc and max_length is not None and max_length < n_special:
-            raise ValueError(
-                f"EsmTokenizer: max_length={max_length} leaves no room for the {n_special} "
-                "special tokens <cls> and <eos>"
-            )
-
+        layout = Layout.resolve(
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            pad_to_multiple_of=pad_to_multiple_of,
+            add_special_tokens=add_special_tokens,
+            return_tensors=return_tensors,
+            return_attention_mask=return_attention_mask,
+            model_max_length=self.model_max_length,
+        )
+        if not single and not texts:
+            raise ValueError("EsmTokenizer: the batch is empty; pass at least one sequence")
+        if uppercase:
+            texts = [self.upper(t) for t in texts]
+        elif not strict:
+            self._warn_lowercase(texts)
         flat, counts = self._encode_many(texts, strict=bool(strict), batched=not single)
-        if (
-            trunc
-            and max_length is not None
-            and counts.size
-            and counts.max() > max_length - n_special
-        ):
-            limit = max_length - n_special
-            within = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
-            flat = flat[within < limit]
-            counts = np.minimum(counts, limit)
-        lengths = counts + n_special
-        target = None
-        if pad_mode == "longest":
-            target = int(lengths.max()) if lengths.size else 0
-        elif pad_mode == "max_length":
-            target = max_length
-        if target is not None and multiple is not None:
-            target = -(-target // multiple) * multiple
-        args = (flat, counts, add_special_tokens, target, return_attention_mask)
+        flat, counts = layout.truncate_ids(flat, counts)
+        ids = (self.pad_token_id, self.cls_token_id, self.eos_token_id)
         if return_tensors is None:
-            with _gc_paused():
-                enc = self._pack_lists(*args)
+            enc = pack_lists(flat, counts, layout, ids)
         else:
-            enc = self._pack_arrays(*args)
+            enc = pack_arrays(flat, counts, layout, ids)
         if return_tensors == "pt":
             import torch
 
             enc.update({key: torch.from_numpy(value) for key, value in enc.items()})
         elif return_tensors is None and single:
             enc.update({key: value[0] for key, value in enc.items()})
-        return enc
-
-    def _pack_arrays(
-        self,
-        flat: np.ndarray,
-        counts: np.ndarray,
-        add_special_tokens: bool,
-        target: int | None,
-        return_attention_mask: bool,
-    ) -> BatchEncoding:
-        """Residue ids `[sum(counts)]` to int64 arrays `[B, L]`; all rows must end equal."""
-        n_special = 2 if add_special_tokens else 0
-        lengths = counts + n_special
-        padded = lengths if target is None else np.maximum(lengths, target)
-        width = int(padded.max()) if padded.size else (target or 0)
-        if padded.size and padded.min() != width:
-            raise ValueError(
-                f"EsmTokenizer: returning tensors needs equal lengths but they range from "
-                f"{int(padded.min())} to {width} tokens; pass padding=True "
-                "(or truncation=True with max_length)"
-            )
-        cols = np.arange(width)
-        ids = np.full((len(counts), width), self.pad_token_id, dtype=np.int64)
-        first = n_special // 2
-        # Row-major boolean assignment fills each row's residue slots in order.
-        ids[(cols >= first) & (cols < (counts + first)[:, None])] = flat
-        if add_special_tokens:
-            rows = np.arange(len(counts))
-            ids[rows, 0] = self.cls_token_id
-            ids[rows, counts + 1] = self.eos_token_id
-        enc = BatchEncoding(input_ids=ids)
-        if return_attention_mask:
-            enc["attention_mask"] = (cols < lengths[:, None]).astype(np.int64)
-        return enc
-
-    def _pack_lists(
-        self,
-        flat: np.ndarray,
-        counts: np.ndarray,
-        add_special_tokens: bool,
-        target: int | None,
-        return_attention_mask: bool,
-    ) -> BatchEncoding:
-        """Residue ids `[sum(counts)]` to one list of ids per sequence (and masks)."""
-        values = flat.tolist()
-        ends = np.cumsum(counts).tolist()
-        lens = counts.tolist()
-        if add_special_tokens:
-            cls, eos = [self.cls_token_id], [self.eos_token_id]
-            rows = [cls + values[e - c : e] + eos for e, c in zip(ends, lens, strict=True)]
-        else:
-            rows = [values[e - c : e] for e, c in zip(ends, lens, strict=True)]
-        masks = [[1] * len(row) for row in rows] if return_attention_mask else None
-        if target is not None:
-            pad = self.pad_token_id
-            for k, row in enumerate(rows):
-                if len(row) < target:
-                    if masks is not None:
-                        masks[k] += [0] * (target - len(row))
-                    row += [pad] * (target - len(row))
-        enc = BatchEncoding(input_ids=rows)
-        if masks is not None:
-            enc["attention_mask"] = masks
         return enc
 
 

@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -37,15 +37,20 @@ METHODS = ("masked-marginals", "wt-marginals", "pseudo-ppl")
 _MUTATION = re.compile(r"^([A-Za-z])(\d+)([A-Za-z])$")
 
 
-def parse_mutations(sequence: str, mutant: str, offset: int = 1) -> list[tuple[int, str, str]]:
+def parse_mutations(
+    sequence: str, mutant: str, offset: int = 1, alphabet: Collection[str] | None = None
+) -> list[tuple[int, str, str]]:
     """Parse "A42G" or "A42G:S50T" into [(0-based index, wild type, mutant)], checked.
 
     `offset` is the number the first residue of `sequence` has in `mutant` (1: positions are
-    1-based; ESM-1v's `--offset-idx`: index = position - offset).
+    1-based; ESM-1v's `--offset-idx`: index = position - offset). Letters of the mutation and
+    of the sequence are compared in upper case, so "k2a" on "mkt" is K2A on MKT; the returned
+    letters are upper case. With `alphabet` (e.g. the tokenizer's vocabulary), a mutant letter
+    outside it is refused too.
 
     Raises ValueError naming the mutation when the format is wrong, the position is outside the
-    sequence, a site repeats, or the wild-type letter differs from the sequence (the actual
-    residue is named).
+    sequence, a site repeats, the wild-type letter differs from the sequence (the actual
+    residue is named), or the mutant letter is not in `alphabet`.
 
     Example:
         >>> parse_mutations("MKTAY", "K2A:Y5W")
@@ -68,10 +73,14 @@ def parse_mutations(sequence: str, mutant: str, offset: int = 1) -> list[tuple[i
                 f"mutation {mutant!r}: position {pos} is outside the sequence "
                 f"({offset}..{len(sequence) - 1 + offset})"
             )
-        if sequence[index] != wt:
+        if sequence[index].upper() != wt:
             raise ValueError(
                 f"mutation {mutant!r}: the wild type at position {pos} is "
-                f"{sequence[index]!r}, not {wt!r}"
+                f"{sequence[index].upper()!r}, not {wt!r}"
+            )
+        if alphabet is not None and mt not in alphabet:
+            raise ValueError(
+                f"mutation {mutant!r}: the mutant residue {mt!r} is not in the vocabulary"
             )
         if any(i == index for i, _, _ in sites):
             raise ValueError(f"mutation {mutant!r}: position {pos} is mutated twice")
@@ -152,7 +161,7 @@ def score_variants(
             its training flag is restored afterwards.
         tokenizer: an ESM tokenizer (`esmkernels.EsmTokenizer` or transformers'): one token per
             residue, `<cls>` first, `<eos>` last.
-        sequence: the wild type, one letter per residue.
+        sequence: the wild type, one letter per residue (either case).
         mutations: one mutation or a list of them, "A42G" or "A42G:S50T" (1-based positions).
         method: "masked-marginals" (default), "wt-marginals" or "pseudo-ppl" (module docstring).
         batch_size: masked copies per forward pass.
@@ -179,6 +188,7 @@ def score_variants(
         isinstance(window, bool) or not isinstance(window, int) or window < 1
     ):
         raise ValueError(f"window must be a positive int or None, got {window!r}")
+    sequence = sequence.upper()  # letters of either case, like the mutations
     mutations = [mutations] if isinstance(mutations, str) else list(mutations)
     parsed = [parse_mutations(sequence, m, offset) for m in mutations]
 
