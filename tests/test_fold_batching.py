@@ -8,26 +8,30 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from esmkernels.reference.esmfold.modeling import pack_by_length
+from esmkernels.core.batching import token_batches
 from tests.test_esmfold_model import random_sequence
 from tests.test_esmfold_trunk import one_torch_thread  # noqa: F401
 from tests.test_models_esmfold import FIELDS, fast_copy, tiny_model
 from tests.tolerances import MODEL_FP32
 
 
-@given(
-    lengths=st.lists(st.integers(1, 30), min_size=1, max_size=12),
-    budget=st.integers(1, 80),
-)
-@example(lengths=[5, 2, 3, 9], budget=9)
-def test_pack_by_length(lengths, budget):
-    batches = pack_by_length(lengths, budget)
-    flat = [i for batch in batches for i in batch]
-    assert sorted(flat) == list(range(len(lengths)))  # every sequence exactly once
-    assert [lengths[i] for i in flat] == sorted(lengths)  # sorted by length
-    for batch in batches:
-        longest = max(lengths[i] for i in batch)
-        assert len(batch) == 1 or len(batch) * longest <= budget
+def test_infer_packs_with_the_one_batcher(monkeypatch):
+    """infer's batches are `token_batches`' (longest first), linkers counted in the lengths."""
+    fast = fast_copy(tiny_model(), "torch")
+    seqs = ["ACDEFGH", "AC", "ACDEF", "A:C"]  # lengths 7, 2, 5 and 1 + 25 + 1 = 27
+    shapes = []
+    forward = type(fast).forward
+
+    def spy(self, input_ids, *args, **kwargs):
+        shapes.append(tuple(input_ids.shape))
+        return forward(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(type(fast), "forward", spy)
+    with torch.no_grad():
+        fast.infer(seqs, num_recycles=0, max_tokens_per_batch=12)
+    want = token_batches([7, 2, 5, 27], 12)
+    assert want == [[3], [0], [2, 1]]
+    assert shapes == [(1, 27), (1, 7), (2, 5)]
 
 
 def _field(out, name):

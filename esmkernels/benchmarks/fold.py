@@ -22,8 +22,8 @@ import torch
 from esmkernels.benchmarks.kernels import check_triton
 from esmkernels.benchmarks.lm import config_kwargs
 from esmkernels.benchmarks.peers import transformers_module
-from esmkernels.benchmarks.timing import free_memory, is_oom
 from esmkernels.benchmarks.workloads import Unavailable, Workload
+from esmkernels.core.memory import free_memory, is_oom
 
 PROVIDERS = ("reference", "torch", "triton", "hf")
 CASES = ("fold",)

@@ -109,7 +109,7 @@ class Models:
         if self._current is not None and self._current[0] == provider:
             return self._current[1]
         self._current = None
-        from esmkernels.benchmarks.timing import free_memory
+        from esmkernels.core.memory import free_memory
 
         free_memory(self.device)
         with torch.device(self.device):

@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from esmkernels.benchmarks import fold, kernels, lm, memory
-from esmkernels.benchmarks.timing import free_memory, measure
+from esmkernels.benchmarks.timing import measure
 from esmkernels.benchmarks.workloads import MODES, Unavailable
+from esmkernels.core.memory import free_memory
 
 SUITES = ("kernels", "lm", "fold", "memory")
 PROVIDERS = ("reference", "torch", "triton", "hf")

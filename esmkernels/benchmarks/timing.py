@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from esmkernels.core.memory import free_memory, is_oom
+
 _L2_FLUSH_BYTES = 256 * 2**20
 
 
@@ -28,20 +30,6 @@ class Timing:
     ms: float | None = None
     reps: int = 0
     peak_mb: float | None = None
-
-
-def is_oom(error: BaseException) -> bool:
-    if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
-
-
-def free_memory(device: torch.device) -> None:
-    import gc
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def measure(

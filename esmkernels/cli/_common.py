@@ -1,4 +1,4 @@
-"""What the subcommands share: exit codes, options, devices, scale-out, model loading, OOM."""
+"""What the subcommands share: exit codes, options, devices, scale-out, model loading."""
 
 from __future__ import annotations
 
@@ -245,23 +245,6 @@ def tokenizer_for(path_or_id: str):
     if path.is_dir() and (path / "vocab.txt").is_file():
         return EsmTokenizer.from_pretrained(path)
     return EsmTokenizer()
-
-
-def is_oom(err: BaseException) -> bool:
-    """True for an out-of-memory error of any device."""
-    import torch
-
-    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-    return isinstance(err, oom) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
-    )
-
-
-def free_memory(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def report_failures(failed: list[tuple[str, str]], where: str) -> int:

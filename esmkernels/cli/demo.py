@@ -112,9 +112,9 @@ def make_checkpoints(root: Path) -> tuple[Path, Path]:
     import torch
 
     from esmkernels.core.configuration import EsmConfig
+    from esmkernels.core.tokenization import EsmTokenizer
     from esmkernels.reference.esm import EsmForMaskedLM
     from esmkernels.reference.esmfold.modeling import EsmForProteinFolding
-    from esmkernels.core.tokenization import EsmTokenizer
 
     lm_dir, fold_dir = root / "esm2_demo_random_weights", root / "esmfold_demo_random_weights"
     if not (lm_dir / "model.safetensors").is_file():
@@ -148,9 +148,9 @@ def compare_lm(lm_dir: Path, sequences: list[str], device) -> tuple[float, float
     """(largest |fast - reference| of the last hidden state, reference s, fast s) on a batch."""
     import torch
 
+    from esmkernels.core.tokenization import EsmTokenizer
     from esmkernels.models.esm import EsmModel
     from esmkernels.reference.esm import EsmModel as RefEsmModel
-    from esmkernels.core.tokenization import EsmTokenizer
 
     enc = EsmTokenizer()(sequences, padding=True, return_tensors="pt").to(device)
     fast = EsmModel.from_pretrained(lm_dir, device=device)

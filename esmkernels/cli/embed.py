@@ -33,8 +33,6 @@ from esmkernels.cli._common import (
     add_run_options,
     add_scale_options,
     command_parser,
-    free_memory,
-    is_oom,
     load_model,
     log,
     output_dir,
@@ -43,6 +41,8 @@ from esmkernels.cli._common import (
     report_failures,
     tokenizer_for,
 )
+from esmkernels.core.batching import token_batches
+from esmkernels.core.memory import free_memory, is_oom
 
 EXAMPLE = """
 esmkernels embed proteins.fasta --model facebook/esm2_t33_650M_UR50D --out emb/ \\
@@ -146,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
         sequence_sha256,
         split_parts,
     )
-    from esmkernels.models.esm import EsmModel
     from esmkernels.jobs.progress import residue_bar
+    from esmkernels.models.esm import EsmModel
 
     for name in ("max_tokens_per_batch", "records_per_shard", "truncation_seq_length"):
         value = getattr(args, name)
@@ -291,7 +291,11 @@ class _Runner:
         self.keep_tokens = {o for o, n in counts.items() if n > 1 or "per_tok" in self.include}
         results: dict[int, list[tuple[int, dict]]] = {}
         errors: dict[int, str] = {}
-        queue = self._batches(segments)
+        # Padded batches within max_tokens, counting <cls> and <eos>; segments in (record, start)
+        # order so that equal lengths keep that order.
+        segments.sort(key=lambda s: (s[0], s[1]))
+        lengths = [end - start + 2 for _, start, end, _ in segments]
+        queue = [[segments[i] for i in b] for b in token_batches(lengths, self.max_tokens)]
         while queue:
             batch = queue.pop(0)
             batch = [seg for seg in batch if seg[0] not in errors]
@@ -341,20 +345,6 @@ class _Runner:
         for key, values in rows.items():
             tensors[key] = torch.cat(values) if key.startswith("per_tok") else torch.stack(values)
         return [entries[o] for o, *_ in recs], tensors
-
-    def _batches(self, segments):
-        """Length-sorted batches whose padded size (rows x (longest + 2)) fits max_tokens."""
-        order = sorted(segments, key=lambda s: (-(s[2] - s[1]), s[0], s[1]))
-        batches, current = [], []
-        for seg in order:
-            longest = (current[0][2] - current[0][1]) if current else (seg[2] - seg[1])
-            if current and (longest + 2) * (len(current) + 1) > self.max_tokens:
-                batches.append(current)
-                current = []
-            current.append(seg)
-        if current:
-            batches.append(current)
-        return batches
 
     def _forward(self, batch) -> dict[tuple[int, int], dict]:
         import torch

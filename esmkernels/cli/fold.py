@@ -36,8 +36,6 @@ from esmkernels.cli._common import (
     add_run_options,
     add_scale_options,
     command_parser,
-    free_memory,
-    is_oom,
     load_model,
     log,
     output_dir,
@@ -46,6 +44,8 @@ from esmkernels.cli._common import (
     report_failures,
     safe_name,
 )
+from esmkernels.core.batching import token_batches
+from esmkernels.core.memory import free_memory, is_oom
 
 EXAMPLE = """
 esmkernels fold proteins.fasta --model facebook/esmfold_v1 --out structures/ --pae \\
@@ -155,8 +155,8 @@ def used_chunk(model, fallback):
 
 def run(args: argparse.Namespace) -> int:
     from esmkernels.jobs.embeddings import atomic_write, input_sha256, split_parts
-    from esmkernels.models.esmfold import EsmForProteinFolding
     from esmkernels.jobs.progress import residue_bar
+    from esmkernels.models.esmfold import EsmForProteinFolding
 
     chunk = parse_chunk(args.chunk_size)
     if args.num_recycles is not None and args.num_recycles < 0:
@@ -223,9 +223,11 @@ def run(args: argparse.Namespace) -> int:
             rows[rid] = _row(rid, seq, status="failed", reason=reason)
     save_summary()
 
-    batches = plan_batches(
-        {o: tokens(items[o][1]) for o in share if items[o][2] is None}, args.max_tokens_per_batch
-    )
+    valid = [o for o in share if items[o][2] is None]
+    batches = [
+        [valid[i] for i in batch]
+        for batch in token_batches([tokens(items[o][1]) for o in valid], args.max_tokens_per_batch)
+    ]
     part.start(device)
     total = sum(residues(items[o][1]) for o in share if items[o][2] is None)
     initial = sum(residues(items[o][1]) for b in batches for o in b if items[o][0] in rows)
@@ -269,21 +271,6 @@ def _check_job(out, settings) -> None:
             raise UsageError(str(err)) from None
         return
     atomic_write(path, (json.dumps(settings, sort_keys=True, indent=1) + "\n").encode())
-
-
-def plan_batches(lengths: dict[int, int], max_tokens: int) -> list[list[int]]:
-    """Longest first; a batch holds records while rows x longest <= max_tokens (a longer record
-    is a batch alone). A pure function of the input, so a resumed job folds the same batches."""
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for o in sorted(lengths, key=lambda o: (-lengths[o], o)):
-        if current and lengths[current[0]] * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current = []
-        current.append(o)
-    if current:
-        batches.append(current)
-    return batches
 
 
 def _row(rid: str, seq: str, **fields) -> dict:
@@ -413,4 +400,4 @@ def pae_json(pae, max_pae: float) -> str:
     return json.dumps(data, separators=(",", ":")) + "\n"
 
 
-__all__ = ["COLUMNS", "add_parser", "pae_json", "plan_batches", "run"]
+__all__ = ["COLUMNS", "add_parser", "pae_json", "run"]

@@ -117,9 +117,9 @@ def model_columns(models: list[str], taken: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from esmkernels.cli.embed import model_limit
+    from esmkernels.core.variants import parse_mutations, score_variants
     from esmkernels.jobs.fasta import check_sequence
     from esmkernels.models.esm import EsmForMaskedLM
-    from esmkernels.core.variants import parse_mutations, score_variants
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from esmkernels.core.batching import token_batches
 from esmkernels.core.configuration import EsmConfig
 from esmkernels.core.modeling_utils import PreTrainedMixin
 from esmkernels.core.outputs import ModelOutput
@@ -472,10 +473,11 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
             residue_index_offset, chain_linker: multimer handling, as described.
             num_recycles: see `forward`.
             masking_pattern: [B, L], 1 = mask that residue.
-            max_tokens_per_batch: fold in several padded batches instead of one: sequences are
-                sorted by length and packed while (sequences x longest length) stays within this
-                many tokens (a longer sequence is folded alone). Not combinable with
-                `position_ids` or `masking_pattern`.
+            max_tokens_per_batch: fold in several padded batches instead of one, packed by
+                `esmkernels.core.batching.token_batches` (longest first, while sequences x
+                longest length, linkers included, stays within this many tokens; a longer
+                sequence is folded alone). Not combinable with `position_ids` or
+                `masking_pattern`.
 
         Returns:
             `EsmForProteinFoldingOutput` with `chain_index` and `mean_plddt` set; with
@@ -543,7 +545,7 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
         linker = kwargs["chain_linker"] or ""
         lengths = [len(encode_sequences(s, 0, linker)["aatype"][0]) for s in seqs]  # validates
         results: list[EsmForProteinFoldingOutput | None] = [None] * len(seqs)
-        for batch in pack_by_length(lengths, max_tokens):
+        for batch in token_batches(lengths, max_tokens):
             out = self.infer([seqs[i] for i in batch], **kwargs)
             for row, i in enumerate(batch):
                 results[i] = out.select(row, lengths[i])
@@ -671,23 +673,6 @@ def encode_sequences(
     return out
 
 
-def pack_by_length(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Indices of `lengths` in batches: sorted by length (ties in input order), each batch
-    holding sequences while (count x its longest) <= max_tokens; a longer one is alone.
-
-    Example:
-        >>> pack_by_length([5, 2, 3, 9], max_tokens=9)
-        [[1, 2], [0], [3]]
-    """
-    batches: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
-        if batches and (len(batches[-1]) + 1) * lengths[i] <= max_tokens:
-            batches[-1].append(i)  # sorted: lengths[i] is the batch's longest
-        else:
-            batches.append([i])
-    return batches
-
-
 def _collate(rows: list[torch.Tensor], pad: float = 0) -> torch.Tensor:
     """Right-pad 1-D tensors to [len(rows), max length]."""
     length = max(len(r) for r in rows)
@@ -702,5 +687,4 @@ __all__ = [
     "EsmForProteinFoldingOutput",
     "af2_to_esm_indices",
     "encode_sequences",
-    "pack_by_length",
 ]
