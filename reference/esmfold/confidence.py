@@ -7,6 +7,9 @@
 - `compute_tm`: predicted TM-score (AF2 supplement 1.9.7, eq. 40), from the 64-bin aligned
   error head, bins of 0.5 A up to 31 A, last bin open.
 - `compute_predicted_aligned_error`: expected aligned error per residue pair (same head).
+- `aligned_error_from_pair`: pTM and PAE straight from the pair state and the head, in blocks of
+  rows, for long folds: the `[*, N, N, no_bins]` logits and probabilities exist for one block at
+  a time, and only the `[*, N, N]` PAE is kept (the lean outputs of `infer`).
 
 Padding: a protein's scores never depend on the padding of its batch. `compute_tm` takes a
 `residue_mask` and uses each sequence's own length N for the TM normaliser
@@ -161,4 +164,84 @@ def compute_predicted_aligned_error(
     }
 
 
-__all__ = ["categorical_lddt", "compute_predicted_aligned_error", "compute_tm"]
+def aligned_error_from_pair(
+    s_z: torch.Tensor,
+    head: torch.nn.Module,
+    residue_mask: torch.Tensor,
+    max_bin: int = 31,
+    no_bins: int = 64,
+    eps: float = 1e-8,
+    chunk_size: int | None = None,
+    pae_dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
+    """pTM and PAE from the pair state, one block of rows at a time (lean outputs).
+
+    Equals `compute_tm(head(s_z), mask)` and the `predicted_aligned_error` of
+    `compute_predicted_aligned_error(head(s_z), mask)` (both masked as there), without ever
+    holding `head(s_z)` or its softmax for more than `chunk_size` rows: peak memory beyond the
+    inputs is one block's `[B, I, N, no_bins]` logits plus the `[B, N, N]` PAE.
+
+    Args:
+        s_z: `[B, N, N, C_z]` final pair state.
+        head: the aligned-error head (ESMFold's `ptm_head`, `C_z -> no_bins`).
+        residue_mask: `[B, N]`, 1 = real residue.
+        max_bin, no_bins, eps: as in `compute_tm`.
+        chunk_size: rows i per block (None: one block).
+        pae_dtype: dtype of the returned PAE (default: the logits' dtype).
+
+    Returns:
+        dict with `ptm` `[B]`, `predicted_aligned_error` `[B, N, N]` (Angstrom) and
+        `max_predicted_aligned_error` `[]`.
+
+    Example:
+        >>> z, head = torch.randn(1, 9, 9, 8), torch.nn.Linear(8, 64)
+        >>> lean = aligned_error_from_pair(z, head, torch.ones(1, 9), chunk_size=4)
+        >>> torch.allclose(lean["ptm"], compute_tm(head(z), torch.ones(1, 9)))
+        True
+    """
+    if s_z.dim() != 4 or s_z.shape[1] != s_z.shape[2]:
+        raise ValueError(
+            f"aligned_error_from_pair: s_z must be [B, N, N, C], got {tuple(s_z.shape)}"
+        )
+    if residue_mask.shape != s_z.shape[:2]:
+        raise ValueError(
+            f"aligned_error_from_pair: residue_mask shape {tuple(residue_mask.shape)} != "
+            f"{tuple(s_z.shape[:2])}"
+        )
+    B, N = s_z.shape[:2]
+    step = N if chunk_size is None else max(1, min(int(chunk_size), N))
+    pae = None
+    scores = []
+    centres = mask = n = tm_per_bin = None
+    for start in range(0, N, step):
+        rows = min(step, N - start)
+        logits = head(s_z[:, start : start + rows])  # [B, I, N, no_bins]
+        if logits.shape[-1] != no_bins:
+            raise ValueError(f"aligned_error_from_pair: the head gives {logits.shape[-1]} bins")
+        if centres is None:
+            centres = _aligned_error_bin_centres(max_bin, no_bins, logits.device, logits.dtype)
+            mask = residue_mask.to(logits.dtype)
+            n = mask.sum(dim=-1, keepdim=True)  # [B, 1]
+            d0 = 1.24 * (n.clamp(min=19) - 15) ** (1.0 / 3) - 1.8
+            tm_per_bin = 1.0 / (1 + centres**2 / d0[..., None, :] ** 2)  # [B, 1, no_bins]
+            pae = logits.new_empty((B, N, N), dtype=pae_dtype or logits.dtype)
+        probs = logits.softmax(dim=-1)
+        del logits
+        mask_i = mask[:, start : start + rows]
+        pair = mask_i[:, :, None] * mask[:, None, :]  # [B, I, N]
+        pae[:, start : start + rows] = ((probs * centres).sum(-1) * pair).to(pae.dtype)
+        expected_tm = (probs * tm_per_bin[:, :, None, :]).sum(-1)  # [B, I, N]
+        scores.append((expected_tm * mask[:, None, :]).sum(-1) / (eps + n) * mask_i)  # [B, I]
+    return {
+        "ptm": torch.cat(scores, dim=1).amax(dim=-1),
+        "predicted_aligned_error": pae,
+        "max_predicted_aligned_error": centres[-1],
+    }
+
+
+__all__ = [
+    "aligned_error_from_pair",
+    "categorical_lddt",
+    "compute_predicted_aligned_error",
+    "compute_tm",
+]
