@@ -93,6 +93,17 @@ def _version_lines() -> list[str]:
     ]
 
 
+def pytest_configure(config):
+    """Stop at start, with one line (versions and fix), under a Triton / numpy pair known to break
+    the interpreter (esmkernels.ops._compat), instead of a failure in every interpreted test."""
+    from esmkernels.ops import _compat
+
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        problem = _compat.installed_interpreter_problem()
+        if problem is not None:
+            raise pytest.UsageError(problem)
+
+
 def pytest_sessionstart(session):
     # Written even under -q (which hides pytest's own header).
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
