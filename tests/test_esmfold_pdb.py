@@ -43,11 +43,12 @@ def test_pdb_round_trip(seed, n, n_chains):
         assert a.b_factor == pytest.approx(b[i, j], abs=5e-3) and a.occupancy == 1.0
     lines = text.splitlines()
     ters = [line for line in lines if line.startswith("TER")]
-    assert len(ters) == len(np.unique(chain)) and lines[-1] == "END"
+    assert len(ters) == len(np.unique(chain)) and lines[-1].rstrip() == "END"
     # Serial numbers count ATOM and TER records consecutively from 1.
     serials = [int(line[6:11]) for line in lines if line.startswith(("ATOM", "TER"))]
     assert serials == list(range(1, len(serials) + 1))
-    assert all(len(line) == 80 for line in lines if line.startswith("ATOM"))
+    assert all(len(line) == 80 for line in lines)  # ATOM, TER and END: fixed 80 columns
+    assert lines[-1][:6] == "END   "  # record name in columns 1-6, as strict parsers read it
 
 
 def test_pdb_columns():
@@ -61,7 +62,7 @@ def test_pdb_columns():
     assert line == (
         "ATOM     13  CZ2 TRP A  42     -12.346   7.000 123.400  1.00 91.23           C  "
     )
-    assert text.splitlines()[-2] == "TER      15      TRP A  42"
+    assert text.splitlines()[-2] == "TER      15      TRP A  42".ljust(80)
 
 
 def test_pdb_input_errors():

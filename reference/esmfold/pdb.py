@@ -57,7 +57,7 @@ def to_pdb(
         chain_index: `[L]` int chain of each residue, 0 -> A, 1 -> B, ... (all A when None).
 
     Returns:
-        The PDB text, ending in "END\\n".
+        The PDB text: 80-column records, the last one `END` (padded), then a newline.
     """
     aatype = np.asarray(aatype).astype(np.int64)
     positions = np.asarray(atom_positions, dtype=np.float64)
@@ -111,9 +111,9 @@ def to_pdb(
             )
             serial += 1
         if i == n - 1 or chain_index[i + 1] != chain_index[i]:
-            lines.append(f"{'TER':<6}{serial:>5}      {resname:>3} {chain:>1}{resseq:>4}")
+            lines.append(f"{'TER':<6}{serial:>5}      {resname:>3} {chain:>1}{resseq:>4}".ljust(80))
             serial += 1
-    lines.append("END")
+    lines.append("END".ljust(80))  # every record is 80 columns; parsers read columns 1-6
     return "\n".join(lines) + "\n"
 
 
