@@ -9,9 +9,10 @@ import torch
 
 from esmkernels import open_embeddings
 from esmkernels.cli import embed as embed_cli
-from esmkernels.jobs.embeddings import EmbeddingWriter, split_parts
-from esmkernels.reference import esm as ref
 from esmkernels.core.tokenization import EsmTokenizer
+from esmkernels.jobs.embeddings import EmbeddingWriter
+from esmkernels.jobs.files import split_parts
+from esmkernels.reference import esm as ref
 from tests._cli import fasta, files, lm_checkpoint, run
 
 RECORDS = [

@@ -1,5 +1,6 @@
 """The one token-budget batcher (`esmkernels.core.batching`) and the one out-of-memory helper
-(`esmkernels.core.memory`): their contracts, and that no second copy exists in product code."""
+(`esmkernels.core.memory`): their contracts, and that neither they nor the job files'
+`atomic_write` (`esmkernels.jobs.files`) have a second copy in product code."""
 
 from __future__ import annotations
 
@@ -104,6 +105,9 @@ ONE_HOME = {
     "is_oom": "esmkernels.core.memory",
     "free_memory": "esmkernels.core.memory",
     "token_batches": "esmkernels.core.batching",
+    "atomic_write": "esmkernels.jobs.files",
+    "check_writable": "esmkernels.jobs.files",
+    "split_parts": "esmkernels.jobs.files",
 }
 # Names the older copies had: none may come back under them either.
 RETIRED = ("pack_by_length", "plan_batches", "_batches")

@@ -1,4 +1,4 @@
-"""The embedding store's pieces: atomic files, shard plans, the reader's errors and multi-shard
+"""The embedding store and its job files (`esmkernels.jobs.files`): atomic files, shard plans, the reader's errors and multi-shard
 matrices (the end-to-end behaviour is in tests/test_cli_embed.py)."""
 
 from __future__ import annotations
@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from esmkernels.jobs.embeddings import (
-    EmbeddingWriter,
-    atomic_write,
-    open_embeddings,
-    parse_shard,
-    plan_shards,
-)
+from esmkernels.jobs.embeddings import EmbeddingWriter, open_embeddings
+from esmkernels.jobs.files import atomic_write, parse_shard, plan_shards
 
 SETTINGS = {"layers": [3], "include": ["mean", "per_tok"], "model": "m"}
 

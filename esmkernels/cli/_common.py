@@ -104,7 +104,7 @@ class Part:
     """
 
     def __init__(self, shard: str | None):
-        from esmkernels.jobs.embeddings import parse_shard
+        from esmkernels.jobs.files import parse_shard
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.distributed = world > 1
@@ -185,7 +185,7 @@ def read_input(path: str, *, multimer: bool, skip_invalid: bool):
 
 
 def output_dir(path: str) -> Path:
-    from esmkernels.jobs.embeddings import check_writable
+    from esmkernels.jobs.files import check_writable
 
     if Path(path).exists() and not Path(path).is_dir():
         raise UsageError(f"--out {path} exists and is not a directory")

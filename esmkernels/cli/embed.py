@@ -139,13 +139,8 @@ def windows(length: int, size: int) -> list[tuple[int, int]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from esmkernels.jobs.embeddings import (
-        EmbeddingWriter,
-        input_sha256,
-        plan_shards,
-        sequence_sha256,
-        split_parts,
-    )
+    from esmkernels.jobs.embeddings import EmbeddingWriter
+    from esmkernels.jobs.files import input_sha256, plan_shards, sequence_sha256, split_parts
     from esmkernels.jobs.progress import residue_bar
     from esmkernels.models.esm import EsmModel
 

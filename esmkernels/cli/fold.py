@@ -154,7 +154,7 @@ def used_chunk(model, fallback):
 
 
 def run(args: argparse.Namespace) -> int:
-    from esmkernels.jobs.embeddings import atomic_write, input_sha256, split_parts
+    from esmkernels.jobs.files import atomic_write, input_sha256, split_parts
     from esmkernels.jobs.progress import residue_bar
     from esmkernels.models.esmfold import EsmForProteinFolding
 
@@ -260,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_job(out, settings) -> None:
     """The job's settings in fold-job.json; a rerun with other settings is refused."""
-    from esmkernels.jobs.embeddings import atomic_write, check_settings
+    from esmkernels.jobs.files import atomic_write, check_settings
 
     path = out / "fold-job.json"
     settings = json.loads(json.dumps(settings))  # as stored: plain JSON values

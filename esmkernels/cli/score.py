@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
             row["mean"] = f"{sum(values) / len(values):.6f}"
         writer.writerow(row)
     if args.out:
-        from esmkernels.jobs.embeddings import atomic_write
+        from esmkernels.jobs.files import atomic_write
 
         atomic_write(args.out, buffer.getvalue().encode())
         log(f"wrote {len(rows)} row(s) to {args.out}")
