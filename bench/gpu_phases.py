@@ -6,7 +6,9 @@ Every phase appends JSON records to FILE the moment they exist (a phase cut at i
 what it wrote), and plans its own work to end before `deadline`:
 
 - `env`: device, memory, driver, torch / triton / transformers versions, commit, which optional
-  packages are present;
+  packages are present, and the supported version set they match (esmkernels.ops._compat);
+- `compile_checks`: the sm_90 compile checks (register spills, int64 offsets) under this
+  machine's Triton, before anything is timed (on a CPU the layer norm's only, as a smoke test);
 - `gpu_tests`: the `gpu`-marked tests (real shapes: ESM-2 650M / 3B heads, trunk c_z = 128 up to
   L = 2048, L = 4096 attention), compiled; one record per test as it finishes;
 - `property_tests`: the kernels' hypothesis property tests on the `device` fixture (compiled on a
@@ -87,6 +89,9 @@ def phase_env(ph: Phase) -> int:
     names = ("pytest", "hypothesis", "matplotlib", "transformers", "pytest-benchmark")
     env["packages"] = {name: package_version(name) for name in names}
     env["hypothesis_profile"] = os.environ.get("HYPOTHESIS_PROFILE")
+    from esmkernels.ops._compat import environment_line
+
+    env["supported_environment"] = environment_line()
     print(json.dumps(env, indent=1))
     ph.emit({"kind": "env", **env})
     return 0
@@ -124,6 +129,18 @@ def _pytest(ph: Phase, run: str, args: list[str], profile: str) -> int:
     )
     print(f"pytest exit code {int(code)}")
     return 0  # failures are results (records), not a broken phase
+
+
+def phase_compile_checks(ph: Phase) -> int:
+    """The sm_90 compile checks (no spills, int64 offsets) under this machine's Triton, before
+    anything is timed: the spill expectations hold per Triton version (docs/COMPATIBILITY.md).
+    On a CPU only the layer norm's, as a smoke test (all of them take minutes on 2 cores)."""
+    args = ["-m", "slow", *OP_TEST_FILES]
+    if not cuda():
+        args[2:2] = ["-k", "layer_norm"]
+    elif _has("xdist"):  # a GPU machine's cores compile the variants in parallel
+        args += ["-n", str(min(8, os.cpu_count() or 1))]
+    return _pytest(ph, "compile", args, "ci")
 
 
 def phase_gpu_tests(ph: Phase) -> int:
@@ -237,6 +254,7 @@ def phase_fold_probe(ph: Phase) -> int:
 
 PHASES = {
     "env": phase_env,
+    "compile_checks": phase_compile_checks,
     "gpu_tests": phase_gpu_tests,
     "property_tests": phase_property_tests,
     "kernels": phase_kernels,

@@ -67,6 +67,7 @@ def default_phases(python: str = sys.executable) -> list[Phase]:
     run = lambda name: [python, "-m", "bench.gpu_phases", name]
     return [
         Phase("env", 30, run("env"), "environment"),
+        Phase("compile_checks", 120, run("compile_checks"), "sm_90 compile checks, this Triton"),
         Phase("gpu_tests", 120, run("gpu_tests"), "compiled correctness: gpu-marked tests"),
         Phase("property_tests", 60, run("property_tests"), "compiled correctness: properties"),
         Phase("kernels", 100, run("kernels"), "kernel benchmarks vs targets"),
@@ -260,6 +261,7 @@ def summary(payload: dict, records: list[dict]) -> str:
         f"- driver: {env.get('driver', '?')}; torch {env.get('torch', '?')} (CUDA "
         f"{env.get('cuda', '?')}); triton {env.get('triton', '?')}; transformers "
         f"{env.get('transformers', '?')}",
+        f"- supported set: {env.get('supported_environment', '?')}",
         f"- commit: {env.get('commit', '?')}; date {env.get('date', '?')}",
         f"- budget {payload['budget_s']:.0f} s, elapsed {payload['elapsed_s']:.0f} s"
         + ("" if payload["finished"] else " (in progress or cut off)"),

@@ -4,7 +4,8 @@
 #   bash bench/gpu_session.sh [--budget SECONDS]      (default 480)
 # Runs from this working tree on the machine's own torch / triton / transformers: no install,
 # no network. Phases in priority order, each with its own cap (bench/gpu_session.py): the
-# environment, compiled correctness (gpu-marked tests, then the kernel property tests), kernel
+# environment and the supported version set it matches, the sm_90 compile checks under this
+# machine's Triton, compiled correctness (gpu-marked tests, then the kernel property tests), kernel
 # benchmarks against their targets, ESM-2 and ESMFold against transformers, the longest fold.
 # Results go to $OUT (default bench/results/gpu-session-<time>/) as they come: summary.md,
 # results.json, session.log, tuned_configs.json. Bring them home with
@@ -35,5 +36,9 @@ for layer in ops models reference; do ln -s "$PWD/$layer" "$site/esmkernels/$lay
 export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # Autotune winners of earlier phases are kept on disk (Triton's cache_results) for later ones.
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$site/triton-cache}
+
+# Preflight: this machine's versions and the supported set they match (docs/COMPATIBILITY.md).
+# The first phase after `env` runs the sm_90 compile checks under them (compile_checks).
+$PY -m esmkernels.ops._compat || true
 
 $PY -m bench.gpu_session --out "$OUT" "$@"

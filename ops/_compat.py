@@ -1,4 +1,8 @@
-"""Version pairs known to break Triton's interpreter, checked before any kernel runs.
+"""Supported version sets, and version pairs known to break Triton's interpreter.
+
+Two sets of (torch, Triton) are supported and checked (docs/COMPATIBILITY.md):
+`SUPPORTED_ENVIRONMENTS` names them; `environment_line()` says which one the installed packages
+match (`bench/gpu_session.sh` prints it first; `python -m esmkernels.ops._compat` too).
 
 The interpreter (`TRITON_INTERPRET=1`) runs kernels on numpy arrays, so it depends on numpy's
 behaviour as well as on Triton's. One pair is known to fail on every interpreted kernel:
@@ -22,6 +26,13 @@ from __future__ import annotations
 import functools
 import re
 from importlib.metadata import PackageNotFoundError, version
+
+# name -> {package: (major, minor)}; the Makefile pins the full versions (a test keeps them equal).
+SUPPORTED_ENVIRONMENTS: dict[str, dict[str, tuple[int, int]]] = {
+    "the pinned CPU set (make test)": {"torch": (2, 13), "triton": (3, 9)},
+    "the GPU image's set (make compat)": {"torch": (2, 11), "triton": (3, 6)},
+}
+REPORTED = ("torch", "triton", "numpy", "transformers", "safetensors")
 
 # (Triton below this, numpy from this, why): the interpreter fails on every kernel for a Triton
 # release below the first bound together with a numpy release at or above the second.
@@ -83,3 +94,43 @@ def check_interpreter() -> None:
     problem = installed_interpreter_problem()
     if problem is not None:
         raise RuntimeError(problem)
+
+
+def supported_environment(versions: dict[str, str | None]) -> str | None:
+    """The name of the supported set whose torch and Triton major.minor `versions` match, or
+    None. `versions`: {package: version string or None (absent)}."""
+    for name, wanted in SUPPORTED_ENVIRONMENTS.items():
+        have = {pkg: versions.get(pkg) for pkg in wanted}
+        if all(v is not None and parse_version(v) == wanted[pkg] for pkg, v in have.items()):
+            return name
+    return None
+
+
+def environment_line(versions: dict[str, str | None] | None = None) -> str:
+    """One line: the versions (default: installed ones, and this Python), the supported set they
+    match, and, when interpreting, a known interpreter break."""
+    import os
+    import platform
+
+    if versions is None:
+        versions = {"python": platform.python_version(), **{n: _installed(n) for n in REPORTED}}
+    shown = ", ".join(f"{name} {v or 'absent'}" for name, v in versions.items())
+    match = supported_environment(versions)
+    line = f"{shown}: " + (
+        f"matches {match}"
+        if match
+        else "matches no supported set ("
+        + "; ".join(
+            f"{name}: " + ", ".join(f"{pkg} {a}.{b}" for pkg, (a, b) in want.items())
+            for name, want in SUPPORTED_ENVIRONMENTS.items()
+        )
+        + "); see docs/COMPATIBILITY.md"
+    )
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        problem = interpreter_problem(versions.get("triton"), versions.get("numpy"))
+        line += f". {problem}" if problem else ". The interpreter works with this Triton and numpy"
+    return line
+
+
+if __name__ == "__main__":
+    print(environment_line())

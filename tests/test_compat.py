@@ -7,6 +7,7 @@ Triton 3.6.0 passes with numpy 2.3.5 and fails with 2.4.0, Triton 3.7.0 passes w
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -108,3 +109,51 @@ def test_compiled_runs_are_not_stopped():
     run = _run_pytest_with({"triton": "3.6.0", "numpy": "2.4.0"}, interpret="0")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "1 passed" in run.stdout
+
+
+@pytest.mark.parametrize(
+    "torch, triton, expected",
+    [
+        ("2.13.0+cpu", "3.9.0", "the pinned CPU set (make test)"),
+        ("2.11.0+cu130", "3.6.0", "the GPU image's set (make compat)"),
+        ("2.11.0", "3.9.0", None),  # a mix of the two is neither
+        ("2.12.1", "3.7.0", None),
+        ("2.13.0", None, None),
+    ],
+)
+def test_supported_environment_matches_torch_and_triton(torch, triton, expected):
+    assert _compat.supported_environment({"torch": torch, "triton": triton}) == expected
+
+
+def test_environment_line_names_the_match_and_an_interpreter_break(monkeypatch):
+    image = {"python": "3.12.3", "torch": "2.11.0", "triton": "3.6.0", "numpy": "2.5.2"}
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    line = _compat.environment_line(image)
+    assert line.startswith(
+        "python 3.12.3, torch 2.11.0, triton 3.6.0, numpy 2.5.2: matches the GPU"
+    )
+    assert "interpreter" not in line  # compiled kernels: numpy does not matter
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "numpy 2.5.2 cannot run the Triton interpreter" in _compat.environment_line(image)
+    other = _compat.environment_line({"torch": "2.12.0", "triton": "3.7.0", "numpy": "2.4.0"})
+    assert "matches no supported set" in other and "torch 2.11, triton 3.6" in other
+    assert "The interpreter works" in other
+
+
+def _makefile_pins() -> dict[str, str]:
+    text = (ROOT / "Makefile").read_text()
+    return dict(re.findall(r"^(\w+_SPEC) \?= [\w-]+==(\S+)$", text, flags=re.M))
+
+
+def test_makefile_pins_are_the_supported_sets():
+    """`make test` and `make compat` install what SUPPORTED_ENVIRONMENTS names, and the compat
+    numpy is the newest minor release the compat Triton's interpreter accepts."""
+    pins = _makefile_pins()
+    pinned = {"torch": pins["TORCH_SPEC"], "triton": pins["TRITON_SPEC"]}
+    compat = {"torch": pins["COMPAT_TORCH_SPEC"], "triton": pins["COMPAT_TRITON_SPEC"]}
+    assert _compat.supported_environment(pinned) == "the pinned CPU set (make test)"
+    assert _compat.supported_environment(compat) == "the GPU image's set (make compat)"
+    numpy = pins["COMPAT_NUMPY_SPEC"]
+    assert _compat.interpreter_problem(compat["triton"], numpy) is None
+    major, minor = _compat.parse_version(numpy)
+    assert _compat.interpreter_problem(compat["triton"], f"{major}.{minor + 1}.0") is not None
