@@ -6,8 +6,8 @@ Classes (same names, constructor, `forward` signature, outputs, state-dict keys 
 heads, pooler, contact head, checkpoint I/O, input validation) is the reference's own code; this
 module overrides only:
 
-* `EsmLayerNorm.forward` -> `esmkernels.ops.layer_norm_kernels.layer_norm` (fused, fp32 statistics);
-* `EsmSelfAttention.attend` -> `esmkernels.ops.rotary_attention_kernels.rotary_attention` (fused rotary
+* `EsmLayerNorm.forward` -> `esmkernels.ops.layer_norm` (fused, fp32 statistics);
+* `EsmSelfAttention.attend` -> `esmkernels.ops.rotary_attention` (fused rotary
   flash attention; no rotary for absolute-position ESM-1b / ESM-1v);
 * `EsmEncoder.forward` -> unpadding around the reference layer loop.
 
@@ -66,13 +66,12 @@ from dataclasses import dataclass
 
 import torch
 
-from esmkernels.ops._dispatch import BACKENDS
-from esmkernels.ops.layer_norm_kernels import layer_norm
-from esmkernels.ops.rotary_attention_kernels import rotary_attention
-from esmkernels.reference import esm as ref
-from esmkernels.reference import esm_layers as ref_layers
 from esmkernels.core.tokenization import EsmTokenizer
 from esmkernels.core.variants import score_variants as _score_variants
+from esmkernels.ops import layer_norm, rotary_attention
+from esmkernels.ops._dispatch import BACKENDS
+from esmkernels.reference import esm as ref
+from esmkernels.reference import esm_layers as ref_layers
 
 
 def check_backend(backend: str | None) -> str | None:

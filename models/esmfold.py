@@ -9,7 +9,7 @@ loading) is the reference's, inherited, not copied. Two hooks of
 - the trunk op namespace: `KernelTrunkOps`, whose `triangle_multiplicative_update` and
   `axial_attention` are `esmkernels.ops`' fused kernels, dispatched per call with this model's
   `backend` ("auto": Triton on CUDA tensors, PyTorch otherwise). In inference on the PyTorch
-  path the triangle multiplication is `esmkernels.models.esmfold_lean`'s streamed version.
+  path the triangle multiplication is `esmkernels.ops.trimul.torch_path`'s streamed version.
 
 Memory: the reference chunks every [L, L]-sized op and updates the pair state in place in
 inference (see `esmkernels.reference.esmfold.trunk`). The chunk size defaults to "auto": before
@@ -32,11 +32,11 @@ from typing import Any
 
 import torch
 
-from esmkernels.models import esmfold_lean, fold_memory
+from esmkernels.models import fold_memory
 from esmkernels.models.esm import EsmModel, _FastMixin, check_backend
-from esmkernels.ops import axial_attention_kernels as _axial
-from esmkernels.ops import triangle_multiplicative_kernels as _trimul
+from esmkernels.ops import axial_attention, triangle_multiplicative_update
 from esmkernels.ops._dispatch import resolve_backend
+from esmkernels.ops.trimul import torch_path as _lean
 from esmkernels.reference.esmfold import modeling as ref
 
 
@@ -50,22 +50,20 @@ class KernelTrunkOps:
         self, z: torch.Tensor, mask: torch.Tensor | None, *, chunk_size=None, **kwargs: Any
     ):
         """`chunk_size` is rows per block, as for every trunk op: the PyTorch path in inference
-        runs `esmfold_lean` with it; the kernels chunk hidden channels, as many as
-        `esmfold_lean.channel_slice` gives for those rows."""
+        runs the op's lean torch path with it; the kernels chunk hidden channels, as many as
+        `channel_slice` gives for those rows."""
         backend = resolve_backend(self.backend, z, op="triangle_multiplicative_update")
         if backend == "torch" and not torch.is_grad_enabled():
-            return esmfold_lean.triangle_multiplicative_update(
-                z, mask, chunk_size=chunk_size, **kwargs
-            )
+            return _lean.lean_update(z, mask, chunk_size=chunk_size, **kwargs)
         if backend == "triton" and chunk_size is not None:
             channels = kwargs["a_proj_weight"].shape[0]
-            chunk_size = esmfold_lean.channel_slice(chunk_size, z.shape[1], channels)
-        return _trimul.triangle_multiplicative_update(
+            chunk_size = _lean.channel_slice(chunk_size, z.shape[1], channels)
+        return triangle_multiplicative_update(
             z, mask, chunk_size=chunk_size, backend=backend, **kwargs
         )
 
     def axial_attention(self, *args: Any, **kwargs: Any):
-        return _axial.axial_attention(*args, backend=self.backend, **kwargs)
+        return axial_attention(*args, backend=self.backend, **kwargs)
 
     def __repr__(self) -> str:
         return f"KernelTrunkOps(backend={self.backend!r})"

@@ -28,7 +28,9 @@ whose predicted peak fits `free_bytes` (CUDA: free device memory; CPU: available
 safety margin, and stays within `LEAN_SLACK` of the smallest achievable peak: beyond that a
 bigger chunk buys no memory-bound speed (on a CPU small blocks stay in cache and are faster)
 and only spends memory. If even the smallest chunk does not fit, it raises before any work
-starts, naming L and the predicted and free bytes. There is no out-of-memory retry loop.
+starts, naming L and the predicted and free bytes. A fold that still runs out of memory is
+retried by `infer`, alone at half the chunk size down to a floor, then raises naming L and the
+chunk sizes tried (`esmkernels.reference.esmfold.inference`); so an API user gets it too.
 
 `track_peak_bytes` measures what the model predicts: the peak of live tensor bytes allocated
 under it (a `TorchDispatchMode` that counts each new storage until it is freed), on any device.
@@ -54,6 +56,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from esmkernels.core.configuration import EsmConfig
+from esmkernels.ops.trimul.torch_path import channel_slice
 
 BACKENDS = ("torch", "triton")
 # Auto chunk: keep the predicted peak within this factor of the smallest achievable one.
@@ -174,7 +177,6 @@ def predict_fold_memory(
     "tri_mul", "tri_att", "pair_mlp", "structure", "heads").
     """
     _check(config, length, batch, dtype, backend, chunk_size)
-    from esmkernels.models.esmfold_lean import channel_slice  # no import cycle at load time
 
     d = _Dims.of(config, length, batch, dtype)
     b, L, e, f = d.b, d.L, d.e, 4
@@ -220,7 +222,7 @@ def predict_fold_memory(
     n = channel_slice(chunk_size, L, d.c_z)  # hidden channels per slice
     plane = b * L * L * n * e  # one channel slice [b, n, L, L]
     x = pair(d.c_z, d.xe)
-    if backend == "torch":  # esmfold_lean: x, then a | b, their product; output over x
+    if backend == "torch":  # lean torch path: x, then a | b, their product; output over x
         project = 2 * plane + max(layer_norm(d.c_z), block(d.c_z) + 3 * block(2 * n))
         contract = 3 * plane + (3 * b * L * L * n * f if d.xe != e else 0)
         output = max(block(d.c_z) + layer_norm(d.c_z if d.xe == e else 2 * d.c_z), 3 * block(d.c_z))

@@ -37,8 +37,8 @@ from esmkernels.ops._dispatch import interpreting
 # The torch path of each op: (module, attribute) called when an op does not launch its kernels.
 FALLBACKS = {
     "layer_norm": ("esmkernels.reference.functional", "layer_norm"),
-    "rotary_attention_padded": ("esmkernels.ops.rotary_attention_kernels", "_torch_padded"),
-    "rotary_attention_varlen": ("esmkernels.ops.rotary_attention_kernels", "_torch_varlen"),
+    "rotary_attention_padded": ("esmkernels.ops.rotary.torch_path", "padded"),
+    "rotary_attention_varlen": ("esmkernels.ops.rotary.torch_path", "varlen"),
     "axial_attention": ("esmkernels.reference.esmfold.trunk_functional", "axial_attention"),
     "triangle_multiplicative_update": (
         "esmkernels.reference.esmfold.trunk_functional",
@@ -124,7 +124,7 @@ def autotuned_kernels() -> dict[str, Autotuner]:
     import esmkernels.ops as ops
 
     found: dict[str, Autotuner] = {}
-    for info in pkgutil.iter_modules(ops.__path__, ops.__name__ + "."):
+    for info in pkgutil.walk_packages(ops.__path__, ops.__name__ + "."):
         module = importlib.import_module(info.name)
         for value in vars(module).values():
             if isinstance(value, Autotuner):

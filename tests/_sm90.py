@@ -159,7 +159,7 @@ def compile_report(jobs: list[Job], mode: str = "cubin", timeout: int = 900) -> 
     kernel, dtype, constexprs and (cubin) launch config. Asserts that the subprocess succeeded
     (no compile error) and that every job produced at least one variant.
 
-    Example: `compile_report([Job("esmkernels.ops.layer_norm_kernels", "_layer_norm_fwd_kernel",
+    Example: `compile_report([Job("esmkernels.ops.layernorm.forward", "_layer_norm_fwd_kernel",
     {...}, num_warps=4, num_stages=1)])`.
     """
     if mode not in ("ttir", "cubin"):

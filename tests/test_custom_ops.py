@@ -17,13 +17,13 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from esmkernels.ops.axial_attention_kernels import axial_attention
-from esmkernels.ops.layer_norm_kernels import layer_norm
-from esmkernels.ops.rotary_attention_kernels import rotary_attention
-from esmkernels.ops.triangle_multiplicative_kernels import (
-    PARAM_NAMES,
+from esmkernels.ops import (
+    axial_attention,
+    layer_norm,
+    rotary_attention,
     triangle_multiplicative_update,
 )
+from esmkernels.ops.trimul.forward import PARAM_NAMES
 from tests import _launches as L
 from tests.tolerances import FP32_DOT
 

@@ -8,16 +8,18 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from esmkernels.models import esmfold_lean, fold_memory
+from esmkernels.models import fold_memory
 from esmkernels.models.esmfold import EsmForProteinFolding
-from esmkernels.ops import triangle_multiplicative_kernels as trimul_kernels
+from esmkernels.ops import trimul as trimul_kernels
+from esmkernels.ops.trimul import forward as trimul_forward
+from esmkernels.ops.trimul import torch_path as esmfold_lean
 from esmkernels.reference.esmfold import trunk_functional as ref
 from tests.test_esmfold_model import random_sequence
 from tests.test_esmfold_trunk import one_torch_thread  # noqa: F401
 from tests.test_models_esmfold import FIELDS, assert_same_fold, fast_copy, tiny_model
 from tests.tolerances import FP32, assert_within_rule
 
-NAMES = trimul_kernels.PARAM_NAMES
+NAMES = trimul_forward.PARAM_NAMES
 
 
 def trimul_params(C: int, seed: int, *, big: float = 0.0) -> dict[str, torch.Tensor]:
@@ -58,9 +60,7 @@ def test_lean_triangle_update_matches_reference(L, chunk, outgoing, masked):
     mask = (torch.rand(2, L, L, generator=g) > 0.3).float() if masked else None
     want = ref.triangle_multiplicative_update(z, mask, outgoing=outgoing, **p)
     with torch.no_grad():
-        got = esmfold_lean.triangle_multiplicative_update(
-            z, mask, outgoing=outgoing, chunk_size=chunk, **p
-        )
+        got = esmfold_lean.lean_update(z, mask, outgoing=outgoing, chunk_size=chunk, **p)
     torch.testing.assert_close(got, want, **FP32)
 
 
@@ -76,15 +76,11 @@ def test_lean_triangle_update_streams_channel_slices(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "__matmul__", counting)
     p = trimul_params(16, seed=0)
     with torch.no_grad():
-        esmfold_lean.triangle_multiplicative_update(
-            torch.randn(1, 12, 12, 16), None, outgoing=True, chunk_size=3, **p
-        )
+        esmfold_lean.lean_update(torch.randn(1, 12, 12, 16), None, outgoing=True, chunk_size=3, **p)
     step = esmfold_lean.channel_slice(3, 12, 16)
     assert step == 4 and widths == [4, 4, 4, 4]
     with pytest.raises(RuntimeError, match="inference-only"):
-        esmfold_lean.triangle_multiplicative_update(
-            torch.randn(1, 3, 3, 16), None, outgoing=True, **p
-        )
+        esmfold_lean.lean_update(torch.randn(1, 3, 3, 16), None, outgoing=True, **p)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -115,9 +111,7 @@ def test_low_precision_triangle_update_stays_finite(dtype, outgoing):
     z = z32.to(dtype)
     torch_at_dtype = ref.triangle_multiplicative_update(z, None, outgoing=outgoing, **p)
     with torch.no_grad():
-        lean = esmfold_lean.triangle_multiplicative_update(
-            z, None, outgoing=outgoing, chunk_size=32, **p
-        )
+        lean = esmfold_lean.lean_update(z, None, outgoing=outgoing, chunk_size=32, **p)
     assert torch.isfinite(torch_at_dtype).all()
     assert_within_rule(lean, torch_at_dtype, want, dtype, "lean")
     if dtype == torch.float16:  # the overflow case; the interpreter is slow, bf16 has the range

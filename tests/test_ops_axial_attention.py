@@ -11,11 +11,9 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from esmkernels.ops.axial_attention_bwd import (
-    axial_attention_bwd,
-    axial_attention_bwd_preprocess,
-)
-from esmkernels.ops.axial_attention_kernels import _row_blocks, axial_attention
+from esmkernels.ops.axial import axial_attention
+from esmkernels.ops.axial.backward import axial_attention_bwd, axial_attention_bwd_preprocess
+from esmkernels.ops.axial.op import _row_blocks
 from esmkernels.reference.esmfold import trunk_functional as ref
 from tests._launches import AXIAL_BWD, AXIAL_DBIAS, AXIAL_FWD, launches, tiles
 from tests._sm90 import (
@@ -466,7 +464,7 @@ def test_kernel_offsets_are_int64():
     """ESMFold at L = 4096 reads ending-node views with stride_n = L * H * D: n * stride_n passes
     2^31. Every pointer offset in every kernel must be computed in 64 bits even when all
     strides arrive as i32."""
-    mod, bwd = "esmkernels.ops.axial_attention_kernels", "esmkernels.ops.axial_attention_bwd"
+    mod, bwd = "esmkernels.ops.axial.forward", "esmkernels.ops.axial.backward"
     flags = {"HAS_BIAS": True, "HAS_MASK": True, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 32}
     kernels = [
         Job(mod, "_axial_attn_fwd_kernel", {**flags, "HAS_GATE": True, "STORE_UNGATED": True}),
@@ -479,15 +477,15 @@ def test_kernel_offsets_are_int64():
 
 
 ATTENTION_KERNELS = [
-    Job("esmkernels.ops.axial_attention_kernels", "_axial_attn_fwd_kernel",
+    Job("esmkernels.ops.axial.forward", "_axial_attn_fwd_kernel",
      {"HAS_BIAS": True, "HAS_MASK": True, "HAS_GATE": True, "STORE_UNGATED": True, "BLOCK_D": 32}),
-    Job("esmkernels.ops.axial_attention_bwd", "_axial_attn_bwd_pre_kernel",
+    Job("esmkernels.ops.axial.backward", "_axial_attn_bwd_pre_kernel",
      {"HAS_GATE": True, "BLOCK_M": 64, "BLOCK_D": 32}),
-    Job("esmkernels.ops.axial_attention_bwd", "_axial_attn_bwd_dkdv_kernel",
+    Job("esmkernels.ops.axial.backward", "_axial_attn_bwd_dkdv_kernel",
      {"HAS_BIAS": True, "HAS_MASK": True, "BLOCK_D": 32}),
-    Job("esmkernels.ops.axial_attention_bwd", "_axial_attn_bwd_dq_kernel",
+    Job("esmkernels.ops.axial.backward", "_axial_attn_bwd_dq_kernel",
      {"HAS_BIAS": True, "HAS_MASK": True, "BLOCK_D": 32}),
-    Job("esmkernels.ops.axial_attention_bwd", "_axial_attn_bwd_dbias_kernel",
+    Job("esmkernels.ops.axial.backward", "_axial_attn_bwd_dbias_kernel",
      {"HAS_MASK": True, "BLOCK_D": 32}),
 ]  # fmt: skip
 

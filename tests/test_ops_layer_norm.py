@@ -7,7 +7,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from esmkernels.ops import _dispatch
-from esmkernels.ops.layer_norm_kernels import layer_norm, layer_norm_bwd, layer_norm_fwd
+from esmkernels.ops.layernorm import layer_norm
+from esmkernels.ops.layernorm.backward import layer_norm_bwd
+from esmkernels.ops.layernorm.forward import layer_norm_fwd
 from esmkernels.reference import functional as ref
 from tests._launches import LAYER_NORM, launches
 from tests._sm90 import Job, assert_no_spills, compile_report
@@ -245,11 +247,11 @@ def test_layer_norm_kernels_compile_for_sm90(n):
     """Both kernels compile for sm_90 at the launch shape for n (pointers and row strides
     16-divisible, as for the model sizes), also with fp32 parameters on bf16 rows, and ptxas
     reports no register spills. See tests/_sm90.py."""
-    from esmkernels.ops import layer_norm_kernels as ln
+    from esmkernels.ops.layernorm import backward, forward
 
-    block_m, block_n, num_warps = ln._launch_shape(n)
+    block_m, block_n, num_warps = forward._launch_shape(n)
     jobs = []
-    for name in ("_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel"):
+    for name, ln in (("_layer_norm_fwd_kernel", forward), ("_layer_norm_bwd_kernel", backward)):
         has_b = "b_ptr" in getattr(ln, name).arg_names
         for params in ("bf16", "fp32", None):  # None: no affine parameters
             constexprs = dict(
@@ -268,7 +270,7 @@ def test_layer_norm_kernels_compile_for_sm90(n):
 
 def test_auto_sends_too_wide_rows_to_torch(monkeypatch):
     # As if on CUDA: "auto" resolves to triton, but N > MAX_FUSED_N must fall back, not fail.
-    from esmkernels.ops import layer_norm_kernels as ln
+    from esmkernels.ops import layernorm as ln
 
     monkeypatch.setattr(ln, "resolve_backend", lambda *a, **k: "triton")
     x = torch.randn(2, ln.MAX_FUSED_N + 1)

@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from esmkernels.ops import _dispatch
-from esmkernels.ops.rotary_attention_bwd import rotary_attention_bwd
-from esmkernels.ops.rotary_attention_fwd import rotary_attention_fwd
-from esmkernels.ops.rotary_attention_kernels import rotary_attention
+from esmkernels.ops.rotary import rotary_attention
+from esmkernels.ops.rotary.backward import rotary_attention_bwd
+from esmkernels.ops.rotary.forward import rotary_attention_fwd
 from esmkernels.reference import functional as ref
 from tests._launches import ROTARY_BWD, ROTARY_FWD, launches, tiles
 from tests._sm90 import Job, assert_no_spills, compile_report
@@ -402,7 +402,7 @@ def test_forced_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
 
 def test_auto_sends_unsupported_head_dims_to_torch(monkeypatch):
     # As if on CUDA: "auto" resolves to triton, but D=24 has no kernel tiling -> torch path.
-    from esmkernels.ops import rotary_attention_kernels as ra
+    from esmkernels.ops import rotary as ra
 
     monkeypatch.setattr(ra, "resolve_backend", lambda *a, **k: "triton")
     q, k, v = qkv((1, 7, 2, 24), torch.float32, torch.device("cpu"), requires_grad=False)
@@ -486,8 +486,8 @@ def test_attention_kernels_compile_for_sm90():
     """Each flag variant compiles for sm_90 (see tests/_sm90.py), and so does every fp32
     autotune config an ESM launch can pick (D = 16, 32, 64, 128), without register spills and
     within the 227 KB of shared memory an sm_90 block can have."""
-    from esmkernels.ops import rotary_attention_bwd as bwd
-    from esmkernels.ops import rotary_attention_fwd as fwd
+    from esmkernels.ops.rotary import backward as bwd
+    from esmkernels.ops.rotary import forward as fwd
 
     variants = [  # dtype, D, ROTARY, HAS_POS, HAS_MASK, IS_VARLEN, BLOCK_M, BLOCK_N, warps, stages
         ("bf16", 64, True, False, True, False, 64, 64, 8, 3),

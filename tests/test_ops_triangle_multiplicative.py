@@ -11,10 +11,8 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from esmkernels.ops.triangle_multiplicative_kernels import (
-    PARAM_NAMES,
-    triangle_multiplicative_update,
-)
+from esmkernels.ops.trimul import triangle_multiplicative_update
+from esmkernels.ops.trimul.forward import PARAM_NAMES
 from esmkernels.reference.esmfold import trunk_functional as ref
 from tests._launches import TRIMUL_FWD, launches, tiles
 from tests._sm90 import (
@@ -245,7 +243,7 @@ def test_kernel_chunked_equals_unchunked(device):
 def test_backward_recomputes_in_row_chunks(device, monkeypatch):
     """The recomputing backward builds one graph per block of `chunk_size` output rows (its
     memory bound), BWD_ROWS rows without a chunk size; the gradients do not depend on it."""
-    import esmkernels.ops.triangle_multiplicative_kernels as tm
+    import esmkernels.ops.trimul.backward as tm
 
     p, z = make_params(8, 8, device=device), make_z(1, 7, 8, layout="contiguous", device=device)
     rows = []
@@ -386,7 +384,7 @@ def test_bad_arguments_raise_before_launch(change, exc):
 def test_kernel_offsets_are_int64():
     """z at L = 4,096, C = 128 has 2^31 elements: every pointer offset must be 64-bit even when
     every stride arrives as i32."""
-    mod = "esmkernels.ops.triangle_multiplicative_kernels"
+    mod = "esmkernels.ops.trimul.forward"
     sizes = {"BLOCK_C": 128, "BLOCK_CH": 128}
     kernels = [
         Job(
@@ -414,7 +412,7 @@ def test_kernel_offsets_are_int64():
 def test_gpu_configs_compile_without_spills(dtype):
     """Every GPU autotune config compiles for sm_90 (C = Ch = 128, ESMFold's c_z) and ptxas
     reports no register spills."""
-    mod = "esmkernels.ops.triangle_multiplicative_kernels"
+    mod = "esmkernels.ops.trimul.forward"
     sizes = {"BLOCK_C": 128, "BLOCK_CH": 128}
     kernels = [
         Job(mod, "_trimul_proj_kernel", {**sizes, "HAS_MASK": True, "BLOCK_K": 32}, dtype),

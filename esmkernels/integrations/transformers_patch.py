@@ -61,7 +61,7 @@ from torch import nn
 
 from esmkernels.models.esm import PackedBatch, check_backend, fused_attention
 from esmkernels.models.esmfold import KernelTrunkOps
-from esmkernels.ops.layer_norm_kernels import layer_norm
+from esmkernels.ops import layer_norm
 from esmkernels.reference.esmfold import trunk as ref_trunk
 
 # Keyword under which the per-call plan travels from `EsmModel.forward` to the encoder and layers

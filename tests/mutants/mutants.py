@@ -54,7 +54,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ln-eps-outside-sqrt",
         "wrong eps",
-        "ops/layer_norm_kernels.py",
+        "ops/layernorm/forward.py",
         "b_rstd = 1.0 / tl.sqrt(b_var + eps)",
         "b_rstd = 1.0 / (tl.sqrt(b_var) + eps)",
         LN,
@@ -63,7 +63,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ln-eps-times-10",
         "wrong eps",
-        "ops/layer_norm_kernels.py",
+        "ops/layernorm/forward.py",
         "b_rstd = 1.0 / tl.sqrt(b_var + eps)",
         "b_rstd = 1.0 / tl.sqrt(b_var + 10 * eps)",
         LN,
@@ -72,7 +72,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ln-var-over-block",
         "off-by-padding",
-        "ops/layer_norm_kernels.py",
+        "ops/layernorm/forward.py",
         "b_var = tl.sum(b_xc * b_xc, axis=1) / N",
         "b_var = tl.sum(b_xc * b_xc, axis=1) / BLOCK_N",
         LN,
@@ -81,7 +81,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ln-centered-mask-dropped",
         "dropped mask",
-        "ops/layer_norm_kernels.py",
+        "ops/layernorm/forward.py",
         "b_xc = tl.where(m_x, b_x - b_mean[:, None], 0.0)",
         "b_xc = b_x - b_mean[:, None]",
         LN,
@@ -90,7 +90,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ln-bwd-c1-over-block",
         "off-by-padding",
-        "ops/layer_norm_kernels.py",
+        "ops/layernorm/backward.py",
         "c1 = tl.sum(b_xhat * b_g, axis=1) / N",
         "c1 = tl.sum(b_xhat * b_g, axis=1) / BLOCK_N",
         LN,
@@ -99,18 +99,17 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ln-bias-only-db-dropped",
         "ignored flag",
-        "ops/layer_norm_kernels.py",
+        "ops/layernorm/backward.py",
         "HAS_BIAS=bias is not None,",
         "HAS_BIAS=bias is not None and weight is not None,",
         LN,
         "assuming affine parameters always come as a pair: db is lost when weight is None",
-        nth=1,
     ),
     # ------------------------------------------------------------------ rotary attention
     Mutant(
         "rot-fwd-key-step-block-m",
         "wrong block size",
-        "ops/rotary_attention_fwd.py",
+        "ops/rotary/forward.py",
         "for start_n in range(0, n_tok, BLOCK_N):",
         "for start_n in range(0, n_tok, BLOCK_M):",
         ROT_TILES,
@@ -119,7 +118,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "rot-dq-key-step-block-m",
         "wrong block size",
-        "ops/rotary_attention_bwd.py",
+        "ops/rotary/backward.py",
         "for start_n in range(0, n_tok, BLOCK_N):",
         "for start_n in range(0, n_tok, BLOCK_M):",
         ROT_TILES,
@@ -128,7 +127,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "rot-dkdv-query-step-block-n",
         "wrong block size",
-        "ops/rotary_attention_bwd.py",
+        "ops/rotary/backward.py",
         "for start_m in range(0, n_tok, BLOCK_M):",
         "for start_m in range(0, n_tok, BLOCK_N):",
         ROT_TILES,
@@ -137,7 +136,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "rot-pos-batch-stride",
         "stride mix-up",
-        "ops/rotary_attention_fwd.py",
+        "ops/rotary/forward.py",
         "p_pos = pos_ptr + i_b * stride_pb + (bos + o_i) * stride_pt",
         "p_pos = pos_ptr + (bos + o_i) * stride_pt",
         ROT,
@@ -146,7 +145,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "rot-varlen-pos-offset",
         "index mix-up",
-        "ops/rotary_attention_fwd.py",
+        "ops/rotary/forward.py",
         "p_pos = pos_ptr + i_b * stride_pb + (bos + o_i) * stride_pt",
         "p_pos = pos_ptr + i_b * stride_pb + o_i * stride_pt",
         ROT_TILES,
@@ -155,7 +154,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "rot-mask-batch-stride",
         "stride mix-up",
-        "ops/rotary_attention_fwd.py",
+        "ops/rotary/forward.py",
         "b_keep = tl.load(mask_ptr + i_b * stride_mb + o_n * stride_mt, mask=m_n, other=0)",
         "b_keep = tl.load(mask_ptr + o_n * stride_mt, mask=m_n, other=0)",
         ROT,
@@ -164,7 +163,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "rot-rotation-sign",
         "sign",
-        "ops/rotary_attention_fwd.py",
+        "ops/rotary/forward.py",
         "b_x2 * b_cos + b_x1 * b_sin, BLOCK, D // 2",
         "b_x2 * b_cos - b_x1 * b_sin, BLOCK, D // 2",
         ROT,
@@ -173,7 +172,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "rot-unrotate-not-transposed",
         "sign",
-        "ops/rotary_attention_fwd.py",
+        "ops/rotary/forward.py",
         "b_g1 * b_cos + b_g2 * b_sin, b_g2 * b_cos - b_g1 * b_sin",
         "b_g1 * b_cos - b_g2 * b_sin, b_g2 * b_cos + b_g1 * b_sin",
         ROT,
@@ -182,7 +181,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "rot-dkdv-key-mask-dropped",
         "dropped mask",
-        "ops/rotary_attention_bwd.py",
+        "ops/rotary/backward.py",
         "        b_pt = tl.where(m_keep[:, None], b_pt, 0.0)  # [BLOCK_N, BLOCK_M]\n",
         "",
         ROT,
@@ -191,7 +190,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "rot-lse-base",
         "wrong scale",
-        "ops/rotary_attention_fwd.py",
+        "ops/rotary/forward.py",
         "(b_mx + tl.math.log2(tl.where(b_empty, 1.0, b_l))) / _LOG2E",
         "(b_mx + tl.math.log2(tl.where(b_empty, 1.0, b_l)))",
         ROT,
@@ -200,7 +199,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "rot-dq-scale",
         "wrong scale",
-        "ops/rotary_attention_bwd.py",
+        "ops/rotary/backward.py",
         "b_dq = b_dq * scale",
         "b_dq = b_dq * qk_scale",
         ROT,
@@ -209,7 +208,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "rot-grid-floor",
         "off-by-one",
-        "ops/rotary_attention_fwd.py",
+        "ops/rotary/forward.py",
         "triton.cdiv(self.max_seqlen, meta[block_key])",
         "self.max_seqlen // meta[block_key]",
         ROT,
@@ -218,7 +217,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "rot-torch-empty-row",
         "dropped mask",
-        "ops/rotary_attention_kernels.py",
+        "ops/rotary/torch_path.py",
         "out = torch.where(empty[:, None, None, None], out.new_zeros(()), out)",
         "pass",
         ROT,
@@ -228,7 +227,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ax-fwd-key-step-block-m",
         "wrong block size",
-        "ops/axial_attention_kernels.py",
+        "ops/axial/forward.py",
         "for start_n in range(0, N, BLOCK_N):",
         "for start_n in range(0, N, BLOCK_M):",
         AX_TILES,
@@ -237,7 +236,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ax-dq-key-step-block-m",
         "wrong block size",
-        "ops/axial_attention_bwd.py",
+        "ops/axial/backward.py",
         "for start_n in range(0, N, BLOCK_N):",
         "for start_n in range(0, N, BLOCK_M):",
         AX_TILES,
@@ -246,7 +245,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ax-dkdv-query-step-block-n",
         "wrong block size",
-        "ops/axial_attention_bwd.py",
+        "ops/axial/backward.py",
         "for start_m in range(0, N, BLOCK_M):",
         "for start_m in range(0, N, BLOCK_N):",
         AX_TILES,
@@ -255,7 +254,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ax-dbias-tile-offset",
         "wrong block size",
-        "ops/axial_attention_bwd.py",
+        "ops/axial/backward.py",
         "o_m = (i_t // n_tiles_n) * BLOCK_M",
         "o_m = (i_t // n_tiles_n) * BLOCK_N",
         AX_TILES,
@@ -264,7 +263,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ax-mask-row-stride",
         "stride mix-up",
-        "ops/axial_attention_kernels.py",
+        "ops/axial/forward.py",
         "mask_base = i_b * stride_maskb + i_r * stride_maskr",
         "mask_base = i_b * stride_maskb",
         AX,
@@ -273,7 +272,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ax-bias-transposed",
         "stride mix-up",
-        "ops/axial_attention_kernels.py",
+        "ops/axial/forward.py",
         "p = bias_ptr + base + o_m[:, None] * stride_q + o_n[None, :] * stride_k",
         "p = bias_ptr + base + o_m[:, None] * stride_k + o_n[None, :] * stride_q",
         AX,
@@ -282,7 +281,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ax-chunk-ignored",
         "skipped chunking",
-        "ops/axial_attention_kernels.py",
+        "ops/axial/op.py",
         "step = R if chunk_size is None or chunk_size >= R else chunk_size",
         "step = R",
         AX,
@@ -291,7 +290,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ax-saves-gated-output",
         "index mix-up",
-        "ops/axial_attention_kernels.py",
+        "ops/axial/op.py",
         "out if gate is None else ungated, lse)",
         "out, lse)",
         AX,
@@ -300,7 +299,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ax-empty-row-lse",
         "dropped mask",
-        "ops/axial_attention_kernels.py",
+        "ops/axial/forward.py",
         'b_lse = tl.where(b_empty, float("inf"), b_mi + tl.log2(b_lsafe))',
         "b_lse = b_mi + tl.log2(b_lsafe)",
         AX,
@@ -309,7 +308,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ax-dbias-first-split-only",
         "off-by-one",
-        "ops/axial_attention_bwd.py",
+        "ops/axial/backward.py",
         "dbias = part[0] if S == 1 else part.sum(0)",
         "dbias = part[0]",
         AX,
@@ -318,7 +317,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ax-dk-unscaled",
         "wrong scale",
-        "ops/axial_attention_bwd.py",
+        "ops/axial/backward.py",
         "tl.store(p_dk, (b_dk * scale).to(dk_ptr.dtype.element_ty), mask=m_nd)",
         "tl.store(p_dk, b_dk.to(dk_ptr.dtype.element_ty), mask=m_nd)",
         AX,
@@ -328,7 +327,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "tm-chunk-ignored",
         "skipped chunking",
-        "ops/triangle_multiplicative_kernels.py",
+        "ops/trimul/forward.py",
         "step = ch if chunk_size is None else min(chunk_size, ch)",
         "step = ch",
         TM,
@@ -337,7 +336,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "tm-chunk-channel-offset",
         "index mix-up",
-        "ops/triangle_multiplicative_kernels.py",
+        "ops/trimul/forward.py",
         "p_x = x_ptr + i_b * stride_xb + (H_OFF + i_h) * stride_xh",
         "p_x = x_ptr + i_b * stride_xb + i_h * stride_xh",
         TM,
@@ -346,7 +345,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "tm-incoming-a-layout",
         "index mix-up",
-        "ops/triangle_multiplicative_kernels.py",
+        "ops/trimul/forward.py",
         "p_a = a_ptr + base + o_k[None, :] * L + o_i[:, None]",
         "p_a = a_ptr + base + o_i[:, None] * L + o_k[None, :]",
         TM,
@@ -355,7 +354,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "tm-a-mask-dropped",
         "dropped mask",
-        "ops/triangle_multiplicative_kernels.py",
+        "ops/trimul/forward.py",
         "(b_a * b_keep[:, None]).to(a_ptr.dtype.element_ty)",
         "b_a.to(a_ptr.dtype.element_ty)",
         TM,
@@ -364,7 +363,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "tm-ln-out-width",
         "index mix-up",
-        "ops/triangle_multiplicative_kernels.py",
+        "ops/trimul/forward.py",
         "ln_out_w_ptr, ln_out_b_ptr, o_h, m_h, CH, eps)",
         "ln_out_w_ptr, ln_out_b_ptr, o_h, m_h, C, eps)",
         TM,
@@ -373,7 +372,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "tm-bwd-b-grad-dropped",
         "ignored flag",
-        "ops/triangle_multiplicative_kernels.py",
+        "ops/trimul/backward.py",
         "        if b_leaf.grad is not None:\n            torch.autograd.backward(b_t, b_leaf.grad)",
         "        pass",
         TM,
@@ -382,7 +381,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "tm-bwd-chunk-ignored",
         "skipped chunking",
-        "ops/triangle_multiplicative_kernels.py",
+        "ops/trimul/backward.py",
         "step = chunk_size or BWD_ROWS",
         "step = BWD_ROWS",
         TM,

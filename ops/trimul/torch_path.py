@@ -1,4 +1,4 @@
-"""Memory-lean PyTorch triangle multiplicative update for inference (the CPU fast path).
+"""Memory-lean PyTorch triangle multiplicative update for inference (the CPU fast path): `lean_update`.
 
 Same arguments and result as `esmkernels.reference.esmfold.trunk_functional.
 triangle_multiplicative_update` (the spec), computed in an order that keeps one pair-sized
@@ -17,9 +17,9 @@ channel slices ([B, h, L, L]: a, b and their product) + one row block's temporar
 matmul runs in z.dtype with BLAS's fp32 accumulation (upcast to fp32 for fp16, whose range x
 outgrows), so results equal the reference's up to summation order.
 
-Not differentiable (it writes into buffers): the fast model calls it only with autograd off;
-with autograd on it uses the reference. The Triton path chunks the same hidden channels
-(`channel_slice`), see `esmkernels.ops.triangle_multiplicative_kernels`.
+Not differentiable (it writes into buffers): the op runs it only with autograd off; with
+autograd on it runs the reference. The Triton path chunks the same hidden channels
+(`channel_slice`), see `esmkernels.ops.trimul.forward`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def channel_slice(chunk_size: int | None, length: int, channels: int) -> int:
     return max(1, min(channels, max(channels // 4, channels * chunk_size // max(length, 1))))
 
 
-def triangle_multiplicative_update(
+def lean_update(
     z: Tensor,
     mask: Tensor | None,
     *,
@@ -95,12 +95,12 @@ def triangle_multiplicative_update(
         >>> p.update({n: torch.randn(C, C) for n in ("a_proj_weight", "a_gate_weight",
         ...      "b_proj_weight", "b_gate_weight", "out_proj_weight", "out_gate_weight")})
         >>> with torch.no_grad():
-        ...     triangle_multiplicative_update(torch.randn(1, 5, 5, C), None, outgoing=True, **p).shape
+        ...     lean_update(torch.randn(1, 5, 5, C), None, outgoing=True, **p).shape
         torch.Size([1, 5, 5, 8])
     """
     if torch.is_grad_enabled():
         raise RuntimeError(
-            "esmfold_lean.triangle_multiplicative_update is inference-only: call it under "
+            "trimul.torch_path.lean_update is inference-only: call it under "
             "torch.no_grad() / torch.inference_mode() (the reference op is differentiable)"
         )
     if z.dim() != 4 or z.shape[1] != z.shape[2]:
@@ -189,4 +189,4 @@ def _output_rows(
     return y
 
 
-__all__ = ["channel_slice", "triangle_multiplicative_update"]
+__all__ = ["channel_slice", "lean_update"]

@@ -1,4 +1,4 @@
-"""Backward kernels of `esmkernels.ops.axial_attention_kernels` (split out to keep files short).
+"""Axial attention backward: preprocess, dk/dv, dq and dbias kernels and their launchers.
 
 With the saved base-2 log-sum-exp `lse` and the ungated output o, every backward kernel
 recomputes a [BLOCK_M, BLOCK_N] tile of the softmax exactly,
@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from esmkernels.ops._dispatch import interpreting, poison_empty
-from esmkernels.ops.axial_attention_kernels import (
+from esmkernels.ops.axial.forward import (
     AUTOTUNE_KEY,
     DBIAS_TUNING,
     DKDV_TUNING,

@@ -1,143 +1,26 @@
-"""Rotary self-attention for the ESM language models: dispatch, validation, autograd, torch path.
+"""Bidirectional softmax self-attention with ESM's rotary embedding fused in: `rotary_attention`.
 
-The Triton kernels live in `ops/rotary_attention_fwd.py` (forward, shared jit helpers) and
-`ops/rotary_attention_bwd.py` (backward); this module holds the layers above them:
-the custom ops `esmkernels::rotary_attention_fwd` / `rotary_attention_bwd` (fake implementations
-with the fp32 log-sum-exp the backward keeps; the backward registered as the forward op's autograd;
-see `esmkernels.ops._custom_ops`) and the public `rotary_attention`.
+Math (per sequence and head; ESM rotate-half rotary, see `esmkernels.reference.functional`):
 
-The torch path (backend="torch", and "auto" off CUDA) is what the CPU models run, so it is built
-for speed rather than as a second reference: rotary is applied once in fp32 with the reference's
-`rotary_cos_sin` / `apply_rotary`, then `torch.nn.functional.scaled_dot_product_attention` runs at
-the input dtype. Varlen input is scattered into a padded `[B, max_seqlen]` batch with a key mask
-(one gather, one SDPA call, one gather back) instead of a Python loop over sequences. A sequence
-whose keys are all masked is given an all-keep mask for SDPA (so no NaN appears, forward or
-backward) and its output is then replaced by zeros, matching the reference's convention.
+    q' = R(p) (scale * q),  k' = R(p) k         R(p) rotates pairs (x_j, x_{j+D/2}) by p*inv_freq_j
+    out = softmax(q' k'^T over kept keys) v
+
+Modules: `forward` (kernel, shared jit helpers, launcher `rotary_attention_fwd`), `backward`
+(preprocess, dk/dv and dq kernels, launcher `rotary_attention_bwd`), `op` (the custom ops
+`esmkernels::rotary_attention_fwd` / `rotary_attention_bwd`, fakes, autograd), `torch_path`
+(SDPA, padded and varlen); this module: validation, dispatch and the public function.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from esmkernels.ops._custom_ops import define
 from esmkernels.ops._dispatch import default_backend, resolve_backend
-from esmkernels.ops.rotary_attention_bwd import rotary_attention_bwd
-from esmkernels.ops.rotary_attention_fwd import SUPPORTED_HEAD_DIMS, rotary_attention_fwd
-from esmkernels.reference import functional as ref
+from esmkernels.ops.rotary import torch_path
+from esmkernels.ops.rotary.forward import SUPPORTED_HEAD_DIMS
+from esmkernels.ops.rotary.op import _rotary_attention_fwd_op
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-# ------------------------------------------------------------------------------------------------
-# Custom ops (torch.library): fake implementations and autograd, see esmkernels.ops._custom_ops
-# ------------------------------------------------------------------------------------------------
-
-
-def _fwd_fake(q, k, v, inv_freq, position_ids, key_padding_mask, cu_seqlens, max_seqlen, scale):
-    if cu_seqlens is None:
-        B, L, H, _ = q.shape
-        lse_shape = (B, H, L)
-    else:
-        T, H, _ = q.shape
-        lse_shape = (H, T)
-    return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=torch.float32)
-
-
-def _bwd_fake(do, q, k, v, out, lse, inv_freq, position_ids, key_padding_mask, cu_seqlens,
-              max_seqlen, scale):  # fmt: skip
-    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
-
-
-@define("rotary_attention_bwd", fake=_bwd_fake)
-def _rotary_attention_bwd_op(
-    do: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    inv_freq: torch.Tensor | None,
-    position_ids: torch.Tensor | None,
-    key_padding_mask: torch.Tensor | None,
-    cu_seqlens: torch.Tensor | None,
-    max_seqlen: int | None,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    side = dict(inv_freq=inv_freq, position_ids=position_ids, key_padding_mask=key_padding_mask)
-    return rotary_attention_bwd(
-        do, q, k, v, out, lse, **side, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, scale=scale
-    )
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, inv_freq, position_ids, key_padding_mask, cu_seqlens, max_seqlen, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, inv_freq, position_ids, key_padding_mask, cu_seqlens)
-    ctx.max_seqlen, ctx.scale = max_seqlen, scale
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, do, _dlse):
-    q, k, v, out, lse, *side = ctx.saved_tensors
-    dq, dk, dv = _rotary_attention_bwd_op(do, q, k, v, out, lse, *side, ctx.max_seqlen, ctx.scale)
-    return dq, dk, dv, None, None, None, None, None, None
-
-
-@define("rotary_attention_fwd", fake=_fwd_fake, backward=_backward, setup_context=_setup_context)
-def _rotary_attention_fwd_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    inv_freq: torch.Tensor | None,
-    position_ids: torch.Tensor | None,
-    key_padding_mask: torch.Tensor | None,
-    cu_seqlens: torch.Tensor | None,
-    max_seqlen: int | None,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, lse): see `rotary_attention_fwd`; differentiable in q, k and v."""
-    side = dict(inv_freq=inv_freq, position_ids=position_ids, key_padding_mask=key_padding_mask)
-    return rotary_attention_fwd(
-        q, k, v, **side, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, scale=scale
-    )
-
-
-def _torch_padded(q, k, v, inv_freq, position_ids, key_padding_mask, scale):
-    """[B, L, H, D] attention with SDPA at the input dtype, rotary applied in fp32 beforehand."""
-    L = q.shape[1]
-    if inv_freq is not None:
-        pos = torch.arange(L, device=q.device) if position_ids is None else position_ids
-        cos, sin = ref.rotary_cos_sin(pos if pos.dim() == 2 else pos[None], inv_freq)
-        q, k = ref.apply_rotary(q, cos, sin), ref.apply_rotary(k, cos, sin)
-    attn_mask, empty = None, None
-    if key_padding_mask is not None:
-        keep = key_padding_mask.bool()
-        empty = ~keep.any(dim=-1)  # [B]: sequences with no key at all
-        keep = keep | empty[:, None]
-        attn_mask = keep[:, None, None, :]  # [B, 1, 1, L]
-    out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask, scale=scale
-    ).transpose(1, 2)
-    if empty is not None:
-        out = torch.where(empty[:, None, None, None], out.new_zeros(()), out)
-    return out
-
-
-def _torch_varlen(q, k, v, cu_seqlens, max_seqlen, inv_freq, position_ids, scale):
-    """[T, H, D] packed attention: gather into [B, max_seqlen], run the padded path, gather back."""
-    lens = cu_seqlens[1:] - cu_seqlens[:-1]  # [B]
-    j = torch.arange(max_seqlen, device=q.device)
-    valid = j[None, :] < lens[:, None]  # [B, max_seqlen]
-    index = (cu_seqlens[:-1, None].long() + j[None, :]).clamp_(max=max(q.shape[0] - 1, 0))
-    pad = [t[index] for t in (q, k, v)]  # [B, max_seqlen, H, D]
-    pos = None if position_ids is None else position_ids[index]
-    out = _torch_padded(*pad, inv_freq, pos, valid, scale)
-    # Back to packed tokens by index, not by the boolean mask: the output shape [T, H, D] stays
-    # static, so torch.compile traces this without a graph break.
-    t = torch.arange(q.shape[0], device=q.device)
-    seq = torch.searchsorted(cu_seqlens[1:].long(), t, right=True)  # [T]
-    return out[seq, t - cu_seqlens[seq].long()]
 
 
 def requested_backend(backend: str | None) -> str:
@@ -293,8 +176,8 @@ def rotary_attention(
         chosen = "torch"  # "auto": a head dim the kernels do not tile runs on the torch path
     if chosen == "torch":
         if cu_seqlens is None:
-            return _torch_padded(q, k, v, inv_freq, position_ids, key_padding_mask, scale)
-        return _torch_varlen(q, k, v, cu_seqlens, max_seqlen, inv_freq, position_ids, scale)
+            return torch_path.padded(q, k, v, inv_freq, position_ids, key_padding_mask, scale)
+        return torch_path.varlen(q, k, v, cu_seqlens, max_seqlen, inv_freq, position_ids, scale)
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32)
     out, _ = _rotary_attention_fwd_op(

@@ -33,7 +33,7 @@ import triton.language as tl
 
 from esmkernels.ops._dispatch import interpreting, poison_empty
 from esmkernels.ops._tuning import tuning
-from esmkernels.ops.rotary_attention_fwd import (
+from esmkernels.ops.rotary.forward import (
     _LOG2E,
     LOG2E,
     _cast,

@@ -1,0 +1,113 @@
+"""Flash-style axial (triangle) attention with a bias shared across rows, sigmoid gate and key
+mask: `axial_attention`.
+
+Math (the spec is `esmkernels.reference.esmfold.trunk_functional.axial_attention`): q, k, v, gate
+are [B, R, N, H, D] with ANY strides; within each row r,
+
+    s[n, m]  = scale * q[n] . k[m] + bias[b, h, n, m]         (-inf where mask[b, r, m] == 0)
+    out[n]   = sigmoid(gate[n]) * sum_m softmax_m(s)[n, m] * v[m]
+
+Modules: `forward` (kernel + launcher `axial_attention_fwd`), `backward` (preprocess, dk/dv, dq
+and dbias kernels, launchers), `op` (the custom ops `esmkernels::axial_attention_fwd` /
+`axial_attention_bwd` over row blocks, fakes, autograd); this module: validation, dispatch and
+the public function.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from esmkernels.ops._dispatch import resolve_backend
+from esmkernels.ops.axial.op import _axial_attention_fwd_op
+from esmkernels.reference.esmfold import trunk_functional as ref
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_HEAD_DIM = 128
+
+
+def _check_args(q, k, v, bias, mask, gate, chunk_size) -> None:
+    if not isinstance(q, torch.Tensor) or q.dim() != 5:
+        raise ValueError(
+            f"axial_attention: q must be a [B, R, N, H, D] tensor, got {getattr(q, 'shape', q)!r}"
+        )
+    B, R, N, H, D = q.shape
+    for name, t in (("k", k), ("v", v), ("gate", gate)):
+        if t is not None and t.shape != q.shape:
+            raise ValueError(
+                f"axial_attention: {name} shape {tuple(t.shape)} != q shape {tuple(q.shape)}"
+            )
+    for name, t in (("q", q), ("k", k), ("v", v), ("gate", gate), ("bias", bias)):
+        if t is not None and t.dtype not in _DTYPES:
+            raise TypeError(f"axial_attention: {name} dtype {t.dtype} is not one of {_DTYPES}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"axial_attention: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if bias is not None and tuple(bias.shape) != (B, H, N, N):
+        raise ValueError(f"axial_attention: bias must be {(B, H, N, N)}, got {tuple(bias.shape)}")
+    if mask is not None and tuple(mask.shape) != (B, R, N):
+        raise ValueError(f"axial_attention: mask must be {(B, R, N)}, got {tuple(mask.shape)}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(
+            f"axial_attention: chunk_size must be a positive int or None, got {chunk_size!r}"
+        )
+    devices = {t.device for t in (q, k, v, bias, mask, gate) if t is not None}
+    if len(devices) > 1:
+        raise ValueError(
+            f"axial_attention: tensors on different devices: {sorted(map(str, devices))}"
+        )
+
+
+def axial_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    gate: torch.Tensor | None = None,
+    scale: float | None = None,
+    chunk_size: int | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Gated multi-head attention over N within each of R rows, bias shared by all rows.
+
+    Triangle attention around the starting node: q, k, v, gate are the pair tensor's projections
+    viewed as [B, R=L, N=L, H, D]; around the ending node, the same on `x.transpose(1, 2)` views
+    (no copy: the kernels read through strides). ESMFold's sequence attention is R = 1.
+
+    Args:
+        q, k, v: [B, R, N, H, D] fp32 / bf16 / fp16 (same dtype), any strides; D <= 128.
+        bias: [B, H, N, N] additive logits bias shared by all rows (any float dtype, any
+            strides, stride 0 allowed), or None. Differentiable.
+        mask: [B, R, N] key mask per row, 1 = keep (bool or numeric, nonzero = keep). A query
+            whose keys are all masked gives zeros (and zero gradients), never NaN.
+        gate: [B, R, N, H, D] gate logits: out *= sigmoid(gate), or None.
+        scale: logits scale on q . k; default D ** -0.5.
+        chunk_size: process rows in blocks of this many (bounds the reference's logits memory;
+            the kernels never hold more than a tile of them).
+        backend: "auto" | "triton" | "torch" (see `esmkernels.ops._dispatch`).
+
+    Returns:
+        [B, R, N, H, D] in q.dtype, with q's strides when q is dense. linear_o is the caller's.
+
+    Example:
+        >>> q, k, v, g = (torch.randn(1, 6, 6, 4, 32) for _ in range(4))
+        >>> out = axial_attention(q, k, v, bias=torch.randn(1, 4, 6, 6), gate=g)
+        >>> out.shape
+        torch.Size([1, 6, 6, 4, 32])
+    """
+    _check_args(q, k, v, bias, mask, gate, chunk_size)
+    D = q.shape[-1]
+    scale = D**-0.5 if scale is None else float(scale)
+    chosen = resolve_backend(backend, q, k, v, bias, mask, gate, op="axial_attention")
+    if chosen == "torch":
+        return ref.axial_attention(
+            q, k, v, bias=bias, mask=mask, gate=gate, scale=scale, chunk_size=chunk_size
+        )
+    if D > MAX_HEAD_DIM:
+        raise ValueError(
+            f"axial_attention: head width D={D} > {MAX_HEAD_DIM} is not supported by the kernel"
+        )
+    inputs = (q, k, v, bias, gate)
+    # Inference keeps no ungated output for a backward.
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    return _axial_attention_fwd_op(q, k, v, bias, mask, gate, scale, chunk_size, training)[0]

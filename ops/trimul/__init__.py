@@ -1,0 +1,141 @@
+"""Fused triangle multiplicative update (AlphaFold 2 Algorithms 11 / 12, ESMFold's tri_mul_out /
+tri_mul_in): `triangle_multiplicative_update`.
+
+The spec is `esmkernels.reference.esmfold.trunk_functional.triangle_multiplicative_update`:
+
+    zn = LN_in(z);  a = m * sigmoid(zn Wag^T + bag) * (zn Wap^T + bap);  b likewise
+    outgoing: x[i, j] = sum_k a[i, k] b[j, k]        incoming: x[i, j] = sum_k a[k, i] b[k, j]
+    update = sigmoid(zn Wg^T + bg) * (LN_out(x) Wz^T + bz)
+
+Modules: `forward` (projection, contraction and output kernels, launchers, `trimul_fwd`),
+`backward` (the row-blocked recompute through the reference), `op` (the custom ops
+`esmkernels::triangle_multiplicative_fwd` / `triangle_multiplicative_bwd`, fakes, autograd),
+`torch_path` (the memory-lean PyTorch path for inference); this module: validation, dispatch
+and the public function.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from esmkernels.ops._dispatch import resolve_backend
+from esmkernels.ops.trimul.forward import PARAM_NAMES
+from esmkernels.ops.trimul.op import _trimul_fwd_op
+from esmkernels.reference.esmfold import trunk_functional as ref
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_CHANNELS = 256
+
+
+def _check_args(z, mask, params, chunk_size) -> None:
+    if not isinstance(z, torch.Tensor) or z.dim() != 4 or z.shape[1] != z.shape[2]:
+        raise ValueError(
+            f"triangle_multiplicative_update: z must be [B, L, L, C], got {getattr(z, 'shape', z)!r}"
+        )
+    if z.dtype not in _DTYPES:
+        raise TypeError(
+            f"triangle_multiplicative_update: z dtype {z.dtype} is not one of {_DTYPES}"
+        )
+    B, L, _, C = z.shape
+    if mask is not None and tuple(mask.shape) != (B, L, L):
+        raise ValueError(
+            f"triangle_multiplicative_update: mask must be {(B, L, L)}, got {tuple(mask.shape)}"
+        )
+    ch = params["a_proj_weight"].shape[0]
+    expected = {
+        "ln_in_weight": (C,), "ln_in_bias": (C,),
+        "a_proj_weight": (ch, C), "a_proj_bias": (ch,), "a_gate_weight": (ch, C), "a_gate_bias": (ch,),
+        "b_proj_weight": (ch, C), "b_proj_bias": (ch,), "b_gate_weight": (ch, C), "b_gate_bias": (ch,),
+        "ln_out_weight": (ch,), "ln_out_bias": (ch,),
+        "out_proj_weight": (C, ch), "out_proj_bias": (C,), "out_gate_weight": (C, C), "out_gate_bias": (C,),
+    }  # fmt: skip
+    for name, shape in expected.items():
+        t = params[name]
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+            raise ValueError(
+                f"triangle_multiplicative_update: {name} must have shape {shape}, got {tuple(getattr(t, 'shape', ()))}"
+            )
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(
+            f"triangle_multiplicative_update: chunk_size must be a positive int or None, got {chunk_size!r}"
+        )
+
+
+def triangle_multiplicative_update(
+    z: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    ln_in_weight: torch.Tensor,
+    ln_in_bias: torch.Tensor,
+    a_proj_weight: torch.Tensor,
+    a_proj_bias: torch.Tensor,
+    a_gate_weight: torch.Tensor,
+    a_gate_bias: torch.Tensor,
+    b_proj_weight: torch.Tensor,
+    b_proj_bias: torch.Tensor,
+    b_gate_weight: torch.Tensor,
+    b_gate_bias: torch.Tensor,
+    ln_out_weight: torch.Tensor,
+    ln_out_bias: torch.Tensor,
+    out_proj_weight: torch.Tensor,
+    out_proj_bias: torch.Tensor,
+    out_gate_weight: torch.Tensor,
+    out_gate_bias: torch.Tensor,
+    outgoing: bool,
+    eps: float = 1e-5,
+    chunk_size: int | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Fused triangle multiplicative update (outgoing = Algorithm 11, incoming = Algorithm 12).
+
+    Args:
+        z: [B, L, L, C] pair representation, fp32 / bf16 / fp16, any strides.
+        mask: [B, L, L] pair mask, 1 = keep (masked pairs contribute nothing), or None.
+        ln_in_*: [C]; a_/b_ proj and gate weights [Ch, C] and biases [Ch]; ln_out_*: [Ch];
+            out_proj_weight [C, Ch] (linear_z), out_gate_weight [C, C] (linear_g), biases [C].
+            (HF ESMFold names: layer_norm_in, linear_a_p, linear_a_g, linear_b_p, linear_b_g,
+            layer_norm_out, linear_z, linear_g.)
+        outgoing: True for x[i,j] = sum_k a[i,k] b[j,k]; False for x[i,j] = sum_k a[k,i] b[k,j].
+        eps: LayerNorm epsilon.
+        chunk_size: kernels: project and contract this many hidden channels at a time (bounds
+            the a / b buffers); torch reference: this many output rows at a time.
+        backend: "auto" | "triton" | "torch" (see `esmkernels.ops._dispatch`).
+
+    Returns:
+        [B, L, L, C] in z.dtype: the update (the caller adds the residual and dropout).
+
+    Example:
+        >>> C = 16
+        >>> p = {n: torch.randn(C) for n in ("ln_in_weight", "ln_in_bias", "ln_out_weight",
+        ...      "ln_out_bias", "a_proj_bias", "a_gate_bias", "b_proj_bias", "b_gate_bias",
+        ...      "out_proj_bias", "out_gate_bias")}
+        >>> p.update({n: torch.randn(C, C) / 4 for n in ("a_proj_weight", "a_gate_weight",
+        ...      "b_proj_weight", "b_gate_weight", "out_proj_weight", "out_gate_weight")})
+        >>> triangle_multiplicative_update(torch.randn(1, 6, 6, C), None, outgoing=False, **p).shape
+        torch.Size([1, 6, 6, 16])
+    """
+    params = {
+        "ln_in_weight": ln_in_weight, "ln_in_bias": ln_in_bias,
+        "a_proj_weight": a_proj_weight, "a_proj_bias": a_proj_bias,
+        "a_gate_weight": a_gate_weight, "a_gate_bias": a_gate_bias,
+        "b_proj_weight": b_proj_weight, "b_proj_bias": b_proj_bias,
+        "b_gate_weight": b_gate_weight, "b_gate_bias": b_gate_bias,
+        "ln_out_weight": ln_out_weight, "ln_out_bias": ln_out_bias,
+        "out_proj_weight": out_proj_weight, "out_proj_bias": out_proj_bias,
+        "out_gate_weight": out_gate_weight, "out_gate_bias": out_gate_bias,
+    }  # fmt: skip
+    _check_args(z, mask, params, chunk_size)
+    chosen = resolve_backend(
+        backend, z, mask, *params.values(), op="triangle_multiplicative_update"
+    )
+    if chosen == "torch":
+        return ref.triangle_multiplicative_update(
+            z, mask, **params, outgoing=outgoing, eps=eps, chunk_size=chunk_size
+        )
+    C, ch = z.shape[-1], a_proj_weight.shape[0]
+    if max(C, ch) > MAX_CHANNELS:
+        raise ValueError(
+            f"triangle_multiplicative_update: channels C={C}, Ch={ch} > {MAX_CHANNELS} are not supported by the kernels"
+        )
+    ordered = [params[n] for n in PARAM_NAMES]
+    return _trimul_fwd_op(z, mask, ordered, bool(outgoing), float(eps), chunk_size)
