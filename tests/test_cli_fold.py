@@ -5,12 +5,14 @@ and gives byte-identical files; out-of-memory retries at a smaller chunk, then f
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
-from esmkernels.cli import fold as fold_cli
 from esmkernels.models.esmfold import EsmForProteinFolding
+from esmkernels.reference.esmfold.inference import retry_chunk_sizes
+from esmkernels.reference.esmfold.trunk import EsmFoldingTrunk
 from tests._cli import fasta, files, fold_checkpoint, run
 from tests.test_esmfold_model import parse_atoms
 
@@ -102,16 +104,16 @@ def test_killed_run_resumes_byte_identically(ckpt, tmp_path, monkeypatch):
     fa = fasta(tmp_path / "in.fasta", RECORDS)
     argv = ["-m", ckpt, "--max-tokens-per-batch", "1", "--pae", "--num-recycles", "0", "-q"]
     assert run("fold", fa, "-o", tmp_path / "whole", *argv) == 0
-    real = fold_cli._Folder.fold
+    real = EsmForProteinFolding.infer_records
     calls = []
 
-    def dies_on_second(self, batch):
-        calls.append([o for o, _ in batch])
+    def dies_on_second(self, seqs, **kwargs):
+        calls.append(list(seqs))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, batch)
+        return real(self, seqs, **kwargs)
 
-    monkeypatch.setattr(fold_cli._Folder, "fold", dies_on_second)
+    monkeypatch.setattr(EsmForProteinFolding, "infer_records", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         run("fold", fa, "-o", tmp_path / "killed", *argv)
     name = summary(tmp_path / "whole" / "summary.tsv")[1]["file"]
@@ -119,9 +121,13 @@ def test_killed_run_resumes_byte_identically(ckpt, tmp_path, monkeypatch):
     stamp = first.stat().st_mtime_ns, first.stat().st_ino
     (tmp_path / "killed" / ".mono.pdb.k9x_2ab1.tmp").write_text("half a PDB")  # killed mid-write
     calls.clear()
-    monkeypatch.setattr(fold_cli._Folder, "fold", lambda self, b: calls.append(b) or real(self, b))
+    monkeypatch.setattr(
+        EsmForProteinFolding,
+        "infer_records",
+        lambda self, seqs, **kw: calls.append(list(seqs)) or real(self, seqs, **kw),
+    )
     assert run("fold", fa, "-o", tmp_path / "killed", *argv) == 0
-    assert sorted(o for b in calls for o, _ in b) == [0, 2]  # the dimer was not folded again
+    assert calls == [["MKTAYIAK"], ["QW"]]  # the dimer was not folded again
     assert (first.stat().st_mtime_ns, first.stat().st_ino) == stamp
     whole, killed = files(tmp_path / "whole"), files(tmp_path / "killed")
     assert set(whole) == set(killed)
@@ -140,34 +146,48 @@ def test_killed_run_resumes_byte_identically(ckpt, tmp_path, monkeypatch):
     assert run("fold", fa, "-o", tmp_path / "killed", *argv[:-2], "--num-recycles", "1", "-q") == 2
 
 
-def test_out_of_memory_retries_smaller_chunks_then_fails_alone(ckpt, tmp_path, monkeypatch, capsys):
+def fake_trunk_oom(monkeypatch, fails):
+    """The trunk raises torch.OutOfMemoryError when `fails(batch, positions, chunk)`; returns
+    the (batch, positions, chunk) of every trunk call."""
+    calls = []
+    real = EsmFoldingTrunk.forward
+
+    def trunk(self, s_s_0, *args, **kwargs):
+        calls.append((*s_s_0.shape[:2], self.chunk_size))
+        if fails(*calls[-1]):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(self, s_s_0, *args, **kwargs)
+
+    monkeypatch.setattr(EsmFoldingTrunk, "forward", trunk)
+    return calls
+
+
+def test_out_of_memory_splits_the_batch_retries_smaller_chunks_then_fails_alone(
+    ckpt, tmp_path, monkeypatch, capsys
+):
     fa = fasta(tmp_path / "in.fasta", RECORDS)
-    real = fold_cli._Folder._infer
-    seen = []
 
-    def oom(self, batch, chunk, longest):
-        seen.append(([o for o, _ in batch], chunk))
-        ids = [o for o, _ in batch]
-        if 0 in ids or (1 in ids and (not isinstance(chunk, int) or chunk > 16)):
-            self.model.last_chunk_size = None  # an unchunked attempt (as _infer records it)
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return real(self, batch, chunk, longest)
+    def fails(batch, positions, chunk):  # mono (8) never fits; the dimer (32) fits at a retry
+        alone = [c for b, n, c in calls if (b, n) == (1, 32)]
+        return batch > 1 or positions == 8 or len(alone) == 1
 
-    monkeypatch.setattr(fold_cli._Folder, "_infer", oom)
+    calls = fake_trunk_oom(monkeypatch, fails)
     code = run("fold", fa, "-m", ckpt, "-o", tmp_path / "o", "--num-recycles", "0", "-q")
     assert code == 1
-    assert seen[0] == ([1, 0, 2], "auto")  # one batch (longest first), split after the OOM
-    assert ([1], 16) in seen and ([1], 8) not in seen
+    assert calls[0][:2] == (3, 32)  # one batch, split after the OOM
+    first, retry = [c for b, n, c in calls if (b, n) == (1, 32)]
+    assert retry == retry_chunk_sizes(first, 32)[0]  # half the chunk "auto" picked
     rows = {r["id"]: r for r in summary(tmp_path / "o" / "summary.tsv")}
-    assert rows["x/y|z"]["status"] == "done" and rows["x/y|z"]["chunk_size"] == "16"
+    assert rows["x/y|z"]["status"] == "done" and rows["x/y|z"]["chunk_size"] == str(retry)
     assert rows["short"]["status"] == "done"
     assert rows["mono"]["status"] == "failed"
-    assert (
-        rows["mono"]["reason"]
-        == "out of memory (8 positions) even alone at chunk sizes [128, 64, 32, 16, 8, 4]"
-    )
+    assert re.fullmatch(
+        r"OutOfMemoryError: ESMFold infer: out of memory folding a sequence of L=8 positions "
+        r"\(linkers included\) alone, at chunk sizes \[\w+, 4\] .*",
+        rows["mono"]["reason"],
+    ), rows["mono"]["reason"]
     assert not (tmp_path / "o" / "mono.pdb").exists()
-    assert "mono: out of memory" in capsys.readouterr().err
+    assert "mono: OutOfMemoryError" in capsys.readouterr().err
 
 
 def test_skip_invalid_and_multimer_rules(ckpt, tmp_path, capsys):
@@ -195,19 +215,10 @@ def test_shares_fold_disjoint_records(ckpt, tmp_path):
     assert len(list(out.glob("*.pdb"))) == 3 and not (out / "summary.tsv").exists()
 
 
-def test_out_of_memory_halves_the_chunk_auto_picked(ckpt, tmp_path, monkeypatch):
-    fa = fasta(tmp_path / "in.fasta", RECORDS[:1])
-    real = fold_cli._Folder._infer
-    seen = []
-
-    def oom_unless_small(self, batch, chunk, longest):
-        seen.append(chunk)
-        if chunk == "auto":
-            self.model.last_chunk_size = 40  # as the memory model's pick would be recorded
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return real(self, batch, chunk, longest)
-
-    monkeypatch.setattr(fold_cli._Folder, "_infer", oom_unless_small)
-    assert run("fold", fa, "-m", ckpt, "-o", tmp_path / "o", "--num-recycles", "0", "-q") == 0
-    assert seen == ["auto", 20]
-    assert summary(tmp_path / "o" / "summary.tsv")[0]["chunk_size"] == "20"
+def test_out_of_memory_halves_the_chunk_size_given(ckpt, tmp_path, monkeypatch):
+    fa = fasta(tmp_path / "in.fasta", [("long", "MKTAYIAKQRQISFVKSHFS")])
+    calls = fake_trunk_oom(monkeypatch, lambda b, n, chunk: chunk == 16)
+    argv = ["-m", ckpt, "-o", tmp_path / "o", "--num-recycles", "0", "--chunk-size", "16", "-q"]
+    assert run("fold", fa, *argv) == 0
+    assert [c for _, _, c in calls] == [16, 8]
+    assert summary(tmp_path / "o" / "summary.tsv")[0]["chunk_size"] == "8"

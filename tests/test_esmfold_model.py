@@ -17,11 +17,8 @@ from hypothesis import strategies as st
 from esmkernels.core import convert_esmfold as convert
 from esmkernels.core.configuration import ESM_VOCAB, EsmConfig
 from esmkernels.reference.esm import EsmModel
-from esmkernels.reference.esmfold.modeling import (
-    EsmForProteinFolding,
-    EsmForProteinFoldingOutput,
-    encode_sequences,
-)
+from esmkernels.reference.esmfold.inference import encode_sequences
+from esmkernels.reference.esmfold.modeling import EsmForProteinFolding, EsmForProteinFoldingOutput
 from tests.test_esmfold_trunk import (  # one_torch_thread: autouse fixture
     one_torch_thread,  # noqa: F401
     randomize_,

@@ -49,7 +49,7 @@ def pair(tmp_path_factory):
 
 
 def _hf_ids(seqs):
-    from esmkernels.reference.esmfold.modeling import encode_sequences
+    from esmkernels.reference.esmfold.inference import encode_sequences
 
     enc = encode_sequences(seqs)
     return enc["aatype"], enc["mask"]

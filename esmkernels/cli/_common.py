@@ -257,16 +257,3 @@ def report_failures(failed: list[tuple[str, str]], where: str) -> int:
     if len(failed) > 50:
         log(f"  ... and {len(failed) - 50} more")
     return EXIT_FAILED
-
-
-def safe_name(rid: str, taken: set[str]) -> str:
-    """A file-name stem for a record id: the id when it is a plain name, else a cleaned form
-    plus a short hash of the id (so two ids never share a file)."""
-    import hashlib
-    import re
-
-    clean = re.sub(r"[^A-Za-z0-9._-]", "_", rid)[:100].lstrip(".") or "record"
-    if clean != rid or clean.lower() in taken:
-        clean = f"{clean}-{hashlib.sha256(rid.encode()).hexdigest()[:8]}"
-    taken.add(clean.lower())
-    return clean

@@ -30,6 +30,7 @@ __all__ = [
     "input_sha256",
     "parse_shard",
     "plan_shards",
+    "safe_name",
     "sequence_sha256",
     "split_parts",
 ]
@@ -100,6 +101,16 @@ def input_sha256(records: Sequence[tuple[str, str]]) -> str:
     for rid, seq in records:
         h.update(rid.encode() + b"\0" + seq.encode() + b"\n")
     return h.hexdigest()
+
+
+def safe_name(rid: str, taken: set[str]) -> str:
+    """A file-name stem for a record id: the id when it is a plain name, else a cleaned form
+    plus a short hash of the id (so two ids never share a file)."""
+    clean = re.sub(r"[^A-Za-z0-9._-]", "_", rid)[:100].lstrip(".") or "record"
+    if clean != rid or clean.lower() in taken:
+        clean = f"{clean}-{hashlib.sha256(rid.encode()).hexdigest()[:8]}"
+    taken.add(clean.lower())
+    return clean
 
 
 # ---------------------------------------------------------------------------------------------

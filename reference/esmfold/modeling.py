@@ -17,6 +17,10 @@ Precision: the stem runs without gradients. With `esmfold_config.fp16_esm` on CU
 under fp16 autocast (transformers casts the stem's weights to fp16 instead; autocast keeps
 LayerNorm and softmax in fp32). On the CPU it always runs in the parameters' dtype (fp32).
 
+Sequences in, structures out (`infer`, `infer_records`, `infer_pdb(s)`, multimer encoding, the
+retry at smaller chunk sizes after an out-of-memory error) come from
+`esmkernels.reference.esmfold.inference`, a mixin of the model.
+
 Padded batches are exact: every per-sequence output (positions, pLDDT, pTM, PAE) of a sequence
 is the same alone or padded in a batch; pTM uses each sequence's own length and residues
 (transformers computes one pTM over the whole padded batch).
@@ -32,13 +36,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from esmkernels.core.batching import token_batches
 from esmkernels.core.configuration import EsmConfig
 from esmkernels.core.modeling_utils import PreTrainedMixin
 from esmkernels.core.outputs import ModelOutput
 from esmkernels.reference.esm import EsmModel
-from esmkernels.reference.esmfold import confidence, geometry, pdb
+from esmkernels.reference.esmfold import confidence, geometry
 from esmkernels.reference.esmfold import residue_constants as rc
+from esmkernels.reference.esmfold.inference import FoldingInference
 from esmkernels.reference.esmfold.trunk import EsmFoldingTrunk, num_trunk_iterations
 from esmkernels.reference.esmfold.trunk_functional import chunk_rows
 
@@ -48,8 +52,6 @@ PAE_MAX_BIN = 31
 NUM_RESTYPES = 20  # AlphaFold2 residue types; X = 20
 N_TOKENS_EMBED = NUM_RESTYPES + 3  # 20 residues, X, the padding row 0 and the mask token
 MASK_IDX = N_TOKENS_EMBED - 1
-DEFAULT_LINKER = "G" * 25
-DEFAULT_RESIDUE_INDEX_OFFSET = 512
 
 
 @dataclass(eq=False)
@@ -131,7 +133,7 @@ class EsmForProteinFoldingOutput(ModelOutput):
         return type(self)(**fields)
 
 
-class EsmForProteinFolding(PreTrainedMixin, nn.Module):
+class EsmForProteinFolding(PreTrainedMixin, FoldingInference, nn.Module):
     """ESMFold: ESM-2 stem, folding trunk, structure module and confidence heads.
 
     Keys are transformers' (`esm.*`, `esm_s_combine`, `esm_s_mlp.*`, `embedding.*`, `trunk.*`,
@@ -218,6 +220,9 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
             nn.Linear(hid, hid),
             nn.Linear(hid, 37 * LDDT_BINS),
         )
+        # The chunk size the last forward ran with (None: before any, or unchunked); after an
+        # out-of-memory retry it differs from the setting (see `inference`).
+        self.last_chunk_size: int | None = None
         self.post_init()
 
     # ------------------------------------------------------------------------------------------
@@ -240,6 +245,11 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
         Lowers peak memory on long sequences; the outputs are unchanged.
         """
         self.trunk.set_chunk_size(chunk_size)
+
+    @property
+    def chunk_size(self) -> int | None:
+        """The chunk-size setting: rows per block, or None (unchunked); see `set_chunk_size`."""
+        return self.trunk.chunk_size
 
     @property
     def device(self) -> torch.device:
@@ -283,6 +293,7 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
         )
         fold = self.config.esmfold_config
         B, L = aa.shape
+        self.last_chunk_size = self.trunk.chunk_size
 
         esmaa = self.af2_idx_to_esm_idx(aa, attention_mask)
         masked_aa = aa
@@ -445,139 +456,6 @@ class EsmForProteinFolding(PreTrainedMixin, nn.Module):
             )
         return torch.stack(out.hidden_states, dim=2)[:, 1:-1]
 
-    # ------------------------------------------------------------------------------------------
-    # Sequences in, structures out
-    # ------------------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def infer(
-        self,
-        sequences: str | Sequence[str],
-        position_ids: torch.Tensor | Sequence[Sequence[int]] | None = None,
-        residue_index_offset: int | None = DEFAULT_RESIDUE_INDEX_OFFSET,
-        chain_linker: str | None = DEFAULT_LINKER,
-        num_recycles: int | None = None,
-        masking_pattern: torch.Tensor | None = None,
-        max_tokens_per_batch: int | None = None,
-    ) -> EsmForProteinFoldingOutput | list[EsmForProteinFoldingOutput]:
-        """Fold one-letter sequences; chains of a multimer are separated by ':'.
-
-        Chains are joined by `chain_linker` (default 25 glycines) and their residue indices
-        jump by `residue_index_offset` (default 512); the linker is then hidden: its atoms are
-        marked absent (`atom14_atom_exists`, `atom37_atom_exists`), so PDB output omits it.
-
-        Args:
-            sequences: a sequence or a list of them (uppercase one-letter codes; B, J, O, U, X,
-                Z are read as unknown, X).
-            position_ids: [L] or [B, L] residue indices replacing the computed ones.
-            residue_index_offset, chain_linker: multimer handling, as described.
-            num_recycles: see `forward`.
-            masking_pattern: [B, L], 1 = mask that residue.
-            max_tokens_per_batch: fold in several padded batches instead of one, packed by
-                `esmkernels.core.batching.token_batches` (longest first, while sequences x
-                longest length, linkers included, stays within this many tokens; a longer
-                sequence is folded alone). Not combinable with `position_ids` or
-                `masking_pattern`.
-
-        Returns:
-            `EsmForProteinFoldingOutput` with `chain_index` and `mean_plddt` set; with
-            `max_tokens_per_batch`, a list of them in input order, one per sequence (batch 1,
-            cut to the sequence's own length), each independent of how the batches were packed.
-
-        Raises:
-            ValueError: empty input, an empty chain, or an invalid residue letter (named with
-                its position), negative num_recycles.
-        """
-        if max_tokens_per_batch is not None:
-            if position_ids is not None or masking_pattern is not None:
-                raise ValueError(
-                    "infer: max_tokens_per_batch cannot be combined with position_ids or "
-                    "masking_pattern (they are laid out for one padded batch)"
-                )
-            return self._infer_packed(
-                sequences,
-                max_tokens_per_batch,
-                residue_index_offset=residue_index_offset,
-                chain_linker=chain_linker,
-                num_recycles=num_recycles,
-            )
-        enc = encode_sequences(sequences, residue_index_offset, chain_linker)
-        device = self.device
-        aatype, mask = enc["aatype"].to(device), enc["mask"].to(device)
-        residx = enc["residue_index"].to(device)
-        if position_ids is not None:
-            if not torch.is_tensor(position_ids):
-                position_ids = _collate(
-                    [torch.as_tensor(p, dtype=torch.long) for p in position_ids]
-                )
-            position_ids = position_ids.to(device)
-            if position_ids.dim() == 1:
-                position_ids = position_ids.unsqueeze(0)
-            if tuple(position_ids.shape) != tuple(aatype.shape):
-                raise ValueError(
-                    f"position_ids shape {tuple(position_ids.shape)} != encoded batch shape "
-                    f"{tuple(aatype.shape)} (linkers included)"
-                )
-            residx = position_ids
-        if masking_pattern is not None:
-            masking_pattern = masking_pattern.to(device)
-        out = self.forward(
-            aatype,
-            attention_mask=mask,
-            position_ids=residx,
-            masking_pattern=masking_pattern,
-            num_recycles=num_recycles,
-        )
-        linker = enc["linker_mask"].to(device=device, dtype=out.atom37_atom_exists.dtype)
-        out.atom14_atom_exists = out.atom14_atom_exists * linker[..., None]
-        out.atom37_atom_exists = out.atom37_atom_exists * linker[..., None]
-        exists = out.atom37_atom_exists
-        out.mean_plddt = (out.plddt * exists).sum(dim=(1, 2)) / exists.sum(dim=(1, 2))
-        out.chain_index = enc["chain_index"].to(device)
-        return out
-
-    def _infer_packed(
-        self, sequences: str | Sequence[str], max_tokens: int, **kwargs: Any
-    ) -> list[EsmForProteinFoldingOutput]:
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"infer: max_tokens_per_batch={max_tokens!r} must be a positive int")
-        seqs = [sequences] if isinstance(sequences, str) else list(sequences)
-        linker = kwargs["chain_linker"] or ""
-        lengths = [len(encode_sequences(s, 0, linker)["aatype"][0]) for s in seqs]  # validates
-        results: list[EsmForProteinFoldingOutput | None] = [None] * len(seqs)
-        for batch in token_batches(lengths, max_tokens):
-            out = self.infer([seqs[i] for i in batch], **kwargs)
-            for row, i in enumerate(batch):
-                results[i] = out.select(row, lengths[i])
-        return results  # type: ignore[return-value]
-
-    @staticmethod
-    def output_to_pdb(output: EsmForProteinFoldingOutput | dict) -> list[str]:
-        """PDB texts, one per batch item, of the final atom positions.
-
-        Only residues with at least one existing atom are written (padding and multimer linkers
-        are not); chains are lettered A, B, ... from `chain_index` (all A when absent), residue
-        numbers are `residue_index + 1`, and the B-factor column holds pLDDT on 0-100.
-        """
-        return pdb.output_to_pdb(output, plddt_scale=100.0)
-
-    def infer_pdb(self, sequence: str, *args: Any, **kwargs: Any) -> str:
-        """PDB text of one sequence (a multimer as "CHAINA:CHAINB"). See `infer`."""
-        if not isinstance(sequence, str):
-            raise TypeError(
-                f"infer_pdb takes one sequence string, got {type(sequence).__name__}; "
-                "use infer_pdbs for a list"
-            )
-        return self.infer_pdbs([sequence], *args, **kwargs)[0]
-
-    def infer_pdbs(self, sequences: Sequence[str], *args: Any, **kwargs: Any) -> list[str]:
-        """PDB texts of several sequences, folded as one padded batch (or several, with
-        `max_tokens_per_batch`), in input order. See `infer`."""
-        out = self.infer(sequences, *args, **kwargs)
-        if isinstance(out, list):
-            return [self.output_to_pdb(o)[0] for o in out]
-        return self.output_to_pdb(out)
-
 
 # ----------------------------------------------------------------------------------------------
 # Sequence encoding
@@ -593,98 +471,8 @@ def af2_to_esm_indices(vocab_list: Sequence[str]) -> torch.Tensor:
         raise ValueError(f"ESMFold: vocab_list lacks a token it needs: {err}") from None
 
 
-def _residue_ids(text: str, where: str, first_position: int = 1) -> list[int]:
-    """AlphaFold2 ids of `text`; errors name the letter and its 1-based position in the input."""
-    for pos, ch in enumerate(text, start=first_position):
-        if not ("A" <= ch <= "Z"):
-            hint = " (residue letters must be uppercase)" if ch.isalpha() else ""
-            raise ValueError(f"{where}: invalid residue letter {ch!r} at position {pos}{hint}")
-    return rc.sequence_to_aatype(text)
-
-
-def encode_sequences(
-    sequences: str | Sequence[str],
-    residue_index_offset: int | None = DEFAULT_RESIDUE_INDEX_OFFSET,
-    chain_linker: str | None = DEFAULT_LINKER,
-) -> dict[str, torch.Tensor]:
-    """One-letter sequences (multimer chains split by ':') -> padded model inputs.
-
-    Chains are joined by `chain_linker`; the indices of chain c (and of the linker after it)
-    are shifted by c * residue_index_offset.
-
-    Returns a dict of [B, L] tensors: `aatype` (AlphaFold2 ids, padding 0), `mask` (1 = residue),
-    `residue_index`, `linker_mask` (1 on chain residues, 0 on linkers and padding) and
-    `chain_index` (-1 on padding; a linker counts to the chain before it).
-
-    Example:
-        >>> enc = encode_sequences("AC:D", chain_linker="GG", residue_index_offset=100)
-        >>> enc["aatype"].tolist(), enc["residue_index"].tolist()
-        ([[0, 4, 7, 7, 3]], [[0, 1, 2, 3, 104]])
-    """
-    if isinstance(sequences, str):
-        sequences = [sequences]
-    if not isinstance(sequences, Sequence) or not all(isinstance(s, str) for s in sequences):
-        raise TypeError("sequences must be a string or a list of strings")
-    if len(sequences) == 0:
-        raise ValueError("sequences is empty: nothing to fold")
-    linker = "" if chain_linker is None else chain_linker
-    if not isinstance(linker, str):
-        raise TypeError(f"chain_linker must be a string or None, got {type(linker).__name__}")
-    linker_ids = _residue_ids(linker, "chain_linker")
-    offset = 0 if residue_index_offset is None else residue_index_offset
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValueError(
-            f"residue_index_offset={residue_index_offset!r} must be an int >= 0 or None"
-        )
-
-    fields: dict[str, list[torch.Tensor]] = {
-        k: [] for k in ("aatype", "residue_index", "linker_mask", "chain_index")
-    }
-    for n, seq in enumerate(sequences):
-        if len(seq) == 0:
-            raise ValueError(f"sequence {n} is empty")
-        chains = seq.split(":")
-        ids: list[int] = []
-        residx: list[int] = []
-        keep: list[float] = []
-        chain_of: list[int] = []
-        start = 0  # position of the chain's first letter in `seq`, for error messages
-        for c, chain in enumerate(chains):
-            if len(chain) == 0:
-                raise ValueError(f"sequence {n}: chain {c} is empty (check the ':' separators)")
-            chain_ids = _residue_ids(chain, f"sequence {n}", first_position=start + 1)
-            start += len(chain) + 1
-            if c > 0:
-                ids += linker_ids
-                residx += [len(residx) + j + (c - 1) * offset for j in range(len(linker_ids))]
-                keep += [0.0] * len(linker_ids)
-                chain_of += [c - 1] * len(linker_ids)
-            residx += [len(residx) + j + c * offset for j in range(len(chain_ids))]
-            ids += chain_ids
-            keep += [1.0] * len(chain_ids)
-            chain_of += [c] * len(chain_ids)
-        fields["aatype"].append(torch.tensor(ids, dtype=torch.long))
-        fields["residue_index"].append(torch.tensor(residx, dtype=torch.long))
-        fields["linker_mask"].append(torch.tensor(keep, dtype=torch.float32))
-        fields["chain_index"].append(torch.tensor(chain_of, dtype=torch.long))
-
-    out = {k: _collate(v, pad=-1 if k == "chain_index" else 0) for k, v in fields.items()}
-    out["mask"] = _collate([torch.ones(len(t), dtype=torch.long) for t in fields["aatype"]])
-    return out
-
-
-def _collate(rows: list[torch.Tensor], pad: float = 0) -> torch.Tensor:
-    """Right-pad 1-D tensors to [len(rows), max length]."""
-    length = max(len(r) for r in rows)
-    out = rows[0].new_full((len(rows), length), pad)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
-
-
 __all__ = [
     "EsmForProteinFolding",
     "EsmForProteinFoldingOutput",
     "af2_to_esm_indices",
-    "encode_sequences",
 ]
