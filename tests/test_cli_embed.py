@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from esmkernels import open_embeddings
-from esmkernels.cli import embed as embed_cli
 from esmkernels.core.tokenization import EsmTokenizer
+from esmkernels.jobs.embed import EmbedJob, windows
 from esmkernels.jobs.embeddings import EmbeddingWriter
 from esmkernels.jobs.files import split_parts
 from esmkernels.reference import esm as ref
@@ -77,13 +77,13 @@ def test_every_pool_and_layer_equals_the_reference(ckpt, tmp_path):
 def test_records_per_shard_and_batches_are_used(ckpt, tmp_path, monkeypatch):
     fa = fasta(tmp_path / "in.fasta", RECORDS)
     sizes = []
-    real = embed_cli._Runner._forward
+    real = EmbedJob._forward
 
     def spy(self, batch):
         sizes.append(len(batch))
         return real(self, batch)
 
-    monkeypatch.setattr(embed_cli._Runner, "_forward", spy)
+    monkeypatch.setattr(EmbedJob, "_forward", spy)
     out = tmp_path / "emb"
     argv = ["embed", fa, "-m", ckpt, "-o", out, "--records-per-shard", "2", "-q"]
     assert run(*argv, "--max-tokens-per-batch", "17") == 0
@@ -183,7 +183,7 @@ def test_long_sequences_error_truncate_window(absolute_ckpt, tmp_path, capsys):
         == 0
     )
     rec = open_embeddings(tmp_path / "win")["long"]
-    assert embed_cli.windows(15, 8) == [(0, 8), (4, 12), (7, 15)]
+    assert windows(15, 8) == [(0, 8), (4, 12), (7, 15)]
     per_tok = torch.zeros(15, 32)
     count = torch.zeros(15, 1)
     pair, pair_n = torch.zeros(15, 15), torch.zeros(15, 15)
@@ -239,9 +239,9 @@ def test_killed_run_resumes_byte_identically_without_recomputing(ckpt, tmp_path,
     assert open_embeddings(tmp_path / "killed").ids == [IDS[0], IDS[3]]  # the longest two
 
     seen = []
-    real_forward = embed_cli._Runner._forward
+    real_forward = EmbedJob._forward
     monkeypatch.setattr(
-        embed_cli._Runner,
+        EmbedJob,
         "_forward",
         lambda self, b: seen.extend(s[0] for s in b) or real_forward(self, b),
     )
@@ -257,7 +257,7 @@ def test_killed_run_resumes_byte_identically_without_recomputing(ckpt, tmp_path,
 
 def test_out_of_memory_is_isolated_to_the_record(ckpt, tmp_path, monkeypatch, capsys):
     fa = fasta(tmp_path / "in.fasta", RECORDS)
-    real = embed_cli._Runner._forward
+    real = EmbedJob._forward
     batches = []
 
     def oom_on_d(self, batch):
@@ -266,7 +266,7 @@ def test_out_of_memory_is_isolated_to_the_record(ckpt, tmp_path, monkeypatch, ca
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
         return real(self, batch)
 
-    monkeypatch.setattr(embed_cli._Runner, "_forward", oom_on_d)
+    monkeypatch.setattr(EmbedJob, "_forward", oom_on_d)
     assert run("embed", fa, "-m", ckpt, "-o", tmp_path / "o", "-q") == 1
     assert batches[0] == [0, 1, 2, 3, 4] and [3] in batches  # split down to d alone
     err = capsys.readouterr().err

@@ -116,8 +116,8 @@ def model_columns(models: list[str], taken: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from esmkernels.cli.embed import model_limit
     from esmkernels.core.variants import parse_mutations, score_variants
+    from esmkernels.jobs.embed import model_limit
     from esmkernels.jobs.fasta import check_sequence
     from esmkernels.models.esm import EsmForMaskedLM
 
