@@ -137,21 +137,26 @@ class PackedBatch:
         return flat.view(B, L, x.shape[-1])
 
 
-class EsmLayerNorm(ref_layers.EsmLayerNorm):
+class KernelModule:
+    """Mixin of the modules whose forward calls an `esmkernels.ops` op with their `backend`.
+
+    A model's `backend` setter reaches every such module (no list of classes kept by hand): a
+    module accelerated by a new op inherits this and passes `self.backend` to the op."""
+
+    backend: str | None = None
+
+
+class EsmLayerNorm(KernelModule, ref_layers.EsmLayerNorm):
     """The reference LayerNorm (same parameters) computed by the fused kernel.
 
     x: [..., C] -> [..., C] in x.dtype, fp32 statistics."""
-
-    backend: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return layer_norm(x, self.weight, self.bias, self.eps, backend=self.backend)
 
 
-class EsmSelfAttention(ref_layers.EsmSelfAttention):
+class EsmSelfAttention(KernelModule, ref_layers.EsmSelfAttention):
     """The reference self-attention (same projections) whose core is the fused kernel."""
-
-    backend: str | None = None
 
     def attend(
         self,
@@ -323,7 +328,7 @@ class _FastMixin:
         for module in self.modules():  # type: ignore[attr-defined]
             if isinstance(module, _FastMixin):
                 module.__dict__["_backend"] = value
-            elif isinstance(module, (EsmLayerNorm, EsmSelfAttention)):
+            elif isinstance(module, KernelModule):
                 module.backend = value
 
 
@@ -402,6 +407,7 @@ __all__ = [
     "EsmLayerNorm",
     "EsmModel",
     "EsmSelfAttention",
+    "KernelModule",
     "PackedBatch",
     "check_backend",
     "fused_attention",

@@ -10,6 +10,10 @@ Cases (`length` L is the sequence length):
   z [1, L, L, c_z] with the last L/16 residues masked.
 - `tri_att_start` / `tri_att_end`: triangle attention module (4 heads x 32) on the same z.
 
+The cases are the registry's (`esmkernels.ops.registry`, each op's `bench_cases`); a case with
+no builder here (an op added later) is timed generically on the op's `example` inputs:
+`reference` is the op's reference function, `torch` / `triton` the op on that backend.
+
 Providers:
 
 - `reference`: `esmkernels.reference` (the spec: eager, fp32 statistics).
@@ -34,17 +38,10 @@ import torch.nn.functional as F
 
 from esmkernels.benchmarks.peers import randomize_, transformers_module
 from esmkernels.benchmarks.workloads import Unavailable, Workload
+from esmkernels.ops import registry
 
 PROVIDERS = ("reference", "torch", "triton", "hf")
-CASES = (
-    "layer_norm",
-    "rotary_attention",
-    "rotary_attention_varlen",
-    "trimul_out",
-    "trimul_in",
-    "tri_att_start",
-    "tri_att_end",
-)
+CASES = tuple(case for op in registry.ops() for case in op.bench_cases)
 
 
 @dataclass(frozen=True)
@@ -71,9 +68,13 @@ SIZES = {
 }
 
 
+def _op_of(case: str) -> registry.Op:
+    return next(op for op in registry.ops() if case in op.bench_cases)
+
+
 def default_lengths(case: str, size: str) -> tuple[int, ...]:
     s = SIZES[size]
-    return s.lm_lengths if case in CASES[:3] else s.trunk_lengths
+    return s.trunk_lengths if _op_of(case).trunk else s.lm_lengths
 
 
 def check_triton(device: torch.device) -> None:
@@ -227,6 +228,23 @@ def _trunk(case, provider, L, s: Sizes, device, dtype, g) -> Workload:
                     meta={"c_z": c, "heads": s.tri_heads, "head_dim": s.tri_head_dim})  # fmt: skip
 
 
+def _generic(op: registry.Op, provider, L, size: str, device, dtype) -> Workload:
+    """An op without a hand-written case: its `example` inputs, the reference or the op."""
+    if provider == "hf":
+        raise Unavailable(f"no transformers peer is known for {op.name}")
+    if provider == "triton":
+        check_triton(device)
+    args, kwargs = op.example(
+        L, device=device, dtype=dtype, requires_grad=True, real=size == "real"
+    )
+    if provider == "reference":
+        fn = lambda: op.reference(*args, **kwargs)
+    else:
+        fn = lambda: op.function(*args, **kwargs, backend=provider)
+    leaves = [t for t in (*args, *kwargs.values()) if torch.is_tensor(t) and t.requires_grad]
+    return Workload(fn, leaves, tokens=L, meta={"inputs": "registry example"})
+
+
 def build(case: str, provider: str, length: int, *, size: str, device, dtype) -> Workload:
     """The workload of one kernel case (see the module docstring); raises Unavailable."""
     if case not in CASES:
@@ -238,7 +256,9 @@ def build(case: str, provider: str, length: int, *, size: str, device, dtype) ->
         return _layer_norm(provider, length, s, device, dtype, g)
     if case.startswith("rotary"):
         return _attention(provider, length, s, device, dtype, g, case.endswith("varlen"))
-    return _trunk(case, provider, length, s, device, dtype, g)
+    if case.startswith(("trimul", "tri_att")):
+        return _trunk(case, provider, length, s, device, dtype, g)
+    return _generic(_op_of(case), provider, length, size, device, dtype)
 
 
 def describe(case: str, size: str) -> str:
@@ -249,4 +269,6 @@ def describe(case: str, size: str) -> str:
         return f"rotary_attention H={s.heads} D={s.head_dim}, {s.attn_tokens} tokens"
     if case == "rotary_attention_varlen":
         return f"rotary_attention varlen, {s.varlen_seqs} seqs 50..L vs padded"
-    return f"{case} c_z={s.c_z}, {s.tri_heads}x{s.tri_head_dim} heads"
+    if case.startswith(("trimul", "tri_att")):
+        return f"{case} c_z={s.c_z}, {s.tri_heads}x{s.tri_head_dim} heads"
+    return f"{case} on its registry example inputs"

@@ -1,4 +1,4 @@
-"""`esmkernels info`: versions, devices and the kernel backend."""
+"""`esmkernels info`: versions, devices, the kernel backend and the registered ops."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from esmkernels import __version__
+    from esmkernels.ops import registry
     from esmkernels.ops._dispatch import default_backend, triton_available
 
     print(f"esmkernels {__version__}")
@@ -29,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
         print("triton: not installed")
     print(f"backend (ESMKERNELS_BACKEND): {default_backend()}")
     print(f"triton available: {triton_available()}")
+    for op in registry.ops():
+        print(f"op {op.name}: {len(op.kernels)} kernels, custom ops {', '.join(op.custom_ops)}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             print(f"cuda:{i}: {torch.cuda.get_device_name(i)}")

@@ -19,6 +19,7 @@ import torch
 
 from esmkernels.ops._dispatch import resolve_backend
 from esmkernels.ops.axial.op import _axial_attention_fwd_op
+from esmkernels.ops.registry import Op
 from esmkernels.reference.esmfold import trunk_functional as ref
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -111,3 +112,46 @@ def axial_attention(
     # Inference keeps no ungated output for a backward.
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     return _axial_attention_fwd_op(q, k, v, bias, mask, gate, scale, chunk_size, training)[0]
+
+
+def _unsupported(q, k=None, v=None, **_) -> str | None:
+    """Why the kernels cannot run these inputs (the registry's predicate), or None."""
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"the kernels take head widths D <= {MAX_HEAD_DIM}, got D={q.shape[-1]}"
+    return None
+
+
+def _example(length, *, device="cpu", dtype=torch.float32, requires_grad=False, real=False):
+    """(args, kwargs): triangle attention around the starting node on a [1, length, length]
+    pair: q, k, v, gate [1, R=length, N=length, H, D], the pair bias [1, H, length, length] and
+    the key mask (the last length // 16 residues masked). real: ESMFold's 4 x 32 heads; else
+    2 x 8."""
+    g = torch.Generator().manual_seed(0)
+    H, D = (4, 32) if real else (2, 8)
+
+    def randn(*shape):
+        return torch.randn(shape, generator=g).to(device, dtype).requires_grad_(requires_grad)
+
+    q, k, v, gate = (randn(1, length, length, H, D) for _ in range(4))
+    mask = torch.ones(1, length, length, dtype=torch.bool, device=device)
+    mask[..., length - length // 16 :] = False
+    return (q, k, v), {"bias": randn(1, H, length, length), "mask": mask, "gate": gate}
+
+
+OP = Op(
+    name="axial_attention",
+    function=axial_attention,
+    reference=ref.axial_attention,
+    custom_ops=("esmkernels::axial_attention_fwd", "esmkernels::axial_attention_bwd"),
+    kernels=(
+        "_axial_attn_fwd_kernel",
+        "_axial_attn_bwd_pre_kernel",
+        "_axial_attn_bwd_dkdv_kernel",
+        "_axial_attn_bwd_dq_kernel",
+        "_axial_attn_bwd_dbias_kernel",
+    ),
+    unsupported=_unsupported,
+    example=_example,
+    trunk=True,
+    bench_cases=("tri_att_start", "tri_att_end"),
+)

@@ -22,6 +22,7 @@ import torch
 from esmkernels.ops._dispatch import default_backend, resolve_backend
 from esmkernels.ops.layernorm.forward import MAX_FUSED_N, _check_fused_n
 from esmkernels.ops.layernorm.op import _layer_norm_fwd_op
+from esmkernels.ops.registry import Op
 from esmkernels.reference import functional as ref
 
 
@@ -83,3 +84,36 @@ def layer_norm(
         return ref.layer_norm(x, weight, bias, eps)
     y, _, _ = _layer_norm_fwd_op(x.reshape(-1, x.shape[-1]), weight, bias, float(eps))
     return y.view(x.shape)
+
+
+def _unsupported(x, weight=None, bias=None, eps=1e-5, **_) -> str | None:
+    """Why the fused kernels cannot run these inputs (the registry's predicate), or None."""
+    if x.shape[-1] > MAX_FUSED_N:
+        return (
+            f"hidden size N={x.shape[-1]} exceeds the fused kernel's limit {MAX_FUSED_N} "
+            "(the row lives in registers)"
+        )
+    return None
+
+
+def _example(length, *, device="cpu", dtype=torch.float32, requires_grad=False, real=False):
+    """(args, kwargs): x [B, length, N] with weight and bias [N] (real: ESM-2 650M's N = 1280
+    and ~64k tokens; else N = 64, B = 2)."""
+    g = torch.Generator().manual_seed(0)
+    n, batch = (1280, max(1, 65536 // length)) if real else (64, 2)
+    x, w, b = (
+        torch.randn(shape, generator=g).to(device, dtype).requires_grad_(requires_grad)
+        for shape in ((batch, length, n), (n,), (n,))
+    )
+    return (x, w, b, 1e-5), {}
+
+
+OP = Op(
+    name="layer_norm",
+    function=layer_norm,
+    reference=ref.layer_norm,
+    custom_ops=("esmkernels::layer_norm_fwd", "esmkernels::layer_norm_bwd"),
+    kernels=("_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel"),
+    unsupported=_unsupported,
+    example=_example,
+)

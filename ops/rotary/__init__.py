@@ -16,9 +16,11 @@ from __future__ import annotations
 import torch
 
 from esmkernels.ops._dispatch import default_backend, resolve_backend
+from esmkernels.ops.registry import Op
 from esmkernels.ops.rotary import torch_path
 from esmkernels.ops.rotary.forward import SUPPORTED_HEAD_DIMS
 from esmkernels.ops.rotary.op import _rotary_attention_fwd_op
+from esmkernels.reference import functional as ref
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -184,3 +186,43 @@ def rotary_attention(
         q, k, v, inv_freq, position_ids, key_padding_mask, cu_seqlens, max_seqlen, scale
     )
     return out
+
+
+def _unsupported(q, k=None, v=None, **_) -> str | None:
+    """Why the kernels cannot run these inputs (the registry's predicate), or None."""
+    if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        return f"the kernels tile head dims {SUPPORTED_HEAD_DIMS}, got D={q.shape[-1]}"
+    return None
+
+
+def _example(length, *, device="cpu", dtype=torch.float32, requires_grad=False, real=False):
+    """(args, kwargs): q, k, v [B, length, H, D] with ESM-2's rotary frequencies and a key
+    padding mask (the last sequence is half as long). real: ESM-2 650M's 20 x 64 heads and
+    ~8k tokens; else 2 x 16, B = 2."""
+    g = torch.Generator().manual_seed(0)
+    H, D, B = (20, 64, max(1, 8192 // length)) if real else (2, 16, 2)
+    q, k, v = (
+        torch.randn(B, length, H, D, generator=g).to(device, dtype).requires_grad_(requires_grad)
+        for _ in range(3)
+    )
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, D, 2, device=device).float() / D)
+    keep = torch.ones(B, length, dtype=torch.bool, device=device)
+    keep[-1, max(1, length // 2) :] = False
+    return (q, k, v), {"inv_freq": inv_freq, "key_padding_mask": keep}
+
+
+OP = Op(
+    name="rotary_attention",
+    function=rotary_attention,
+    reference=ref.rotary_attention,
+    custom_ops=("esmkernels::rotary_attention_fwd", "esmkernels::rotary_attention_bwd"),
+    kernels=(
+        "_rotary_attention_fwd_kernel",
+        "_rotary_attention_bwd_preprocess_kernel",
+        "_rotary_attention_bwd_dkdv_kernel",
+        "_rotary_attention_bwd_dq_kernel",
+    ),
+    unsupported=_unsupported,
+    example=_example,
+    bench_cases=("rotary_attention", "rotary_attention_varlen"),
+)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from esmkernels.ops._dispatch import resolve_backend
+from esmkernels.ops.registry import Op
 from esmkernels.ops.trimul.forward import PARAM_NAMES
 from esmkernels.ops.trimul.op import _trimul_fwd_op
 from esmkernels.reference.esmfold import trunk_functional as ref
@@ -139,3 +140,45 @@ def triangle_multiplicative_update(
         )
     ordered = [params[n] for n in PARAM_NAMES]
     return _trimul_fwd_op(z, mask, ordered, bool(outgoing), float(eps), chunk_size)
+
+
+def _unsupported(z, mask=None, **params) -> str | None:
+    """Why the kernels cannot run these inputs (the registry's predicate), or None."""
+    C, ch = z.shape[-1], params["a_proj_weight"].shape[0]
+    if max(C, ch) > MAX_CHANNELS:
+        return f"the kernels take up to {MAX_CHANNELS} channels, got C={C}, Ch={ch}"
+    return None
+
+
+def _example(length, *, device="cpu", dtype=torch.float32, requires_grad=False, real=False):
+    """(args, kwargs): z [1, length, length, C] with its pair mask (the last length // 16
+    residues masked) and the module's parameters (C = Ch = 128, ESMFold's c_z, when real;
+    else 16); outgoing."""
+    g = torch.Generator().manual_seed(0)
+    C = 128 if real else 16
+
+    def randn(*shape, scale=1.0):
+        t = torch.randn(shape, generator=g) * scale
+        return t.to(device, dtype).requires_grad_(requires_grad)
+
+    params = {n: randn(C) for n in PARAM_NAMES if not n.endswith("weight") or "ln_" in n}
+    params.update({n: randn(C, C, scale=C**-0.5) for n in PARAM_NAMES if n not in params})
+    seq = (torch.arange(length, device=device) < length - length // 16).to(dtype)
+    mask = (seq[:, None] * seq[None, :])[None]
+    return (randn(1, length, length, C), mask), {**params, "outgoing": True}
+
+
+OP = Op(
+    name="triangle_multiplicative_update",
+    function=triangle_multiplicative_update,
+    reference=ref.triangle_multiplicative_update,
+    custom_ops=(
+        "esmkernels::triangle_multiplicative_fwd",
+        "esmkernels::triangle_multiplicative_bwd",
+    ),
+    kernels=("_trimul_proj_kernel", "_trimul_contract_kernel", "_trimul_out_kernel"),
+    unsupported=_unsupported,
+    example=_example,
+    trunk=True,
+    bench_cases=("trimul_out", "trimul_in"),
+)

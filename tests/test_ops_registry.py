@@ -1,0 +1,160 @@
+"""The op registry (`esmkernels.ops.registry`) and the house's rules that hold for every op in it.
+
+- the registry lists exactly the four ops, and each entry's function is the one
+  `esmkernels.ops` exports; its kernels and custom ops exist;
+- every op package has the same shape (`__init__`, `op`, `forward`, `backward`);
+- the readers of the registry (benchmark cases, `esmkernels info`, the launch counters of the
+  tests) list what it lists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from triton.runtime.autotuner import Autotuner
+from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
+
+import esmkernels.ops
+from esmkernels.ops import registry
+from tests import _launches
+
+OPS = registry.ops()
+IDS = [op.name for op in OPS]
+MODULES = ("__init__", "op", "forward", "backward")
+MAX_LINES = 600
+
+
+def test_registry_lists_the_four_exported_ops():
+    assert IDS == [
+        "layer_norm",
+        "rotary_attention",
+        "triangle_multiplicative_update",
+        "axial_attention",
+    ]
+    assert esmkernels.ops.__all__ == IDS
+    for op in OPS:
+        assert getattr(esmkernels.ops, op.name) is op.function, op.name
+        assert registry.get(op.name) is op
+    with pytest.raises(KeyError, match="registered"):
+        registry.get("softmax")
+
+
+def package_shape_problems(folder: Path) -> list[str]:
+    """What keeps `folder` from the shape of an op package (empty when it has it): the four
+    modules present and each under MAX_LINES lines."""
+    problems = []
+    for name in MODULES:
+        path = folder / f"{name}.py"
+        if not path.is_file():
+            problems.append(f"{folder.name}: no {name}.py")
+        elif len(path.read_text().splitlines()) >= MAX_LINES:
+            problems.append(f"{folder.name}/{name}.py has {MAX_LINES}+ lines")
+    return problems
+
+
+@pytest.mark.parametrize("op", OPS, ids=IDS)
+def test_every_op_package_has_the_shape(op):
+    """`ops/<package>/`: the public function and its entry in `__init__`, the custom ops in
+    `op`, every listed kernel defined in `forward` or `backward` (and every kernel there listed)."""
+    package = importlib.import_module(op.function.__module__)
+    assert package.__name__.rsplit(".", 1)[-1] in registry.PACKAGES
+    assert package.OP is op and package.__name__ != f"esmkernels.ops.{op.name}"  # not shadowed
+    assert package_shape_problems(Path(package.__file__).parent) == []
+    defined = set()
+    for name in ("forward", "backward"):
+        module = importlib.import_module(f"{package.__name__}.{name}")
+        for value in vars(module).values():
+            if isinstance(value, Autotuner):
+                defined.add(value.base_fn.__name__)
+            elif isinstance(value, JITFunction | InterpretedFunction):
+                defined.add(_launches._kernel_name(value))
+    defined = {k for k in defined if k.endswith("_kernel")}  # not the jit helpers
+    assert defined == set(op.kernels), (sorted(defined), op.kernels)
+    op_module = importlib.import_module(f"{package.__name__}.op")
+    for qualified in op.custom_ops:
+        namespace, name = qualified.split("::")
+        assert namespace == "esmkernels"
+        assert hasattr(torch.ops.esmkernels, name), qualified
+        assert name in inspect.getsource(op_module), f"{qualified} is not registered in op.py"
+
+
+def test_shape_check_names_a_missing_module(tmp_path):
+    """The shape check fails an op package that lacks one of the four modules."""
+    folder = tmp_path / "newop"
+    folder.mkdir()
+    for name in MODULES:
+        (folder / f"{name}.py").write_text('"""x."""\n')
+    assert package_shape_problems(folder) == []
+    (folder / "backward.py").unlink()
+    assert package_shape_problems(folder) == ["newop: no backward.py"]
+
+
+@pytest.mark.parametrize("op", OPS, ids=IDS)
+def test_entries_are_usable(op):
+    """Each entry's example runs through the function, the reference and the predicate."""
+    args, kwargs = op.example(5)
+    assert op.unsupported(*args, **kwargs) is None
+    out = op.function(*args, **kwargs, backend="torch")
+    torch.testing.assert_close(out, op.reference(*args, **kwargs), atol=1e-4, rtol=1e-4)
+    assert op.bench_cases and all(isinstance(c, str) for c in op.bench_cases)
+
+
+def test_launch_counters_and_recorded_configs_name_registry_kernels():
+    every = {k for op in OPS for k in op.kernels}
+    grouped = (
+        _launches.LAYER_NORM + _launches.ROTARY_FWD + _launches.ROTARY_BWD + _launches.AXIAL_FWD
+        + _launches.AXIAL_BWD + _launches.AXIAL_DBIAS + _launches.TRIMUL_FWD
+    )  # fmt: skip
+    assert sorted(grouped) == sorted(every)
+    assert set(_launches.autotuned_kernels()) <= every
+    from esmkernels.ops import _recorded_configs as rc
+
+    table = json.loads(rc.DEFAULT_PATH.read_text())
+    for entry in table["gpus"].values():
+        assert set(entry["kernels"]) <= every
+
+
+def test_benchmark_cases_and_info_come_from_the_registry(capsys):
+    from esmkernels.benchmarks import kernels
+    from esmkernels.cli import main
+
+    assert kernels.CASES == tuple(c for op in OPS for c in op.bench_cases)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for op in OPS:
+        assert f"op {op.name}:" in out and op.custom_ops[0] in out
+
+
+def test_an_op_without_a_benchmark_case_is_timed_on_its_example(monkeypatch):
+    """A fifth op needs no builder in the benchmark suite: its registry entry is enough."""
+    from esmkernels.benchmarks import kernels
+
+    layer_norm = registry.get("layer_norm")
+    fifth = registry.Op(
+        name="scaled_layer_norm",
+        function=lambda x, w, b, eps, backend=None: (
+            2 * layer_norm.function(x, w, b, eps, backend=backend)
+        ),
+        reference=lambda x, w, b, eps: 2 * layer_norm.reference(x, w, b, eps),
+        custom_ops=(),
+        kernels=(),
+        unsupported=layer_norm.unsupported,
+        example=layer_norm.example,
+    )
+    monkeypatch.setattr(registry, "ops", lambda: (*OPS, fifth))
+    monkeypatch.setattr(kernels, "CASES", (*kernels.CASES, "scaled_layer_norm"))
+    cpu = torch.device("cpu")
+    for provider in ("reference", "torch", "triton"):
+        work = kernels.build(
+            "scaled_layer_norm", provider, 8, size="tiny", device=cpu, dtype=torch.float32
+        )
+        out = work.forward()
+        assert out.shape == (2, 8, 64) and len(work.leaves) == 3
+    assert kernels.default_lengths("scaled_layer_norm", "tiny") == kernels.SIZES["tiny"].lm_lengths
