@@ -69,16 +69,9 @@ import torch
 from esmkernels.core.tokenization import EsmTokenizer
 from esmkernels.core.variants import score_variants as _score_variants
 from esmkernels.ops import layer_norm, rotary_attention
-from esmkernels.ops._dispatch import BACKENDS
+from esmkernels.ops._dispatch import check_backend
 from esmkernels.reference import esm as ref
 from esmkernels.reference import esm_layers as ref_layers
-
-
-def check_backend(backend: str | None) -> str | None:
-    """Return `backend` if it is None or one of "auto" / "triton" / "torch", else raise."""
-    if backend is not None and (not isinstance(backend, str) or backend.lower() not in BACKENDS):
-        raise ValueError(f"backend={backend!r} is not None or one of {BACKENDS}")
-    return None if backend is None else backend.lower()
 
 
 @dataclass
@@ -409,6 +402,5 @@ __all__ = [
     "EsmSelfAttention",
     "KernelModule",
     "PackedBatch",
-    "check_backend",
     "fused_attention",
 ]

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 
 from esmkernels.models import fold_memory
-from esmkernels.models.esm import EsmModel, _FastMixin, check_backend
+from esmkernels.models.esm import EsmModel, _FastMixin
 from esmkernels.ops import axial_attention, triangle_multiplicative_update
-from esmkernels.ops._dispatch import resolve_backend
+from esmkernels.ops._dispatch import check_backend, resolve
 from esmkernels.ops.trimul import torch_path as _lean
 from esmkernels.reference.esmfold import modeling as ref
 
@@ -52,7 +52,7 @@ class KernelTrunkOps:
         """`chunk_size` is rows per block, as for every trunk op: the PyTorch path in inference
         runs the op's lean torch path with it; the kernels chunk hidden channels, as many as
         `channel_slice` gives for those rows."""
-        backend = resolve_backend(self.backend, z, op="triangle_multiplicative_update")
+        backend = resolve(self.backend, z, op="triangle_multiplicative_update")
         if backend == "torch" and not torch.is_grad_enabled():
             return _lean.lean_update(z, mask, chunk_size=chunk_size, **kwargs)
         if backend == "triton" and chunk_size is not None:
@@ -117,7 +117,7 @@ class EsmForProteinFolding(_FastMixin, ref.EsmForProteinFolding):
         if self._chunk_setting == "auto" and torch.is_tensor(input_ids) and input_ids.dim() == 2:
             B, L = input_ids.shape
             dtype = self.esm_s_combine.dtype
-            backend = resolve_backend(self.backend, self.esm_s_combine, op="EsmForProteinFolding")
+            backend = resolve(self.backend, self.esm_s_combine, op="EsmForProteinFolding")
             self.trunk.set_chunk_size(
                 fold_memory.auto_chunk_size(
                     self.config, L, batch=B, dtype=dtype, backend=backend, device=self.device

@@ -56,9 +56,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from esmkernels.core.configuration import EsmConfig
+from esmkernels.ops._dispatch import RESOLVED as BACKENDS
 from esmkernels.ops.trimul.torch_path import channel_slice
 
-BACKENDS = ("torch", "triton")
 # Auto chunk: keep the predicted peak within this factor of the smallest achievable one.
 LEAN_SLACK = 1.25
 # Auto chunk: use at most this fraction of the free memory (allocator fragmentation, the

@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,10 @@ from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
 import esmkernels.ops
-from esmkernels.ops import registry
+from esmkernels.ops import _dispatch, registry
+from esmkernels.ops.trimul.forward import PARAM_NAMES
 from tests import _launches
+from tests._launches import launches
 
 OPS = registry.ops()
 IDS = [op.name for op in OPS]
@@ -158,3 +161,88 @@ def test_an_op_without_a_benchmark_case_is_timed_on_its_example(monkeypatch):
         out = work.forward()
         assert out.shape == (2, 8, 64) and len(work.leaves) == 3
     assert kernels.default_lengths("scaled_layer_norm", "tiny") == kernels.SIZES["tiny"].lm_lengths
+
+
+# ------------------------------------------------------------------------------------------------
+# One rule for backend="auto" (esmkernels.ops._dispatch.choose), the same for every op
+# ------------------------------------------------------------------------------------------------
+
+
+def _trimul_too_wide():
+    """C = 264 > 256 pair channels (Ch = 8 hidden)."""
+    C, ch = 264, 8
+    shapes = {"ln_in": (C,), "ln_out": (ch,), "out_proj": (C, ch), "out_gate": (C, C)}
+    params = {}
+    for name in PARAM_NAMES:
+        stem, kind = name.rsplit("_", 1)
+        shape = shapes.get(stem, (ch, C))
+        params[name] = torch.randn(shape if kind == "weight" else shape[:1]) / 8
+    return (torch.randn(1, 3, 3, C), None), {**params, "outgoing": False}
+
+
+# Inputs each op's kernels cannot take (the registry's predicate names them); one per op.
+UNSUPPORTED = {
+    "layer_norm": lambda: ((torch.randn(2, 16385), None, None, 1e-5), {}),
+    "rotary_attention": lambda: ((*torch.randn(3, 1, 7, 2, 24),), {}),
+    "triangle_multiplicative_update": _trimul_too_wide,
+    "axial_attention": lambda: (
+        (*torch.randn(3, 1, 2, 3, 1, 136),),
+        {"gate": torch.randn(1, 2, 3, 1, 136)},
+    ),
+}
+
+
+def test_every_op_has_unsupported_inputs_here():
+    assert sorted(UNSUPPORTED) == sorted(IDS)
+
+
+@pytest.mark.parametrize("op", OPS, ids=IDS)
+def test_auto_rule_is_the_same_for_every_op(op, monkeypatch):
+    """As if every tensor were on CUDA (the interpreter runs the kernels): "auto" launches the
+    kernels on inputs the predicate accepts, and on inputs it names runs the torch path without
+    a launch; "triton" raises a ValueError with the predicate's reason before any launch;
+    "torch" never launches."""
+    monkeypatch.setattr(_dispatch, "on_fast_device", lambda t: True)
+    args, kwargs = op.example(5)
+    with torch.no_grad(), launches() as seen:
+        op.function(*args, **kwargs, backend="auto")
+    assert set(seen.kernels) and set(seen.kernels) <= set(op.kernels), seen
+    seen.no_fallback()
+    with torch.no_grad(), launches() as seen:
+        op.function(*args, **kwargs, backend="torch")
+    assert not seen.kernels and seen.fallbacks, seen
+
+    args, kwargs = UNSUPPORTED[op.name]()
+    why = op.unsupported(*args, **kwargs)
+    assert isinstance(why, str) and why
+    with torch.no_grad(), launches() as seen:
+        out = op.function(*args, **kwargs, backend="auto")
+    assert not seen.kernels and seen.fallbacks, seen
+    torch.testing.assert_close(out, op.reference(*args, **kwargs), atol=1e-4, rtol=1e-4)
+    with launches() as seen, pytest.raises(ValueError, match=re.escape(why)):
+        op.function(*args, **kwargs, backend="triton")
+    assert not seen.kernels
+
+
+@pytest.mark.parametrize("op", OPS, ids=IDS)
+def test_device_part_of_the_rule(op, monkeypatch):
+    """CPU tensors: "auto" takes the torch path (the interpreter is not a fast path); "triton"
+    needs the interpreter and names TRITON_INTERPRET when it is off."""
+    args, kwargs = op.example(5)
+    with torch.no_grad(), launches() as seen:
+        op.function(*args, **kwargs, backend="auto")
+    assert not seen.kernels and seen.fallbacks, seen
+    monkeypatch.setattr(_dispatch, "interpreting", lambda: False)
+    with launches() as seen, pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        op.function(*args, **kwargs, backend="triton")
+    assert not seen.kernels
+    with pytest.raises(ValueError, match="backend='gpu'"):
+        op.function(*args, **kwargs, backend="gpu")
+
+
+@pytest.mark.parametrize("op", OPS, ids=IDS)
+def test_the_rule_lives_in_dispatch(op):
+    """Each public function asks `choose` once and holds no device logic of its own."""
+    source = inspect.getsource(op.function)
+    assert source.count("choose(") == 1, op.name
+    assert "is_cuda" not in source and "interpreting" not in source, op.name

@@ -59,9 +59,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from esmkernels.models.esm import PackedBatch, check_backend, fused_attention
+from esmkernels.models.esm import PackedBatch, fused_attention
 from esmkernels.models.esmfold import KernelTrunkOps
 from esmkernels.ops import layer_norm
+from esmkernels.ops._dispatch import check_backend
 from esmkernels.reference.esmfold import trunk as ref_trunk
 
 # Keyword under which the per-call plan travels from `EsmModel.forward` to the encoder and layers

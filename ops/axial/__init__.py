@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from esmkernels.ops._dispatch import resolve_backend
+from esmkernels.ops._dispatch import choose
 from esmkernels.ops.axial.op import _axial_attention_fwd_op
 from esmkernels.ops.registry import Op
 from esmkernels.reference.esmfold import trunk_functional as ref
@@ -85,7 +85,9 @@ def axial_attention(
         scale: logits scale on q . k; default D ** -0.5.
         chunk_size: process rows in blocks of this many (bounds the reference's logits memory;
             the kernels never hold more than a tile of them).
-        backend: "auto" | "triton" | "torch" (see `esmkernels.ops._dispatch`).
+        backend: "auto" | "triton" | "torch" (None: env ESMKERNELS_BACKEND; the rule is
+            `esmkernels.ops._dispatch`'s). The kernels take D <= 128: "auto" sends wider heads
+            to the torch path, a forced "triton" raises ValueError.
 
     Returns:
         [B, R, N, H, D] in q.dtype, with q's strides when q is dense. linear_o is the caller's.
@@ -99,14 +101,10 @@ def axial_attention(
     _check_args(q, k, v, bias, mask, gate, chunk_size)
     D = q.shape[-1]
     scale = D**-0.5 if scale is None else float(scale)
-    chosen = resolve_backend(backend, q, k, v, bias, mask, gate, op="axial_attention")
-    if chosen == "torch":
+    tensors = (q, k, v, bias, mask, gate)
+    if choose("axial_attention", backend, tensors, _unsupported(q, k, v)) == "torch":
         return ref.axial_attention(
             q, k, v, bias=bias, mask=mask, gate=gate, scale=scale, chunk_size=chunk_size
-        )
-    if D > MAX_HEAD_DIM:
-        raise ValueError(
-            f"axial_attention: head width D={D} > {MAX_HEAD_DIM} is not supported by the kernel"
         )
     inputs = (q, k, v, bias, gate)
     # Inference keeps no ungated output for a backward.

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from esmkernels.ops._dispatch import default_backend, resolve_backend
-from esmkernels.ops.layernorm.forward import MAX_FUSED_N, _check_fused_n
+from esmkernels.ops._dispatch import choose
+from esmkernels.ops.layernorm.forward import MAX_FUSED_N
 from esmkernels.ops.layernorm.op import _layer_norm_fwd_op
 from esmkernels.ops.registry import Op
 from esmkernels.reference import functional as ref
@@ -62,7 +62,8 @@ def layer_norm(
             "auto" sends wider rows to the torch path, a forced "triton" raises ValueError.
         weight, bias: [N] or None (no affine scale / shift).
         eps: added to the variance.
-        backend: "auto" | "triton" | "torch" (None: env ESMKERNELS_BACKEND, default "auto").
+        backend: "auto" | "triton" | "torch" (None: env ESMKERNELS_BACKEND, default "auto");
+            the rule is `esmkernels.ops._dispatch`'s.
 
     Returns:
         y: [..., N] in x.dtype. Mean and variance are computed in fp32.
@@ -74,12 +75,7 @@ def layer_norm(
         torch.Size([2, 7, 320])
     """
     _validate(x, weight, bias)
-    chosen = resolve_backend(backend, x, weight, bias, op="layer_norm")
-    if chosen == "triton" and x.shape[-1] > MAX_FUSED_N:
-        requested = default_backend() if backend is None else str(backend).lower()
-        if requested == "triton":
-            _check_fused_n(x.shape[-1])
-        chosen = "torch"  # "auto": rows too wide for registers run on the torch path
+    chosen = choose("layer_norm", backend, (x, weight, bias), _unsupported(x, weight, bias))
     if chosen == "torch":
         return ref.layer_norm(x, weight, bias, eps)
     y, _, _ = _layer_norm_fwd_op(x.reshape(-1, x.shape[-1]), weight, bias, float(eps))

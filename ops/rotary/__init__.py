@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from esmkernels.ops._dispatch import default_backend, resolve_backend
+from esmkernels.ops._dispatch import choose
 from esmkernels.ops.registry import Op
 from esmkernels.ops.rotary import torch_path
 from esmkernels.ops.rotary.forward import SUPPORTED_HEAD_DIMS
@@ -23,11 +23,6 @@ from esmkernels.ops.rotary.op import _rotary_attention_fwd_op
 from esmkernels.reference import functional as ref
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def requested_backend(backend: str | None) -> str:
-    """The backend the caller asked for ("auto" | "triton" | "torch"), before resolution."""
-    return default_backend() if backend is None else str(backend).lower()
 
 
 def _check_tensor(name: str, t: torch.Tensor, ref_t: torch.Tensor, shape: tuple) -> None:
@@ -159,23 +154,8 @@ def rotary_attention(
     D = q.shape[-1]
     scale = D**-0.5 if scale is None else float(scale)
     inv_freq = None if inv_freq is None else inv_freq.float().contiguous()
-    chosen = resolve_backend(
-        backend,
-        q,
-        k,
-        v,
-        inv_freq,
-        position_ids,
-        key_padding_mask,
-        cu_seqlens,
-        op="rotary_attention",
-    )
-    if chosen == "triton" and D not in SUPPORTED_HEAD_DIMS:
-        if requested_backend(backend) == "triton":
-            raise ValueError(
-                f"rotary_attention: the Triton kernels support head dims {SUPPORTED_HEAD_DIMS}, got D={D}; use backend='torch'"
-            )
-        chosen = "torch"  # "auto": a head dim the kernels do not tile runs on the torch path
+    tensors = (q, k, v, inv_freq, position_ids, key_padding_mask, cu_seqlens)
+    chosen = choose("rotary_attention", backend, tensors, _unsupported(q, k, v))
     if chosen == "torch":
         if cu_seqlens is None:
             return torch_path.padded(q, k, v, inv_freq, position_ids, key_padding_mask, scale)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from esmkernels.ops._dispatch import resolve_backend
+from esmkernels.ops._dispatch import choose
 from esmkernels.ops.registry import Op
 from esmkernels.ops.trimul.forward import PARAM_NAMES
 from esmkernels.ops.trimul.op import _trimul_fwd_op
@@ -100,7 +100,9 @@ def triangle_multiplicative_update(
         eps: LayerNorm epsilon.
         chunk_size: kernels: project and contract this many hidden channels at a time (bounds
             the a / b buffers); torch reference: this many output rows at a time.
-        backend: "auto" | "triton" | "torch" (see `esmkernels.ops._dispatch`).
+        backend: "auto" | "triton" | "torch" (None: env ESMKERNELS_BACKEND; the rule is
+            `esmkernels.ops._dispatch`'s). The kernels take C, Ch <= 256: "auto" sends wider
+            inputs to the torch path, a forced "triton" raises ValueError.
 
     Returns:
         [B, L, L, C] in z.dtype: the update (the caller adds the residual and dropout).
@@ -126,17 +128,11 @@ def triangle_multiplicative_update(
         "out_gate_weight": out_gate_weight, "out_gate_bias": out_gate_bias,
     }  # fmt: skip
     _check_args(z, mask, params, chunk_size)
-    chosen = resolve_backend(
-        backend, z, mask, *params.values(), op="triangle_multiplicative_update"
-    )
-    if chosen == "torch":
+    tensors = (z, mask, *params.values())
+    problem = _unsupported(z, mask, **params)
+    if choose("triangle_multiplicative_update", backend, tensors, problem) == "torch":
         return ref.triangle_multiplicative_update(
             z, mask, **params, outgoing=outgoing, eps=eps, chunk_size=chunk_size
-        )
-    C, ch = z.shape[-1], a_proj_weight.shape[0]
-    if max(C, ch) > MAX_CHANNELS:
-        raise ValueError(
-            f"triangle_multiplicative_update: channels C={C}, Ch={ch} > {MAX_CHANNELS} are not supported by the kernels"
         )
     ordered = [params[n] for n in PARAM_NAMES]
     return _trimul_fwd_op(z, mask, ordered, bool(outgoing), float(eps), chunk_size)
