@@ -9,7 +9,8 @@ CUDA and PyTorch elsewhere. The plain-PyTorch spec is `esmkernels.reference`.
 Importing this package never touches CUDA; kernels compile on first use.
 """
 
-from esmkernels.core.checkpoint import FORMATS, load_checkpoint, save_checkpoint
+from esmkernels.core.checkpoint import FORMATS, load_checkpoint
+from esmkernels.core.hf_checkpoint import save_checkpoint
 from esmkernels.core.configuration import EsmConfig, EsmFoldConfig, StructureModuleConfig, TrunkConfig
 from esmkernels.jobs.embeddings import EmbeddingStore, open_embeddings
 from esmkernels.jobs.fasta import read_fasta, write_fasta

@@ -20,13 +20,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from esmkernels.core import checkpoint as ckpt
-from esmkernels.core import modeling_utils
-from esmkernels.core.checkpoint import (
-    layer_inv_freq_key,
-    load_checkpoint,
-    save_checkpoint,
-)
+from esmkernels.core import hf_checkpoint, modeling_utils
+from esmkernels.core.checkpoint import load_checkpoint
 from esmkernels.core.configuration import EsmConfig
+from esmkernels.core.hf_checkpoint import layer_inv_freq_key, save_checkpoint
 from tests._ckpt_models import (
     TinyEsmForMaskedLM,
     TinyEsmModel,
@@ -530,7 +527,7 @@ def test_local_looking_paths_never_reach_the_hub(monkeypatch, tmp_path):
             load_checkpoint(missing)
 
 
-@pytest.mark.parametrize("module", [ckpt, modeling_utils])
+@pytest.mark.parametrize("module", [ckpt, hf_checkpoint, modeling_utils])
 def test_import_touches_neither_the_hub_nor_the_peers(module):
     # Static check of module-level imports: network and peer packages are imported lazily only.
     tree = ast.parse(open(module.__file__).read())

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from esmkernels.core.checkpoint import load_checkpoint, torch_load_safe
+from esmkernels.core.checkpoint import load_checkpoint
 from esmkernels.core.configuration import EsmConfig
+from esmkernels.core.convert_esmfold import convert_fair_esmfold
+from esmkernels.core.fair_esm import torch_load_safe
 from esmkernels.reference.esm import EsmModel
 from esmkernels.reference.esmfold.modeling import EsmForProteinFolding
 from tests.test_esmfold_model import STEM, _fair_esmfold_file, tiny_model
@@ -120,6 +122,22 @@ def test_file_without_the_af2_to_esm_buffer_loads(files, tmp_path):
     torch.save(data, tmp_path / "no_buffer.pt")
     loaded = EsmForProteinFolding.from_pretrained(tmp_path / "no_buffer.pt", stem=stem)
     assert torch.equal(loaded.af2_to_esm, model.af2_to_esm)
+
+
+def test_two_sources_for_one_stem_weight_are_refused(files):
+    """Issue 22: stem keys with and without the `esm.` prefix, or a stem in the file and one
+    given, map to the same `esm.*` weights; neither may silently win."""
+    model, pt, stem = files
+    config, weights = load_checkpoint(stem)[:2]
+    both = dict(weights)
+    key = "embeddings.word_embeddings.weight"
+    both["esm." + key] = weights[key].clone()
+    with pytest.raises(ValueError, match=f"two keys that map to 'esm.{key}'"):
+        load_checkpoint(pt, stem=(config, both))
+    data = _fair_esmfold_file(model)
+    data["model"]["esm.embed_tokens.weight"] = torch.zeros(33, 32)
+    with pytest.raises(ValueError, match="stores its own ESM-2 stem .* and a stem is given too"):
+        convert_fair_esmfold(data, stem=(config, weights))
 
 
 # ------------------------------------------------------------------------------------------------

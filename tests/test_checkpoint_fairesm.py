@@ -14,7 +14,9 @@ import warnings
 import pytest
 import torch
 
-from esmkernels.core.checkpoint import fair_esm_to_hf, load_checkpoint, save_checkpoint
+from esmkernels.core.checkpoint import load_checkpoint
+from esmkernels.core.fair_esm import fair_esm_to_hf
+from esmkernels.core.hf_checkpoint import save_checkpoint
 from tests._ckpt_models import TinyEsmForMaskedLM, TinyEsmModel
 
 H, FFN, LAYERS, HEADS, VOCAB = 16, 24, 2, 2, 33
@@ -272,6 +274,47 @@ def test_regression_file_checks(tmp_path):
         load_checkpoint(path)
     with pytest.raises(ValueError, match="contact-regression file; pass the model .pt"):
         load_checkpoint(tmp_path / "esm2_x-contact-regression.pt")
+
+
+def test_two_source_keys_for_one_weight_are_refused(tmp_path):
+    """Issue 22: a file naming one weight twice (e.g. the released prefix and the stripped name
+    fair-esm's modules use) must not load with whichever came last, even when the two agree."""
+    body = "encoder.sentence_encoder."
+    for extra, hf in (
+        ("embed_tokens.weight", "esm.embeddings.word_embeddings.weight"),
+        ("layers.1.fc2.bias", "esm.encoder.layer.1.output.dense.bias"),
+        ("lm_head.weight", "lm_head.decoder.weight"),
+    ):
+        raw, _ = _hand_built("esm2", ffn=4 * H)
+        source = raw["encoder.lm_head.weight" if extra == "lm_head.weight" else body + extra]
+        raw[extra] = source.clone()
+        with pytest.raises(ValueError, match=f"two fair-esm keys map to '{hf}'"):
+            fair_esm_to_hf(raw)
+        with pytest.raises(ValueError, match="two fair-esm keys map to"):
+            load_checkpoint(_esm2_file(tmp_path / "twice.pt", raw))
+
+    raw, _ = _hand_built("esm2", ffn=4 * H)
+    path = _esm2_file(tmp_path / "esm2_y.pt", raw)
+    w, b = torch.zeros(1, LAYERS * HEADS), torch.zeros(1)
+    torch.save(
+        {
+            "model": {
+                "regression.weight": w,
+                "contact_head.regression.weight": w + 1,
+                "regression.bias": b,
+            }
+        },
+        tmp_path / "esm2_y-contact-regression.pt",
+    )
+    with pytest.raises(ValueError, match="two entries map to 'esm.contact_head.regression.weight'"):
+        load_checkpoint(path)
+    # the model file and its regression file disagreeing on one weight
+    raw["encoder.contact_head.regression.weight"] = w + 2
+    raw["encoder.contact_head.regression.bias"] = b
+    path = _esm2_file(tmp_path / "esm2_z.pt", raw)
+    _regression(tmp_path / "esm2_z-contact-regression.pt")
+    with pytest.raises(ValueError, match="hold different tensors for 'esm.contact_head.regression"):
+        load_checkpoint(path)
 
 
 class _NamespaceSubclass(argparse.Namespace):

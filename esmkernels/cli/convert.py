@@ -45,7 +45,8 @@ def architecture(config, state_dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from esmkernels.core.checkpoint import load_checkpoint, save_checkpoint
+    from esmkernels.core.checkpoint import load_checkpoint
+    from esmkernels.core.hf_checkpoint import save_checkpoint
     from esmkernels.core.tokenization import EsmTokenizer
 
     out = Path(args.out)

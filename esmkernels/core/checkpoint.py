@@ -4,13 +4,14 @@ Formats (the name `load_checkpoint` reports in brackets):
 
 * HF directory with `config.json` and `model.safetensors` (`"hf-safetensors"`), a sharded
   `model.safetensors.index.json` (`"hf-safetensors-sharded"`), `pytorch_model.bin`
-  (`"hf-bin"`) or a sharded `pytorch_model.bin.index.json` (`"hf-bin-sharded"`).
+  (`"hf-bin"`) or a sharded `pytorch_model.bin.index.json` (`"hf-bin-sharded"`); read (and
+  written, `save_checkpoint`) by `esmkernels.core.hf_checkpoint`.
 * fair-esm `.pt` files: ESM-1b / ESM-1v, pickled with an `argparse.Namespace` under `"args"`
   (`"fair-esm-args"`), and ESM-2, with `cfg["model"]` (`"fair-esm-cfg"`). A
   `<name>-contact-regression.pt` file beside the `.pt` is merged in.
 * fair-esm ESMFold `.pt` files (`esmfold_3B_v1.pt`, `"fair-esm-esmfold"`, converted by
-  `esmkernels.core.convert_esmfold`, which this module imports; it does not import this one). They hold the folding trunk and heads only; the ESM-2 3B stem
-  comes from its own checkpoint, `load_checkpoint("esmfold_3B_v1.pt",
+  `esmkernels.core.convert_esmfold`, which this module imports; it does not import this
+  one). They hold the folding trunk and heads only; the ESM-2 3B stem comes from its own checkpoint, `load_checkpoint("esmfold_3B_v1.pt",
   stem="esm2_t36_3B_UR50D.pt")`. Without `stem` the state dict has no `esm.*` keys.
 * A Hub id such as `facebook/esm2_t6_8M_UR50D` (through `huggingface_hub`, only when installed,
   only when the string is not a local path, and never at import time).
@@ -28,8 +29,13 @@ files use):
 * The base-model prefix (`esm.`) is kept as stored; `PreTrainedMixin.from_pretrained` adds or
   strips it to fit the model class.
 
+Tensors are not copied into memory: safetensors files are memory-mapped and zip `.pt` / `.bin`
+files are read with `torch.load(mmap=True)`, so each tensor is a copy-on-write view of the file
+that is read from disk when first touched (`PreTrainedMixin.from_pretrained` places and casts
+them one at a time).
+
 Security: pickled files are read only with `torch.load(..., weights_only=True)`
-(`esmkernels.core.fair_esm.torch_load_safe`, re-exported here), allowing
+(`esmkernels.core.fair_esm.torch_load_safe`), allowing
 `argparse.Namespace` (fair-esm's `args` and ESM-2's `cfg["model"]` are namespaces of plain
 values) and omegaconf configs, which are read through inert stand-in classes into plain dicts
 without importing omegaconf (`torch_load_safe`). Anything else in the pickle is refused with an
@@ -46,11 +52,8 @@ Example:
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import re
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -65,24 +68,20 @@ from esmkernels.core.fair_esm import (
     FAIR_PAD_ID,
     config_field,
     fair_esm_to_hf,
-    format_keys,
     torch_load_safe,
 )
-
-logger = logging.getLogger(__name__)
-
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-WEIGHTS_NAME = "pytorch_model.bin"
-WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
-
-# Looked for in this order in a directory; the first one present wins.
-_DIR_WEIGHTS: tuple[tuple[str, str], ...] = (
-    (SAFE_WEIGHTS_NAME, "hf-safetensors"),
-    (SAFE_WEIGHTS_INDEX_NAME, "hf-safetensors-sharded"),
-    (WEIGHTS_NAME, "hf-bin"),
-    (WEIGHTS_INDEX_NAME, "hf-bin-sharded"),
+from esmkernels.core.hf_checkpoint import (
+    DIR_WEIGHTS,
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    is_inv_freq_key,
+    load_hf_dir,
+    load_hf_file,
+    normalize_state_dict,
 )
+
 FORMATS = (
     "hf-safetensors",
     "hf-safetensors-sharded",
@@ -93,10 +92,6 @@ FORMATS = (
     "fair-esm-esmfold",
 )
 
-_INV_FREQ = "rotary_embeddings.inv_freq"
-_LAYER_INV_FREQ = re.compile(
-    r"^(?P<pre>.*?)encoder\.layer\.(?P<i>\d+|\*)\.attention\.self\." + re.escape(_INV_FREQ) + "$"
-)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -128,8 +123,8 @@ def load_checkpoint(
 
     Returns:
         `config` (an `EsmConfig`), `state_dict` (HF key names, tensors on CPU in their stored
-        dtype, rotary `inv_freq` per layer, see the module docstring) and the format name, one of
-        `FORMATS`.
+        dtype, memory-mapped copy-on-write views of the file where the format allows, rotary
+        `inv_freq` per layer, see the module docstring) and the format name, one of `FORMATS`.
 
     Raises:
         FileNotFoundError: the path does not exist (and is not a Hub id), or a file it needs
@@ -153,13 +148,13 @@ def load_checkpoint(
         )
     path = resolve_path(path_or_id, revision=revision, cache_dir=cache_dir)
     if path.is_dir():
-        cfg, state_dict, fmt = _load_hf_dir(path, config)
+        cfg, state_dict, fmt = load_hf_dir(path, config)
     elif path.suffix in (".pt", ".pth"):
         cfg, state_dict, fmt = _load_fair_esm(path, stem)
         if config is not None:
             cfg = config
     else:
-        cfg, state_dict, fmt = _load_hf_file(path, config)
+        cfg, state_dict, fmt = load_hf_file(path, config)
     if stem is not None and fmt != "fair-esm-esmfold":
         raise ValueError(
             f"load_checkpoint: stem= is only for fair-esm ESMFold .pt files (trunk weights "
@@ -190,262 +185,6 @@ def resolve_path(
         f"no checkpoint at {text!r}: not an existing file or directory (a Hub id looks like "
         "'facebook/esm2_t6_8M_UR50D')"
     )
-
-
-def save_checkpoint(
-    save_directory: str | os.PathLike,
-    config: EsmConfig,
-    state_dict: Mapping[str, Tensor],
-    *,
-    safe_serialization: bool = True,
-) -> Path:
-    """Write an HF checkpoint directory: `config.json` + `model.safetensors` (or `pytorch_model.bin`).
-
-    Rotary `inv_freq` is written per layer (transformers v4 layout; transformers 5.23 loads it
-    too, renaming it to its shared buffer). Tensors are moved to CPU and made contiguous; tensors
-    sharing memory are copied (safetensors refuses shared storage). Each file is written to a
-    temporary name and moved into place with `os.replace`, so a crash leaves either the old file
-    or the new one, never half of one. Weights files of the other formats (`model.safetensors`,
-    `pytorch_model.bin`, their shard indices) left by an earlier save are removed afterwards, so
-    they cannot shadow the new file.
-
-    Args:
-        save_directory: created if missing.
-        config: written as `config.json`.
-        state_dict: HF key names -> tensors (tied duplicates already removed).
-        safe_serialization: False writes `pytorch_model.bin` (a pickle) instead.
-
-    Returns:
-        The directory.
-
-    Example:
-        >>> cfg, sd, _ = load_checkpoint("esm2_t6_8M_UR50D.pt")  # doctest: +SKIP
-        >>> save_checkpoint("esm2_t6_8M_UR50D_hf", cfg, sd)  # doctest: +SKIP
-    """
-    directory = Path(save_directory)
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"save_checkpoint: {directory} exists and is not a directory")
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = _detach_unshared(normalize_state_dict(state_dict, config.num_hidden_layers))
-    name = SAFE_WEIGHTS_NAME if safe_serialization else WEIGHTS_NAME
-    target = directory / name
-    tmp = directory / f".{name}.{uuid.uuid4().hex}.tmp"
-    try:
-        if safe_serialization:
-            from safetensors.torch import save_file
-
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
-        else:
-            torch.save(tensors, tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    config.save_pretrained(directory)
-    # A weights file of another format left from an earlier save would shadow or contradict
-    # the new one (the loader takes the first of _DIR_WEIGHTS it finds).
-    for stale, _ in _DIR_WEIGHTS:
-        if stale != name and (directory / stale).is_file():
-            logger.info("save_checkpoint: removing stale %s", directory / stale)
-            (directory / stale).unlink()
-    return directory
-
-
-def _detach_unshared(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    seen: set[int] = set()
-    for key, value in state.items():
-        t = value.detach().to("cpu").contiguous()
-        storage = t.untyped_storage()
-        if t.numel() and (
-            storage.data_ptr() in seen or storage.nbytes() != t.numel() * t.element_size()
-        ):
-            t = t.clone()  # shares memory with another entry, or is a view of a larger buffer
-        seen.add(t.untyped_storage().data_ptr())
-        out[key] = t
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Key normalisation
-# ---------------------------------------------------------------------------------------------
-
-
-def normalize_state_dict(state_dict: Mapping[str, Tensor], num_layers: int) -> dict[str, Tensor]:
-    """Bring HF-style keys written by any transformers version to one form.
-
-    * `LayerNorm.gamma` / `LayerNorm.beta` -> `LayerNorm.weight` / `LayerNorm.bias`.
-    * `...encoder.layer.*.attention.self.rotary_embeddings.inv_freq` (transformers v5 files) and
-      a model-level `...rotary_embeddings.inv_freq` -> one key per layer `0..num_layers-1`
-      (the same stored tensor for each).
-
-    Args:
-        state_dict: key -> tensor.
-        num_layers: `config.num_hidden_layers`, the number of per-layer keys to expand to.
-    """
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        if key.endswith("LayerNorm.gamma"):
-            key = key[: -len("gamma")] + "weight"
-        elif key.endswith("LayerNorm.beta"):
-            key = key[: -len("beta")] + "bias"
-        match = _LAYER_INV_FREQ.match(key)
-        if match is not None and match["i"] == "*":
-            for i in range(num_layers):
-                out.setdefault(layer_inv_freq_key(match["pre"], i), value)
-            continue
-        if match is None and key.endswith(_INV_FREQ) and "encoder.layer." not in key:
-            # model-level buffer (transformers v5 in memory): `<pre>rotary_embeddings.inv_freq`
-            pre = key[: -len(_INV_FREQ)]
-            for i in range(num_layers):
-                out.setdefault(layer_inv_freq_key(pre, i), value)
-            continue
-        if key in out and not torch.equal(out[key], value):
-            raise ValueError(f"checkpoint holds two different tensors for {key!r}")
-        out[key] = value
-    return out
-
-
-def layer_inv_freq_key(prefix: str, layer: int) -> str:
-    """The per-layer rotary key, e.g. `esm.encoder.layer.3.attention.self.rotary_embeddings.inv_freq`."""
-    return f"{prefix}encoder.layer.{layer}.attention.self.{_INV_FREQ}"
-
-
-def is_inv_freq_key(key: str) -> bool:
-    return key.endswith(_INV_FREQ)
-
-
-# ---------------------------------------------------------------------------------------------
-# HF formats
-# ---------------------------------------------------------------------------------------------
-
-
-def _read_config(directory: Path, config: EsmConfig | None, weights: Path) -> EsmConfig:
-    if config is not None:
-        return config
-    file = directory / CONFIG_NAME
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"{weights} has no {CONFIG_NAME} beside it; pass config=EsmConfig(...) to load bare weights"
-        )
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{file} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{file} holds a JSON {type(data).__name__}, expected an object")
-    model_type = data.get("model_type")
-    if model_type != "esm":
-        raise ValueError(
-            f"{file} has model_type={model_type!r}, expected 'esm': this is not an ESM checkpoint"
-        )
-    return EsmConfig.from_dict(data)
-
-
-def _load_hf_dir(
-    directory: Path, config: EsmConfig | None
-) -> tuple[EsmConfig, dict[str, Tensor], str]:
-    for name, fmt in _DIR_WEIGHTS:
-        weights = directory / name
-        if weights.is_file():
-            cfg = _read_config(directory, config, weights)
-            return cfg, _read_weights(weights, fmt), fmt
-    pts = sorted(
-        p.name for p in directory.glob("*.pt") if not p.name.endswith("-contact-regression.pt")
-    )
-    hint = f" (found {pts}: pass the .pt file itself)" if pts else ""
-    looked = ", ".join(name for name, _ in _DIR_WEIGHTS)
-    raise FileNotFoundError(f"no weights in {directory}: looked for {looked}{hint}")
-
-
-def _load_hf_file(path: Path, config: EsmConfig | None) -> tuple[EsmConfig, dict[str, Tensor], str]:
-    name = path.name
-    if name.endswith(".safetensors.index.json"):
-        fmt = "hf-safetensors-sharded"
-    elif name.endswith(".bin.index.json"):
-        fmt = "hf-bin-sharded"
-    elif name.endswith(".safetensors"):
-        fmt = "hf-safetensors"
-    elif name.endswith(".bin"):
-        fmt = "hf-bin"
-    else:
-        raise ValueError(
-            f"unknown checkpoint format: {path}; expected a directory with {CONFIG_NAME} and one of "
-            f"{', '.join(n for n, _ in _DIR_WEIGHTS)}, a .safetensors / .bin / index .json file, "
-            "or a fair-esm .pt file"
-        )
-    cfg = _read_config(path.parent, config, path)
-    return cfg, _read_weights(path, fmt), fmt
-
-
-def _read_weights(path: Path, fmt: str) -> dict[str, Tensor]:
-    if fmt == "hf-safetensors":
-        return read_safetensors(path)
-    if fmt == "hf-bin":
-        return _read_bin(path)
-    return _read_sharded(path, read_safetensors if fmt == "hf-safetensors-sharded" else _read_bin)
-
-
-def read_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
-    """All tensors of a `.safetensors` file on CPU; ValueError naming the file when it is corrupt."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"missing weights file {path}")
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ValueError(
-            f"{path} is not a readable safetensors file (corrupt or truncated?): {err}"
-        ) from None
-
-
-def _read_bin(path: Path) -> dict[str, Tensor]:
-    data = torch_load_safe(path)
-    if (
-        isinstance(data, Mapping)
-        and "state_dict" in data
-        and isinstance(data["state_dict"], Mapping)
-    ):
-        data = data["state_dict"]
-    if not isinstance(data, Mapping) or not all(isinstance(v, Tensor) for v in data.values()):
-        raise ValueError(f"{path} does not hold a flat dict of tensors (a state dict)")
-    return {str(k): v for k, v in data.items()}
-
-
-def _read_sharded(index: Path, read) -> dict[str, Tensor]:
-    try:
-        data = json.loads(index.read_text())
-        weight_map = data["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"{index} is not a shard index (JSON with a 'weight_map'): {err!r}"
-        ) from None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise ValueError(f"{index}: 'weight_map' must be a non-empty object")
-    shards = sorted(set(weight_map.values()))
-    for shard in shards:
-        # A shard name is a plain file name in the same directory; anything else could read
-        # files elsewhere on disk.
-        if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
-            raise ValueError(f"{index}: shard name {shard!r} is not a plain file name")
-    out: dict[str, Tensor] = {}
-    for shard in shards:
-        file = index.parent / shard
-        if not file.is_file():
-            raise FileNotFoundError(f"{index} lists shard {shard!r}, which is missing ({file})")
-        tensors = read(file)
-        wanted = [k for k, s in weight_map.items() if s == shard]
-        lost = [k for k in wanted if k not in tensors]
-        if lost:
-            raise ValueError(
-                f"shard {file} lacks {len(lost)} key(s) its index lists: {format_keys(lost)}"
-            )
-        for key in wanted:
-            out[key] = tensors[key]
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,7 +253,7 @@ def _fair_config(
 def _load_fair_esm(path: Path, stem: Any = None) -> tuple[EsmConfig, dict[str, Tensor], str]:
     if path.name.endswith("-contact-regression.pt"):
         raise ValueError(f"{path} is a contact-regression file; pass the model .pt beside it")
-    data = torch_load_safe(path)
+    data = torch_load_safe(path, mmap=True)
     if is_fair_esmfold(data):
         if stem is not None and not isinstance(stem, (str, os.PathLike, tuple)):
             raise TypeError(
@@ -565,8 +304,11 @@ def _load_fair_esm(path: Path, stem: Any = None) -> tuple[EsmConfig, dict[str, T
             state["lm_head.decoder.weight"] = words
     regression = path.with_name(path.stem + "-contact-regression.pt")
     if regression.is_file():
-        state.update(_read_regression(regression))
-    rotary = any(k.endswith(_INV_FREQ) for k in state) or fmt == "fair-esm-cfg"
+        for key, value in _read_regression(regression).items():
+            if key in state and not torch.equal(state[key], value):
+                raise ValueError(f"{path} and {regression.name} hold different tensors for {key!r}")
+            state[key] = value
+    rotary = any(is_inv_freq_key(k) for k in state) or fmt == "fair-esm-cfg"
     return _fair_config(state, model_args, rotary, path), state, fmt
 
 
@@ -578,7 +320,10 @@ def _read_regression(path: Path) -> dict[str, Tensor]:
         m = re.search(r"(^|\.)regression\.(weight|bias)$", str(key))
         if m is None or not isinstance(value, Tensor):
             raise ValueError(f"{path}: unexpected entry {key!r} in a contact-regression file")
-        out[f"esm.contact_head.regression.{m.group(2)}"] = value
+        hf = f"esm.contact_head.regression.{m.group(2)}"
+        if hf in out:
+            raise ValueError(f"{path}: two entries map to {hf!r} (one is {key!r})")
+        out[hf] = value
     if len(out) != 2:
         raise ValueError(
             f"{path}: expected regression.weight and regression.bias, found {sorted(out)}"
@@ -619,25 +364,9 @@ def _download(repo_id: str, *, revision: str | None, cache_dir: str | os.PathLik
                 f"could not download {repo_id!r}: offline? pass a local path "
                 f"({type(err).__name__}: {err})"
             ) from err
-        if any((local / name).is_file() for name, _ in _DIR_WEIGHTS):
+        if any((local / name).is_file() for name, _ in DIR_WEIGHTS):
             return local
     raise FileNotFoundError(f"Hub repo {repo_id!r} has no ESM weights ({local})")
 
 
-__all__ = [
-    "FORMATS",
-    "SAFE_WEIGHTS_INDEX_NAME",
-    "SAFE_WEIGHTS_NAME",
-    "WEIGHTS_INDEX_NAME",
-    "WEIGHTS_NAME",
-    "format_keys",
-    "is_inv_freq_key",
-    "layer_inv_freq_key",
-    "fair_esm_to_hf",
-    "load_checkpoint",
-    "normalize_state_dict",
-    "read_safetensors",
-    "resolve_path",
-    "save_checkpoint",
-    "torch_load_safe",
-]
+__all__ = ["FORMATS", "load_checkpoint", "resolve_path"]

@@ -161,8 +161,10 @@ def convert_fair_esmfold(
     Raises:
         ValueError: `data` is not an ESMFold checkpoint (no `trunk.*` weights or no trunk
             config), the stem is a folding model or does not fit the trunk (its layer count and
-            width must match `esm_s_combine` and `esm_s_mlp`), or the stem the file stores
-            (fair-esm names, `esm.layers.*`) is not ESM-2 3B.
+            width must match `esm_s_combine` and `esm_s_mlp`), the stem the file stores
+            (fair-esm names, `esm.layers.*`) is not ESM-2 3B, or two source keys map to one
+            destination key (`embeddings.x` and `esm.embeddings.x` in the stem, or a stem in
+            the file and `stem` given).
         TypeError: `stem` is not a `(config, state_dict)` pair.
     """
     if not isinstance(data, Mapping):
@@ -189,11 +191,19 @@ def convert_fair_esmfold(
         else:
             state_dict[key] = value
     if stem_pair is not None:
+        if fair_stem:
+            raise ValueError(
+                f"the ESMFold file stores its own ESM-2 stem ({len(fair_stem)} esm.* keys) and "
+                "a stem is given too: two sources for the same weights; pass stem=None"
+            )
         _check_stem_fits(stem_pair[0], state_dict)
         for key, value in stem_pair[1].items():
             if key.startswith(("lm_head.", "esm.lm_head.")):
                 continue
-            state_dict[key if key.startswith("esm.") else "esm." + key] = value
+            hf = key if key.startswith("esm.") else "esm." + key
+            if hf in state_dict:
+                raise ValueError(f"the stem holds two keys that map to {hf!r} (one is {key!r})")
+            state_dict[hf] = value
     elif fair_stem:
         state_dict.update(_convert_fair_stem(fair_stem, config))
     return config, state_dict

@@ -27,8 +27,12 @@ import torch
 from torch import Tensor
 
 
-def torch_load_safe(path: str | os.PathLike) -> Any:
+def torch_load_safe(path: str | os.PathLike, *, mmap: bool = False) -> Any:
     """`torch.load(weights_only=True)` that also reads configs pickled as omegaconf objects.
+
+    With `mmap=True` a zip checkpoint (every `torch.save` since torch 1.6) is memory-mapped
+    (`torch.load(mmap=True)`): its tensors are copy-on-write views of the file, read from disk
+    when first touched. Legacy files, and any file torch cannot map, are read into memory.
 
     Besides tensors and plain containers it allows `argparse.Namespace` (fair-esm's `args`,
     ESM-2's `cfg["model"]`) and omegaconf configs (`DictConfig`, `ListConfig` and their nodes,
@@ -66,11 +70,12 @@ def torch_load_safe(path: str | os.PathLike) -> Any:
         if not _is_config_global(name):
             raise _refusal(path, name)
         stand_ins[name] = _stand_in(name)
+    use_mmap = mmap and listed is not None  # only zip checkpoints can be mapped
     for _ in range(256):  # bounded: each round learns one more global of a legacy file
         allowed = [argparse.Namespace, *((cls, name) for name, cls in stand_ins.items())]
         try:
             with torch.serialization.safe_globals(allowed):
-                data = torch.load(path, map_location="cpu", weights_only=True)
+                data = torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
             break
         except pickle.UnpicklingError as err:
             found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(err), re.IGNORECASE)
@@ -82,6 +87,9 @@ def torch_load_safe(path: str | os.PathLike) -> Any:
                 continue
             raise _refusal(path, name) from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+            if use_mmap:  # e.g. storages torch cannot map; reading into memory may still work
+                use_mmap = False
+                continue
             raise ValueError(
                 f"{path} is not a readable torch checkpoint (corrupt or truncated?): {err}"
             ) from None

@@ -14,7 +14,9 @@ constructor argument (`cls(config)`), stores it as `self.config`, and uses HF pa
             self.lm_head = EsmLMHead(config)
             self.post_init()                    # ties the decoder to the embedding
 
-Loading (`from_pretrained`) reads any format `esmkernels.core.checkpoint.load_checkpoint` knows, then:
+Loading (`from_pretrained`) reads any format `esmkernels.core.checkpoint.load_checkpoint` knows
+(memory-mapped where the format allows), builds the model without allocating or initialising
+its parameters (`esmkernels.core.materialize.empty_parameters`), then:
 
 1. fits the base-model prefix: a base checkpoint (`embeddings.*`) loads into a head class
    (`esm.embeddings.*`) and a head checkpoint loads into the base class (its head keys, e.g.
@@ -24,7 +26,12 @@ Loading (`from_pretrained`) reads any format `esmkernels.core.checkpoint.load_ch
 3. fills tied weights (`_tied_weights`, target <- source) that the file leaves out;
 4. raises ValueError for every shape mismatch ("config disagrees with the weights"), and for
    missing / unexpected keys unless `strict=False` (then `warnings.warn` + log and carry on);
-5. moves to `device`, casts to `dtype` and calls `.eval()`.
+5. makes each checkpoint tensor the parameter itself, in `dtype` on `device`, one tensor at a
+   time (`materialize.assign`; on the CPU in the stored dtype, a view of the mapped file, so
+   nothing is copied); gives parameters the file lacks and the class may leave fresh (a new
+   task head) their `_init_weights` initialisation, or, for a class without one, builds the
+   model with its constructors instead and loads into it; then moves the buffers and calls
+   `.eval()`.
 
 Casting keeps buffers that match `_keep_in_fp32` (rotary `inv_freq`) in float32, so positions
 are not rounded to half precision; a later `model.half()` by the user does cast them, and model
@@ -38,8 +45,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import re
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,60 +52,24 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from esmkernels.core.checkpoint import (
-    format_keys,
-    is_inv_freq_key,
-    load_checkpoint,
-    save_checkpoint,
-)
+from esmkernels.core.checkpoint import load_checkpoint
 from esmkernels.core.configuration import EsmConfig
+from esmkernels.core.hf_checkpoint import is_inv_freq_key, save_checkpoint
+from esmkernels.core.key_fitting import KeyFitting, matches_any
+from esmkernels.core.materialize import (
+    assign,
+    empty_parameters,
+    init_fresh,
+    meta_parameters,
+    place,
+    resolve_device,
+    resolve_dtype,
+)
 
 logger = logging.getLogger(__name__)
 
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
 
-
-def _warn(message: str, stacklevel: int) -> None:
-    """`warnings.warn` pointing `stacklevel` frames up from the caller, and the same log line."""
-    warnings.warn(message, stacklevel=stacklevel + 1)
-    logger.warning(message)
-
-
-def _matches(key: str, patterns: Iterable[str]) -> bool:
-    return any(re.search(p, key) for p in patterns)
-
-
-def resolve_dtype(dtype: torch.dtype | str | None, state_dict: Mapping[str, Tensor] | None = None):
-    """`torch.dtype` for a dtype argument: a dtype, a name ("bf16", "float16", ...), "auto" or None.
-
-    "auto" means the dtype most of the checkpoint's floating tensors are stored in.
-    """
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if not isinstance(dtype, str):
-        raise TypeError(f"dtype must be a torch.dtype or a string, got {type(dtype).__name__}")
-    name = dtype.removeprefix("torch.").lower()
-    if name == "auto":
-        counts: dict[torch.dtype, int] = {}
-        for key, t in (state_dict or {}).items():
-            if t.is_floating_point() and not is_inv_freq_key(key):
-                counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
-        return max(counts, key=counts.get) if counts else None
-    if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)} or 'auto'")
-    return _DTYPES[name]
-
-
-class PreTrainedMixin:
+class PreTrainedMixin(KeyFitting):
     """Checkpoint loading and saving for `nn.Module` model classes; see the module docstring.
 
     Class attributes a model class may set:
@@ -149,9 +118,6 @@ class PreTrainedMixin:
     def post_init(self) -> None:
         """Call at the end of `__init__`: ties weights so a fresh model is already tied."""
         self.tie_weights()
-
-    def _tying(self) -> bool:
-        return bool(getattr(getattr(self, "config", None), "tie_word_embeddings", True))
 
     def tie_weights(self) -> None:
         """Make every `_tied_weights` target the same `nn.Parameter` as its source.
@@ -222,14 +188,16 @@ class PreTrainedMixin:
         *,
         config: Any = None,
         dtype: torch.dtype | str | None = None,
-        device: torch.device | str | None = None,
+        device: torch.device | str | int | None = None,
         strict: bool = True,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         stem: Any = None,
+        torch_dtype: torch.dtype | str | None = None,
+        device_map: Any = None,
         **config_overrides: Any,
     ):
-        """Build `cls(config)` and load a checkpoint of any supported format into it.
+        """Build `cls(config)` without initialising it and load a checkpoint of any format into it.
 
         Args:
             path_or_id: directory, weights file, fair-esm `.pt`, or Hub id (see
@@ -237,13 +205,17 @@ class PreTrainedMixin:
             config: configuration to use instead of the stored one.
             dtype: cast parameters (and floating buffers other than `_keep_in_fp32`) to this
                 dtype: a `torch.dtype`, "float32" / "float16" / "bfloat16" (or "fp16", "bf16"),
-                "auto" for the stored dtype, or None to keep float32.
-            device: where the model ends up (loading itself happens on CPU).
+                "auto" for the stored dtype, or None to keep float32. `torch_dtype` is the same
+                argument under transformers' older name.
+            device: where the model is loaded: None or "cpu", "cuda", "cuda:1", a GPU index.
+                Each tensor is copied there in its stored dtype and cast there, one at a time.
+                `device_map` is transformers' argument for the same, for one device only
+                ("cuda", "auto", `{"": "cuda:0"}`).
             strict: raise on missing / unexpected keys (after the class's ignore lists and the
                 task-head rule of `load_hf_state_dict`: a head the checkpoint lacks entirely is
                 freshly initialised with a warning, as in transformers). With False they are
-                reported by `warnings.warn` and logging; missing ones keep their initial values.
-                Shape mismatches always raise.
+                reported by `warnings.warn` and logging; missing ones get the initial values
+                the constructors give them. Shape mismatches always raise.
             revision, cache_dir: for Hub ids.
             stem: for a fair-esm ESMFold `.pt` (trunk weights only): the ESM-2 stem's
                 checkpoint, e.g. `"esm2_t36_3B_UR50D.pt"` or `"facebook/esm2_t36_3B_UR50D"`
@@ -264,6 +236,11 @@ class PreTrainedMixin:
         """
         if config is not None:
             cls._make_config(config, {})  # type check before any file is read
+        if torch_dtype is not None:
+            if dtype is not None and resolve_dtype(dtype) != resolve_dtype(torch_dtype):
+                raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree")
+            dtype = torch_dtype
+        target_device = resolve_device(device, device_map)
         stored_config, state_dict, fmt = load_checkpoint(
             path_or_id, config=config, revision=revision, cache_dir=cache_dir, stem=stem
         )
@@ -281,14 +258,30 @@ class PreTrainedMixin:
                 "'facebook/esm2_t36_3B_UR50D'), or strict=False to leave the stem random"
             )
         config = cls._make_config(stored_config, config_overrides)
-        target_dtype = resolve_dtype(dtype, state_dict)
+        target_dtype = resolve_dtype(dtype, state_dict, skip=is_inv_freq_key)
 
-        model = cls(config)  # type: ignore[call-arg]
+        with empty_parameters():
+            model = cls(config)  # type: ignore[call-arg]
         if not isinstance(model, nn.Module):
             raise TypeError(f"{cls.__name__} must be a torch.nn.Module to use PreTrainedMixin")
         model.tie_weights()
-        model.load_hf_state_dict(state_dict, strict=strict, source=f"{path_or_id} ({fmt})")
-        model.to_device_dtype(device=device, dtype=target_dtype)
+        source = f"{path_or_id} ({fmt})"
+        loadable, _, _ = model._fit_state_dict(state_dict, strict=strict, source=source)
+        del state_dict  # what is not loaded is unmapped as soon as possible
+        # A caller's own stem tensors are copied, never shared with the new model.
+        theirs = [] if not isinstance(stem, tuple) else list(stem[1].values())
+        if not model._fill(loadable, target_dtype, target_device, theirs):
+            logger.info(
+                "%s: parameters the checkpoint lacks have no _init_weights; building the model "
+                "with its constructors to initialise them",
+                cls.__name__,
+            )
+            model = cls(config)  # type: ignore[call-arg]
+            model.tie_weights()
+            with torch.no_grad():
+                model.load_state_dict(loadable, strict=False)
+            model.tie_weights()
+        model.to_device_dtype(device=target_device, dtype=target_dtype)
         return model.eval()
 
     @classmethod
@@ -315,176 +308,62 @@ class PreTrainedMixin:
     ) -> tuple[list[str], list[str]]:
         """Load an HF-named state dict (steps 1-4 of the module docstring) into this model.
 
+        Values are copied into the model's tensors; a model built inside
+        `materialize.empty_parameters` gets the tensors themselves instead (step 5, on the CPU,
+        in its parameters' dtype), and ValueError when a parameter the state dict lacks cannot
+        be initialised without its constructor.
+
         Returns the `(missing, unexpected)` keys that were tolerated (empty when strict).
         """
         module: nn.Module = self  # type: ignore[assignment]
-        expected = module.state_dict()
-        mapped = self._fit_prefix(dict(state_dict), expected)
-        mapped = self._fit_inv_freq(mapped, expected)
-        stored = set(mapped)  # before tying fills targets the file leaves out
-        mapped = self._fit_tied(mapped, expected, source)
-
-        mismatched = [
-            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-            for k, v in mapped.items()
-            if k in expected and tuple(v.shape) != tuple(expected[k].shape)
-        ]
-        if mismatched:
-            raise ValueError(
-                f"{type(self).__name__}: config disagrees with the weights in {source}: "
-                f"{len(mismatched)} shape mismatch(es): {format_keys(mismatched)}"
-            )
-        missing = [k for k in expected if k not in mapped and not _matches(k, self._ignore_missing)]
-        unexpected = [
-            k for k in mapped if k not in expected and not _matches(k, self._ignore_unexpected)
-        ]
-        missing, unexpected = self._fit_task_heads(missing, unexpected, stored, expected, source)
-        recomputed = [k for k in expected if k not in mapped and is_inv_freq_key(k)]
-        if recomputed:
-            logger.warning(
-                "%s: %s has no rotary inv_freq; using freshly computed values for %d buffer(s)",
-                type(self).__name__,
-                source,
-                len(recomputed),
-            )
-        if any(k not in mapped and "contact_head.regression." in k for k in expected):
-            # ESM-1v ships without a contact head; predictions from it would be noise
-            logger.warning(
-                "%s: %s has no contact head weights; contact predictions are meaningless",
-                type(self).__name__,
-                source,
-            )
-        if missing or unexpected:
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} missing key(s): {format_keys(missing)}")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected key(s): {format_keys(unexpected)}")
-            message = f"{type(self).__name__} from {source}: " + "; ".join(parts)
-            if strict:
-                raise ValueError(message + " (pass strict=False to load anyway)")
-            _warn(message, stacklevel=3)
-
-        loadable = {k: v for k, v in mapped.items() if k in expected}
+        loadable, missing, unexpected = self._fit_state_dict(
+            state_dict, strict=strict, source=source
+        )
+        if meta_parameters(module):
+            if not self._fill(loadable, None, torch.device("cpu")):
+                raise ValueError(
+                    f"{type(self).__name__}: parameters {source} lacks have no _init_weights; "
+                    "build the model normally (not inside empty_parameters) to load it"
+                )
+            return missing, unexpected
         with torch.no_grad():
             module.load_state_dict(loadable, strict=False)
         self.tie_weights()
         return missing, unexpected
 
-    def _fit_task_heads(
+    def _fill(
         self,
-        missing: list[str],
-        unexpected: list[str],
-        stored: Iterable[str],
-        expected: Mapping[str, Tensor],
-        source: str,
-    ) -> tuple[list[str], list[str]]:
-        """Split off whole task heads the checkpoint (`stored` keys) or the class lacks.
+        loadable: Mapping[str, Tensor],
+        dtype: torch.dtype | None,
+        device: torch.device,
+        theirs: Iterable[Tensor] = (),
+    ) -> bool:
+        """Step 5 for a model built inside `empty_parameters`: install `loadable` and initialise
+        the meta parameters it lacks. False (and the model untouched) when one of those has no
+        `_init_weights`; the caller then builds the model with its constructors."""
+        module: nn.Module = self  # type: ignore[assignment]
+        fresh_names = [
+            names[0] for names in meta_parameters(module) if not any(n in loadable for n in names)
+        ]
+        fresh = init_fresh(module, fresh_names) if fresh_names else {}
+        if fresh is None:
+            return False
+        buffers = {name for name, _ in module.named_buffers()}
 
-        See `_init_missing_heads` in the class docstring. Returns the remaining
-        `(missing, unexpected)`.
-        """
-        prefix = self.base_model_prefix + "."
-        stored = list(stored)
-        if not (
-            self._init_missing_heads
-            and self._is_head()
-            and any(k.startswith(prefix) for k in stored)
-        ):
-            return missing, unexpected
+        def convert(name: str, value: Tensor, current: Tensor) -> Tensor:
+            final = current.dtype
+            if (
+                dtype is not None
+                and current.is_floating_point()
+                and not (name in buffers and matches_any(name, self._keep_in_fp32))
+            ):
+                final = dtype
+            return place(value, final, device)
 
-        def top(key: str) -> str:
-            return key.split(".", 1)[0]
-
-        in_file = {top(k) for k in stored}
-        in_model = {top(k) for k in expected}
-        fresh = [k for k in missing if not k.startswith(prefix) and top(k) not in in_file]
-        dropped = [k for k in unexpected if not k.startswith(prefix) and top(k) not in in_model]
-        if fresh:
-            message = (
-                f"{type(self).__name__}: {source} has no weights for its task head; "
-                f"{len(fresh)} weight(s) are newly initialised: {format_keys(fresh)}. Train the "
-                "model on a downstream task before using its predictions"
-            )
-            _warn(message, stacklevel=4)
-        if dropped:
-            logger.info(
-                "%s: ignoring %d checkpoint key(s) of modules the class does not have: %s",
-                type(self).__name__,
-                len(dropped),
-                format_keys(dropped),
-            )
-        fresh_set, dropped_set = set(fresh), set(dropped)
-        return (
-            [k for k in missing if k not in fresh_set],
-            [k for k in unexpected if k not in dropped_set],
-        )
-
-    def _is_head(self) -> bool:
-        return isinstance(getattr(self, self.base_model_prefix, None), nn.Module)
-
-    def _fit_prefix(
-        self, state_dict: dict[str, Tensor], expected: Mapping[str, Tensor]
-    ) -> dict[str, Tensor]:
-        prefix = self.base_model_prefix + "."
-        has_prefix = any(k.startswith(prefix) for k in state_dict)
-        if self._is_head() and not has_prefix:
-            # base checkpoint into a head class
-            return {prefix + k: v for k, v in state_dict.items()}
-        if not self._is_head() and has_prefix and not any(k.startswith(prefix) for k in expected):
-            # head checkpoint into the base class: its head keys have nowhere to go
-            dropped = [k for k in state_dict if not k.startswith(prefix)]
-            if dropped:
-                logger.info(
-                    "%s: dropping %d head key(s) of the checkpoint: %s",
-                    type(self).__name__,
-                    len(dropped),
-                    format_keys(dropped),
-                )
-            return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        return state_dict
-
-    def _fit_inv_freq(
-        self, state_dict: dict[str, Tensor], expected: Mapping[str, Tensor]
-    ) -> dict[str, Tensor]:
-        want = [k for k in expected if is_inv_freq_key(k)]
-        have = sorted((k for k in state_dict if is_inv_freq_key(k)), key=_layer_order)
-        if not have or set(want) == set(have):
-            return state_dict
-        values = [state_dict[k] for k in have]
-        needed = [k for k in want if k not in state_dict]
-        if needed and any(not torch.equal(values[0], v) for v in values[1:]):
-            raise ValueError(
-                f"{type(self).__name__}: the checkpoint's per-layer rotary inv_freq differ, but "
-                f"the model keeps {needed[0]!r}; cannot map them without losing values"
-            )
-        out = {
-            k: v for k, v in state_dict.items() if not (is_inv_freq_key(k) and k not in expected)
-        }
-        for key in needed:
-            out[key] = values[0]
-        return out
-
-    def _fit_tied(
-        self, state_dict: dict[str, Tensor], expected: Mapping[str, Tensor], source: str
-    ) -> dict[str, Tensor]:
-        if not self._tying():
-            return state_dict
-        for target, src in self._tied_weights.items():
-            if target not in expected or src not in state_dict:
-                continue
-            if target not in state_dict:
-                state_dict[target] = state_dict[src]
-            elif not torch.equal(state_dict[target], state_dict[src]):
-                # One parameter cannot hold two values; the source wins, as in transformers.
-                message = (
-                    f"{type(self).__name__}: {source} stores {target} different from {src}, but "
-                    f"config.tie_word_embeddings=True ties them; using {src}. Set "
-                    "tie_word_embeddings=False to keep both"
-                )
-                _warn(message, stacklevel=4)
-                state_dict[target] = state_dict[src]
-        return state_dict
+        owned = {t.data_ptr() for t in theirs if t.numel()}
+        assign(module, {**loadable, **fresh}, convert, owned_elsewhere=owned)
+        self.tie_weights()
+        return True
 
     def to_device_dtype(
         self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -496,7 +375,7 @@ class PreTrainedMixin:
         kept = {}
         if dtype is not None:
             for name, buf in module.named_buffers():
-                if buf.is_floating_point() and _matches(name, self._keep_in_fp32):
+                if buf.is_floating_point() and matches_any(name, self._keep_in_fp32):
                     kept[name] = buf.detach().float().clone()
         module.to(device=device, dtype=dtype)
         for name, value in kept.items():
@@ -543,9 +422,4 @@ class PreTrainedMixin:
         return save_checkpoint(save_directory, config, state, safe_serialization=safe_serialization)
 
 
-def _layer_order(key: str) -> tuple[int, str]:
-    found = re.search(r"\.layer\.(\d+)\.", key)
-    return (int(found.group(1)) if found else -1, key)
-
-
-__all__ = ["PreTrainedMixin", "resolve_dtype"]
+__all__ = ["PreTrainedMixin"]

@@ -514,7 +514,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ckpt-conflicting-duplicates-accepted",
         "removed validation",
-        "esmkernels/core/checkpoint.py",
+        "esmkernels/core/hf_checkpoint.py",
         'raise ValueError(f"checkpoint holds two different tensors for {key!r}")',
         "pass",
         CKPT,
@@ -523,7 +523,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "ckpt-empty-weight-map-accepted",
         "removed validation",
-        "esmkernels/core/checkpoint.py",
+        "esmkernels/core/hf_checkpoint.py",
         "if not isinstance(weight_map, dict) or not weight_map:",
         "if not isinstance(weight_map, dict):",
         CKPT,
