@@ -14,6 +14,7 @@ import torch
 
 from esmkernels.benchmarks.environment import cuda_usable as on_gpu
 from esmkernels.benchmarks.environment import device_name, git_commit, versions
+from esmkernels.core.memory import free_memory, is_oom
 
 __all__ = ["device_name", "git_commit", "on_gpu", "versions"]
 
@@ -41,10 +42,12 @@ def run_or_record_oom(benchmark, fn, *args, **kwargs):
     """Benchmark fn; an out-of-memory is recorded in extra_info (not dropped) and skipped."""
     try:
         return benchmark(fn, *args, **kwargs)
-    except torch.cuda.OutOfMemoryError:
-        benchmark.extra_info["oom"] = True
-        torch.cuda.empty_cache()
-        pytest.skip("out of memory (recorded as oom)")
+    except Exception as e:  # noqa: BLE001 - only an out-of-memory is a result
+        if not is_oom(e):
+            raise
+    benchmark.extra_info["oom"] = True
+    free_memory()
+    pytest.skip("out of memory (recorded as oom)")
 
 
 def peak_memory_mb(bench_device) -> float | None:

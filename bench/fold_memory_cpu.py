@@ -10,7 +10,7 @@ ratios esmkernels / transformers and our memory model's prediction. Results go t
 `bench/results/fold-memory-cpu-<date>-<commit>.json` with the machine, versions, commit and the
 load average before and after (the CPU is shared; the ratios are what to read).
 
-Cases (the issue's):
+Cases (the issue's; `esmkernels.benchmarks.fold.CPU_MEMORY_CASES` and `SIZES`):
 - small: ESM-2 8M-shaped stem, trunk 2 blocks, c_s 128, c_z 64, L = 384, 1 recycle, default
   settings on both sides (ours: chunk_size "auto"; transformers: its config's chunk size, 128);
 - wide: the esmfold_v1 trunk width (c_s 1024, c_z 128, 32-wide heads), 2 blocks, the same
@@ -33,12 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from esmkernels.benchmarks.fold import CPU_MEMORY_CASES as CASES
+from esmkernels.benchmarks.fold import fold_config_kwargs
+from esmkernels.benchmarks.memory import predicted_esmfold_v1
+
 HERE = Path(__file__).resolve().parent
-CASES = {
-    "small": dict(c_s=128, c_z=64, length=384, hf_chunk="default"),
-    "wide": dict(c_s=1024, c_z=128, length=1024, hf_chunk=64),
-}
-TABLE_LENGTHS = (1024, 2048, 4096, 8192, 10000)
 
 
 def _rss_bytes() -> int:
@@ -47,22 +46,6 @@ def _rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def _config_kwargs(c_s: int, c_z: int) -> dict:
-    from esmkernels.core.configuration import ESM_VOCAB
-
-    stem = dict(
-        vocab_size=33, pad_token_id=1, mask_token_id=32, hidden_size=320, num_hidden_layers=6,
-        num_attention_heads=20, intermediate_size=1280, position_embedding_type="rotary",
-        token_dropout=True, emb_layer_norm_before=False, vocab_list=list(ESM_VOCAB),
-        max_position_embeddings=4098,
-    )  # fmt: skip
-    trunk = dict(
-        num_blocks=2, sequence_state_dim=c_s, pairwise_state_dim=c_z, sequence_head_width=32,
-        pairwise_head_width=32, max_recycles=4, chunk_size=128,
-    )  # fmt: skip
-    return dict(**stem, is_folding_model=True, esmfold_config=dict(fp16_esm=False, trunk=trunk))
 
 
 def worker(side: str, model_dir: str, length: int, chunk: str, threads: int) -> dict:
@@ -109,26 +92,6 @@ def _run_worker(side, model_dir, length, chunk, threads) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def predicted_table(lengths=TABLE_LENGTHS) -> list[dict]:
-    """The memory model's peak for the full esmfold_v1 in bf16 (Triton path, auto chunk)."""
-    import torch
-
-    from esmkernels.models import fold_memory as fm
-
-    cfg = fm.esmfold_v1_config()
-    weights = fm.model_weight_bytes(cfg, torch.bfloat16)
-    rows = []
-    for length in lengths:
-        kw = dict(dtype=torch.bfloat16, backend="triton")
-        chunk = fm.auto_chunk_size(cfg, length, free_bytes=10**13, **kw)
-        fold = fm.predict_fold_peak_bytes(cfg, length, chunk_size=chunk, **kw)
-        unchunked = fm.predict_fold_peak_bytes(cfg, length, chunk_size=None, **kw)
-        rows.append(dict(length=length, auto_chunk=chunk, weights_gib=weights / 2**30,
-                         fold_gib=fold / 2**30, total_gib=(fold + weights) / 2**30,
-                         unchunked_fold_gib=unchunked / 2**30, pair_gib=length**2 * 256 / 2**30))  # fmt: skip
-    return rows
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--case", choices=[*CASES, "all", "none"], default="small")
@@ -148,7 +111,7 @@ def main(argv=None) -> int:
     print(
         f"{'L':>6} {'auto chunk':>10} {'fold GiB':>9} {'+weights GiB':>12} {'unchunked GiB':>13} {'pair GiB':>8}"
     )
-    table = predicted_table()
+    table = predicted_esmfold_v1()
     for r in table:
         print(f"{r['length']:>6} {r['auto_chunk']!s:>10} {r['fold_gib']:>9.1f} {r['total_gib']:>12.1f} "
               f"{r['unchunked_fold_gib']:>13.1f} {r['pair_gib']:>8.1f}")  # fmt: skip
@@ -162,7 +125,7 @@ def main(argv=None) -> int:
         from esmkernels.models import fold_memory as fm
 
         torch.manual_seed(0)
-        hf_config = transformers.EsmConfig(**_config_kwargs(case["c_s"], case["c_z"]))
+        hf_config = transformers.EsmConfig(**fold_config_kwargs(case["size"]))
         with tempfile.TemporaryDirectory() as tmp:
             transformers.EsmForProteinFolding(hf_config).save_pretrained(tmp)
             load_before = os.getloadavg()
@@ -177,7 +140,7 @@ def main(argv=None) -> int:
             row["time_ratio"] = ours["seconds"] / hf["seconds"]
             from esmkernels.core.configuration import EsmConfig
 
-            ours_cfg = EsmConfig(**_config_kwargs(case["c_s"], case["c_z"]))
+            ours_cfg = EsmConfig(**fold_config_kwargs(case["size"]))
             row["ours_predicted_peak_bytes"] = fm.predict_fold_peak_bytes(
                 ours_cfg, case["length"], chunk_size=ours["chunk_size"]
             )

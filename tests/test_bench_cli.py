@@ -120,3 +120,25 @@ def test_memory_suite_compares_prediction_and_measurement(capsys, tmp_path):
     assert record["meta"]["predicted_mb"] == pytest.approx(want / 2**20)
     ratio = record["meta"]["predicted_over_measured"]
     assert ratio == pytest.approx(record["meta"]["predicted_mb"] / record["peak_mb"])
+
+
+def test_bench_files_take_their_cases_from_esmkernels_benchmarks():
+    """`esmkernels.benchmarks` is the one definition of cases: no bench/ file keeps its own
+    list of cases, providers, modes, sizes or lengths (module-level assignments)."""
+    import ast
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    own = re.compile(r"^(CASES|PROVIDERS|MODES|SIZES|SHAPES|[A-Z_]*LENGTHS)$")
+    found = []
+    for path in sorted(bench.glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            if isinstance(node, ast.AnnAssign):
+                targets = [node.target]
+            found += [
+                f"{path.name}:{node.lineno} {t.id}"
+                for t in targets
+                if isinstance(t, ast.Name) and own.match(t.id)
+            ]
+    assert not found, f"second lists of benchmark cases: {found}"

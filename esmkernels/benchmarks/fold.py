@@ -9,13 +9,15 @@ provider builds its own model from the same seed (timing does not depend on the 
 Providers: `reference` (esmkernels.reference), `torch` (the fast model's torch backend),
 `triton` (fast model, kernels), `hf` (transformers' EsmForProteinFolding).
 
-`longest_fold` probes upward in length until a fold runs out of memory or time.
+`longest_fold` probes upward in length until a fold runs out of memory or time. `user_model`,
+`LONG_LENGTHS` and `CPU_MEMORY_CASES` are the cases of bench/test_bench_fold.py and
+bench/fold_memory_cpu.py (each side at the precision and chunking its users run).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,9 +33,15 @@ CASES = ("fold",)
 
 @dataclass(frozen=True)
 class Sizes:
-    stem: str
-    trunk: dict
+    stem: str  # an `lm.SHAPES` name
+    trunk: dict  # trunk config keywords ({}: esmfold_v1's)
     lengths: tuple[int, ...]
+    esmfold: dict = field(default_factory=dict)  # other esmfold_config keywords
+
+
+def _cpu_trunk(c_s: int, c_z: int) -> dict:
+    return dict(num_blocks=2, sequence_state_dim=c_s, pairwise_state_dim=c_z,
+                sequence_head_width=32, pairwise_head_width=32, max_recycles=4, chunk_size=128)  # fmt: skip
 
 
 _TINY_TRUNK = dict(
@@ -43,9 +51,23 @@ _TINY_TRUNK = dict(
                           num_heads_ipa=2, num_qk_points=2, num_v_points=2, num_blocks=2,
                           dropout_rate=0.0),
 )  # fmt: skip
+# real: esmfold_v1's architecture (ESM-2 3B stem, 48 blocks); tiny: the tests' toy model;
+# small / wide: CPU comparisons with an ESM-2 8M-shaped stem and 2 trunk blocks, at a small and
+# at esmfold_v1's trunk width (fp32 stem: transformers would cast an fp16_esm stem to fp16).
 SIZES = {
     "real": Sizes("esm2_3B", {}, (256, 1024)),
     "tiny": Sizes("tiny", _TINY_TRUNK, (8, 16)),
+    "small": Sizes("esm2_8M", _cpu_trunk(128, 64), (128, 384), {"fp16_esm": False}),
+    "wide": Sizes("esm2_8M", _cpu_trunk(1024, 128), (1024,), {"fp16_esm": False}),
+}
+# The long-sequence GPU comparison (bench/test_bench_fold.py): esmfold_v1's architecture with
+# 4 recycles, each side as its users run it (`user_model`).
+LONG_LENGTHS = (256, 512, 1024, 2048, 4096)
+LONG_RECYCLES = 4
+# The CPU peak-RSS comparison (bench/fold_memory_cpu.py): size, length, transformers' chunk.
+CPU_MEMORY_CASES = {
+    "small": dict(size="small", length=384, hf_chunk="default"),
+    "wide": dict(size="wide", length=1024, hf_chunk=64),
 }
 
 
@@ -54,6 +76,7 @@ def fold_config_kwargs(size: str) -> dict:
     s = SIZES[size]
     stem = {**config_kwargs(s.stem), "max_position_embeddings": 4098}
     fold = {"trunk": dict(s.trunk)} if s.trunk else {}
+    fold.update(s.esmfold)
     if size == "tiny":
         fold["lddt_head_hid_dim"] = 16
     from esmkernels.core.configuration import ESM_VOCAB
@@ -90,6 +113,35 @@ def build_model(provider: str, size: str, device, dtype, chunk_size: int | None 
     if chunk_size is not None:  # else the config's, as transformers' model (128 for esmfold_v1)
         model.set_chunk_size(chunk_size)
     return model.eval()
+
+
+def user_model(provider: str, size: str, device, chunk_size: int | str | None = "default"):
+    """A model as its users run it (random weights, seed 0): "esmkernels", the fast ESMFold
+    (bfloat16 on CUDA, float32 on a CPU; backend "auto"; chunk_size "auto"), or "hf",
+    transformers' (its own precision: an fp16 stem when `fp16_esm`, an fp32 trunk).
+    `chunk_size` other than "default" is set on the trunk (None: unchunked)."""
+    device = torch.device(device)
+    torch.manual_seed(0)
+    if provider == "hf":
+        transformers = transformers_module()
+        model = transformers.EsmForProteinFolding(
+            transformers.EsmConfig(**fold_config_kwargs(size))
+        )
+        model = model.eval().to(device)
+        if chunk_size != "default":
+            model.trunk.set_chunk_size(chunk_size)
+        return model
+    if provider != "esmkernels":
+        raise ValueError(f"unknown provider {provider!r}; choose from ('esmkernels', 'hf')")
+    from esmkernels.core.configuration import EsmConfig
+    from esmkernels.models.esmfold import EsmForProteinFolding
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = EsmForProteinFolding(EsmConfig(**fold_config_kwargs(size))).eval()
+    model = model.to(device=device, dtype=dtype)
+    if chunk_size != "default":
+        model.set_chunk_size(chunk_size)
+    return model
 
 
 class Models:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from esmkernels.benchmarks import fold, kernels, lm, memory
+from esmkernels.benchmarks import environment, fold, kernels, lm, memory, report
 from esmkernels.benchmarks.timing import measure
 from esmkernels.benchmarks.workloads import MODES, Unavailable
-from esmkernels.core.memory import free_memory
+from esmkernels.core.memory import free_memory, is_oom
 
 SUITES = ("kernels", "lm", "fold", "memory")
 PROVIDERS = ("reference", "torch", "triton", "hf")
@@ -147,9 +149,7 @@ def run_suite(
                 work = None
             except Exception as e:  # noqa: BLE001 - one broken case must not end the run
                 record["status"] = (
-                    "oom"
-                    if "out of memory" in str(e).lower()
-                    else (f"error: {type(e).__name__}: {str(e)[:300]}")
+                    "oom" if is_oom(e) else f"error: {type(e).__name__}: {str(e)[:300]}"
                 )
                 free_memory(device)
             emit(record)
@@ -171,3 +171,110 @@ def _build(suite, case, provider, length, models, size, device, dtype, num_recyc
     if suite == "fold":
         return fold.build(case, provider, length, models=models, num_recycles=num_recycles)
     return memory.build(case, provider, length, models=models, num_recycles=num_recycles)
+
+
+# ---------------------------------------------------------------------------------------------
+# A benchmark run: suites, plots, JSON (what `esmkernels bench` calls)
+# ---------------------------------------------------------------------------------------------
+
+
+def suite_dtype(suite: str, device: torch.device, name: str = "auto") -> torch.dtype:
+    """`name` ("bfloat16", ...) or, for "auto", bfloat16 for kernels and lm on CUDA, else
+    float32 (fold's trunk runs in float32, as ESMFold's)."""
+    if name != "auto":
+        return DTYPES[name]
+    return torch.bfloat16 if device.type == "cuda" and suite in ("kernels", "lm") else torch.float32
+
+
+@dataclass
+class BenchRun:
+    """What `run_benchmarks` did: the records, the environment, what was left out and why,
+    and the files written (bench.json first, then one PNG per suite)."""
+
+    environment: dict
+    size: str
+    records: list[dict]
+    left_out: list[str] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.records if r["status"].startswith("error")]
+
+    def lines(self, peers: Sequence[str]) -> list[str]:
+        """The report a terminal shows: environment, table, what was left out, files, errors."""
+        env = self.environment
+        out = [
+            f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | "
+            f"transformers {env['transformers']} | commit {env['commit'][:10]} | size {self.size}",
+            report.table(self.records, peers),
+        ]
+        out += [f"left out: {line}" for line in self.left_out]
+        out += [f"wrote {path}" for path in self.written]
+        for r in self.failed:
+            where = f"{r['suite']}/{r['case']}/{r['provider']} L={r['length']}"
+            out.append(f"error: {where}: {r['status']}")
+        return out
+
+
+def run_benchmarks(
+    suites: Sequence[str],
+    *,
+    out: str | Path,
+    device: torch.device | str,
+    providers: Sequence[str] = PROVIDERS,
+    size: str = "auto",
+    dtype: str = "auto",
+    plot: bool = True,
+    arguments: dict | None = None,
+    **kwargs,
+) -> BenchRun:
+    """Run `suites` in order into `out`: every record (`run_suite`, with `kwargs`: lengths,
+    cases, modes, max_time, num_recycles, chunk_size), one PNG per suite when `plot` and
+    matplotlib allow, and `bench.json` (environment, size, `arguments`, records, left out).
+
+    Args:
+        size: "real", "tiny" or "auto" (real on CUDA, tiny on a CPU).
+        dtype: "auto" (see `suite_dtype`) or a name of `DTYPES`.
+
+    Raises:
+        ValueError: an unknown suite, provider, case, mode or size, before anything runs.
+    """
+    device = torch.device(device)
+    out = Path(out)
+    size = size if size != "auto" else ("real" if device.type == "cuda" else "tiny")
+    for suite in suites:
+        check_arguments(suite, providers, kwargs.get("cases"), kwargs.get("modes", ()), size)
+    env = {**environment.environment(device), "torch_threads": torch.get_num_threads()}
+    run = BenchRun(env, size, [])
+    notes: list[str] = []
+    for suite in suites:
+        found = run_suite(
+            suite,
+            providers=providers,
+            dtype=suite_dtype(suite, device, dtype),
+            device=device,
+            size=size,
+            **kwargs,
+        )
+        run.records += found
+        if not plot:
+            continue
+        title = f"esmkernels bench {suite} - {env['device']} - {env['commit'][:10]}"
+        png = report.plot(found, out / f"{suite}.png", title)
+        if png is not None:
+            run.written.append(png)
+        elif not report.has("matplotlib"):
+            notes.append("plots: matplotlib is not installed (pip install 'esmkernels[plot]')")
+        else:
+            notes.append(f"plots: {suite}: nothing finished to plot")
+    run.left_out = report.left_out(run.records) + notes
+    payload = {
+        "environment": env,
+        "size": size,
+        "arguments": arguments or {},
+        "records": run.records,
+        "left_out": run.left_out,
+    }
+    run.written.insert(0, report.write_json(out / report.JSON_NAME, payload))
+    return run

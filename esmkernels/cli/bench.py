@@ -86,7 +86,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from esmkernels.benchmarks import environment, report, runner
+    from esmkernels.benchmarks import environment, runner
 
     device = torch.device(args.device) if args.device else environment.default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -98,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-time {args.max_time} must be > 0")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads {args.threads} must be >= 1")
-    size = args.size if args.size != "auto" else ("real" if device.type == "cuda" else "tiny")
     suites = runner.SUITES if args.suite == "all" else (args.suite,)
     if args.cases and len(suites) > 1:
         raise UsageError("--cases needs a single --suite")
+    size = args.size if args.size != "auto" else ("real" if device.type == "cuda" else "tiny")
     try:
         for suite in suites:
             runner.check_arguments(suite, args.compare, args.cases, args.modes, size)
@@ -110,59 +110,23 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    out = args.out or environment.results_dir(device=device)
-    env = {**environment.environment(device), "torch_threads": torch.get_num_threads()}
-    records: list[dict] = []
-    written: list[Path] = []
-    notes: list[str] = []
-    for suite in suites:
-        if args.dtype != "auto":
-            dtype = runner.DTYPES[args.dtype]
-        elif device.type == "cuda" and suite in ("kernels", "lm"):
-            dtype = torch.bfloat16
-        else:
-            dtype = torch.float32
-        found = runner.run_suite(
-            suite,
-            providers=args.compare,
-            lengths=args.lengths,
-            cases=args.cases,
-            modes=args.modes,
-            dtype=dtype,
-            device=device,
-            size=size,
-            max_time=args.max_time,
-            num_recycles=args.num_recycles,
-            chunk_size=args.chunk_size,
-        )
-        records += found
-        if not args.no_plot:
-            title = f"esmkernels bench {suite} - {env['device']} - {env['commit'][:10]}"
-            png = report.plot(found, out / f"{suite}.png", title)
-            if png is not None:
-                written.append(png)
-            elif not report.has("matplotlib"):
-                notes.append("plots: matplotlib is not installed (pip install 'esmkernels[plot]')")
-            else:
-                notes.append(f"plots: {suite}: nothing finished to plot")
-    payload = {
-        "environment": env,
-        "size": size,
-        "arguments": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"
-        },  # fmt: skip
-        "records": records,
-        "left_out": report.left_out(records) + notes,
-    }
-    written.insert(0, report.write_json(out / report.JSON_NAME, payload))
-    print(f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | "
-          f"transformers {env['transformers']} | commit {env['commit'][:10]} | size {size}")  # fmt: skip
-    print(report.table(records, args.compare))
-    for line in payload["left_out"]:
-        print(f"left out: {line}")
-    for path in written:
-        print(f"wrote {path}")
-    failed = [r for r in records if r["status"].startswith("error")]
-    for r in failed:
-        print(f"error: {r['suite']}/{r['case']}/{r['provider']} L={r['length']}: {r['status']}")
-    return EXIT_FAILED if failed else EXIT_OK
+    arguments = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    arguments.pop("func", None)
+    result = runner.run_benchmarks(
+        suites,
+        out=args.out or environment.results_dir(device=device),
+        device=device,
+        providers=args.compare,
+        size=size,
+        dtype=args.dtype,
+        plot=not args.no_plot,
+        arguments=arguments,
+        lengths=args.lengths,
+        cases=args.cases,
+        modes=args.modes,
+        max_time=args.max_time,
+        num_recycles=args.num_recycles,
+        chunk_size=args.chunk_size,
+    )
+    print("\n".join(result.lines(args.compare)))
+    return EXIT_FAILED if result.failed else EXIT_OK
