@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 
 from esmkernels import open_embeddings
-from esmkernels.cli import demo
+from esmkernels.jobs import demo
 from esmkernels.jobs.fasta import read_records
 from tests._cli import files, run
 
