@@ -10,8 +10,8 @@ import io
 import pytest
 import torch
 
-from esmkernels.reference import esm as ref
 from esmkernels.core.tokenization import EsmTokenizer
+from esmkernels.reference import esm as ref
 from tests._cli import fasta, lm_checkpoint, run
 
 WT = "MKTAYIAKQRQISFVKSH"
