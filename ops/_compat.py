@@ -15,15 +15,14 @@ behaviour as well as on Triton's. One pair is known to fail on every interpreted
   numpy 2.4.0. The GPU image's numpy 2.5 fails the same way (issue 21: every interpreted test
   fails with a TypeError deep inside the interpreter).
 
-`interpreter_problem()` names the broken pair in one line (with the fix); `check_interpreter()`
-raises it. The test session calls it at start (`tests/conftest.py`), and the dispatch calls it
-before the first interpreted launch. Compiled kernels (a GPU, `TRITON_INTERPRET` unset) are not
+`interpreter_problem()` names the broken pair in one line (with the fix); the test session stops
+with it at start (`tests/conftest.py`), and the dispatch gives it as the reason a forced
+`backend="triton"` cannot run interpreted (`INSTALLED_PROBLEM`, a ValueError before any kernel). Compiled kernels (a GPU, `TRITON_INTERPRET` unset) are not
 affected. Versions are read from package metadata: nothing here imports Triton or numpy.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 from importlib.metadata import PackageNotFoundError, version
 
@@ -82,18 +81,14 @@ def interpreter_problem(triton_version: str | None, numpy_version: str | None) -
     return None
 
 
-@functools.lru_cache(maxsize=1)
 def installed_interpreter_problem() -> str | None:
-    """`interpreter_problem` for the installed Triton and numpy (read once per process)."""
+    """`interpreter_problem` for the installed Triton and numpy (read now)."""
     return interpreter_problem(_installed("triton"), _installed("numpy"))
 
 
-def check_interpreter() -> None:
-    """Raise RuntimeError (one line: versions and fix) when the installed Triton / numpy pair is
-    known to break the interpreter. Call it only when interpreting."""
-    problem = installed_interpreter_problem()
-    if problem is not None:
-        raise RuntimeError(problem)
+# Read once, at import (package metadata only): a plain global, a constant to torch.compile
+# (Dynamo cannot trace importlib.metadata or a functools cache) for the dispatch to read.
+INSTALLED_PROBLEM = installed_interpreter_problem()
 
 
 def supported_environment(versions: dict[str, str | None]) -> str | None:

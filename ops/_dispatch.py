@@ -39,6 +39,8 @@ from collections.abc import Iterable
 
 import torch
 
+from esmkernels.ops import _compat
+
 BACKENDS = ("auto", "triton", "torch")
 RESOLVED = ("triton", "torch")  # what `choose` and `resolve` return
 ENV_VAR = "ESMKERNELS_BACKEND"
@@ -104,7 +106,9 @@ def device_problem(tensors: Iterable[torch.Tensor | None], requested: str) -> st
             f"inputs on {where}: the kernels need CUDA tensors, or the Triton interpreter "
             "(TRITON_INTERPRET=1 in the environment before Triton is imported)"
         )
-    return None
+    # Interpreted: a Triton / numpy pair the interpreter fails on is named here, in one line,
+    # before any kernel starts (None otherwise).
+    return _compat.INSTALLED_PROBLEM
 
 
 def choose(

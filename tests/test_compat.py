@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from esmkernels.ops import _compat
 
@@ -65,12 +66,28 @@ def installed(monkeypatch):
     _compat.installed_interpreter_problem.cache_clear()
 
 
-def test_check_interpreter_raises_for_the_installed_pair(installed):
-    installed({"triton": "3.6.0", "numpy": "2.4.1"})
-    with pytest.raises(RuntimeError, match=r"^Triton 3\.6\.0 with numpy 2\.4\.1 cannot run"):
-        _compat.check_interpreter()
-    installed({"triton": "3.6.0", "numpy": "2.3.5"})
-    _compat.check_interpreter()
+def test_installed_pair_is_read_from_package_metadata(monkeypatch):
+    monkeypatch.setattr(_compat, "_installed", {"triton": "3.6.0", "numpy": "2.4.1"}.get)
+    problem = _compat.installed_interpreter_problem()
+    assert problem.startswith("Triton 3.6.0 with numpy 2.4.1 cannot run")
+    monkeypatch.setattr(_compat, "_installed", {"triton": "3.6.0", "numpy": "2.3.5"}.get)
+    assert _compat.installed_interpreter_problem() is None
+
+
+def test_interpreted_op_call_is_refused_with_the_line(monkeypatch):
+    """A forced "triton" call on CPU tensors (interpreted) stops before any kernel with the line;
+    the torch path and "auto" never ask."""
+    from esmkernels.ops import _dispatch, layer_norm
+
+    problem = _compat.interpreter_problem("3.6.0", "2.5.2")
+    monkeypatch.setattr(_compat, "INSTALLED_PROBLEM", problem)
+    x, w = torch.randn(2, 8), torch.ones(8)
+    with pytest.raises(ValueError) as err:
+        layer_norm(x, w, w, backend="triton")
+    assert problem in str(err.value) and "\n" not in str(err.value)
+    assert _dispatch.choose("layer_norm", "torch", (x,), None) == "torch"
+    assert _dispatch.choose("layer_norm", "auto", (x,), None) == "torch"
+    torch.testing.assert_close(layer_norm(x, w, w, backend="torch"), layer_norm(x, w, w))
 
 
 def test_this_environment_is_not_a_known_broken_pair():
