@@ -5,8 +5,12 @@ of a short GPU window. So the winners of a GPU run are recorded in `ops/data/tun
 (`bench/gpu_session.sh` writes them; `bench/collect_gpu_run.py` merges them in), and:
 
 - on a GPU whose name is recorded, a launch whose autotune key is recorded runs that config
-  directly: `tuning()`'s early prune returns just it, and Triton's autotuner skips benchmarking
-  when one config is left (it compiles only that one);
+  directly: `tuning()`'s early prune returns just it, so Triton compiles only that one. What
+  the autotuner does with a single config left depends on the Triton release
+  (`SKIPS_SINGLE_CONFIG_BENCHMARK_FROM`): Triton >= 3.8 skips benchmarking it; Triton 3.6 and 3.7
+  (the GPU image has 3.6) benchmark it alone, once per key (one `do_bench`, a fraction of a
+  second), and keep the result in the disk cache below like any autotune result, never
+  sweeping the kernel's list;
 - elsewhere (another GPU, a shape bucket not recorded, or a recorded config that is no longer in
   the kernel's list) the kernel autotunes as usual, once per process, and Triton stores the
   winner on disk (`cache_results`, Triton >= 3.3: `<fn>.autotune.json` in the Triton cache,
@@ -43,10 +47,26 @@ from typing import Any
 
 import torch
 
+from esmkernels.ops._compat import parse_version
+
 ENV_VAR = "ESMKERNELS_TUNED_CONFIGS"
+# The first Triton release whose autotuner runs a launch with one config left after the prune
+# without benchmarking it (checked in Triton's `Autotuner.run`: 3.8.0 added the check, 3.7.1
+# and 3.6.0 lack it; tests/test_recorded_configs.py checks the installed release's behaviour).
+SKIPS_SINGLE_CONFIG_BENCHMARK_FROM = (3, 8)
 FORMAT = 1
 DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "tuned_configs.json"
 _OFF = ("0", "off", "false", "no", "none")
+
+
+def skips_single_config_benchmark(triton_version: str | None = None) -> bool:
+    """Whether Triton `triton_version` (default: the installed one) runs a single remaining
+    autotune config without benchmarking it."""
+    if triton_version is None:
+        import triton
+
+        triton_version = triton.__version__
+    return parse_version(triton_version) >= SKIPS_SINGLE_CONFIG_BENCHMARK_FROM
 
 
 def table_path() -> Path | None:

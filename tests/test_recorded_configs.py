@@ -102,20 +102,29 @@ def test_switched_off_by_the_environment(fake_gpu, tmp_path, monkeypatch):
     assert _blocks(_prune(fake_gpu, torch.zeros(8, dtype=torch.bfloat16), 64)) == LOWP
 
 
-def test_launch_uses_triton_key_and_skips_benchmarking(fake_gpu, tmp_path, monkeypatch):
-    """A real launch (interpreted): Triton's own autotune key finds the recorded row, the
-    single recorded config is cached without a benchmark, and `snapshot` writes it back."""
+def test_launch_uses_triton_key_and_benchmarks_per_triton_release(fake_gpu, tmp_path, monkeypatch):
+    """A real launch (interpreted): Triton's own autotune key finds the recorded row and the
+    single recorded config is cached; Triton >= 3.8 does so without a benchmark, older releases
+    benchmark that one config alone, once (`rc.SKIPS_SINGLE_CONFIG_BENCHMARK_FROM`); `snapshot`
+    writes it back."""
     key = (16, "torch.float32", "torch.float32")  # Triton's rule: key values, tensor dtypes
     _write(tmp_path, monkeypatch, [_row(key, 16, 16, 2, 1)])
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))  # older releases write there
+    benched = []
 
-    def no_benchmark(*args, **kwargs):
-        raise AssertionError("autotuner benchmarked although a recorded config was given")
+    def bench(*args, config, **kwargs):
+        benched.append(config)
+        return [1.0, 1.0, 1.0]
 
-    monkeypatch.setattr(fake_gpu, "_bench", no_benchmark)
+    monkeypatch.setattr(fake_gpu, "_bench", bench)
     x = torch.arange(10, dtype=torch.float32)
     y = torch.zeros_like(x)
     fake_gpu[(1,)](x, y, x.numel(), 16)
     assert torch.equal(x, y)
+    if rc.skips_single_config_benchmark():
+        assert benched == [], "benchmarked although a recorded config was given"
+    else:
+        assert _blocks(benched) == [(16, 16, 2, 1)], "not the recorded config alone, once"
     assert list(fake_gpu.cache) == [key]
     assert _blocks([fake_gpu.cache[key]]) == [(16, 16, 2, 1)]
     assert rc.snapshot()["_copy_kernel"] == [_row(key, 16, 16, 2, 1)]
@@ -219,3 +228,10 @@ def test_gpu_autotune_winner_is_kept_on_disk(tmp_path):
     assert second.returncode == 0, second.stderr
     if "HITS []" not in second.stdout:  # listener available: every lookup hit the disk cache
         assert "False" not in second.stdout.split("HITS", 1)[1], second.stdout
+
+
+@pytest.mark.parametrize(
+    "version, skips", [("3.6.0", False), ("3.7.1", False), ("3.8.0", True), ("3.9.0", True)]
+)
+def test_single_config_benchmark_rule_per_release(version, skips):
+    assert rc.skips_single_config_benchmark(version) is skips
