@@ -123,15 +123,18 @@ def test_memory_suite_compares_prediction_and_measurement(capsys, tmp_path):
 
 
 def test_bench_files_take_their_cases_from_esmkernels_benchmarks():
-    """`esmkernels.benchmarks` is the one definition of cases: no bench/ file keeps its own
-    list of cases, providers, modes, sizes or lengths (module-level assignments)."""
+    """`esmkernels.benchmarks` is the one definition of cases: no pytest-benchmark file of
+    bench/ (nor its conftest and run.py) keeps its own list of cases, providers, modes, sizes or
+    lengths (module-level assignments)."""
     import ast
     from pathlib import Path
 
     bench = Path(__file__).resolve().parents[1] / "bench"
     own = re.compile(r"^(CASES|PROVIDERS|MODES|SIZES|SHAPES|[A-Z_]*LENGTHS)$")
     found = []
-    for path in sorted(bench.glob("*.py")):
+    paths = [*bench.glob("test_bench_*.py"), bench / "conftest.py", bench / "run.py"]
+    assert len(paths) > 4
+    for path in sorted(paths):
         for node in ast.parse(path.read_text()).body:
             targets = node.targets if isinstance(node, ast.Assign) else []
             if isinstance(node, ast.AnnAssign):
