@@ -6,10 +6,11 @@ loading) is the reference's, inherited, not copied. Two hooks of
 
 - `stem_cls`: the fast `esmkernels.models.esm.EsmModel` (fused LayerNorm, rotary flash attention
   on unpadded tokens), same parameter names;
-- the trunk op namespace: `KernelTrunkOps`, whose `triangle_multiplicative_update` and
-  `axial_attention` are `esmkernels.ops`' fused kernels, dispatched per call with this model's
-  `backend` ("auto": Triton on CUDA tensors, PyTorch otherwise). In inference on the PyTorch
-  path the triangle multiplication is `esmkernels.ops.trimul.torch_path`'s streamed version.
+- the trunk op namespace: `KernelTrunkOps`, the registry's trunk ops
+  (`triangle_multiplicative_update`, `axial_attention`) called with this model's `backend`;
+  each op dispatches itself (`esmkernels.ops._dispatch`: "auto" runs the kernels on CUDA,
+  PyTorch otherwise) and reads `chunk_size` as rows of the pair. In inference on the PyTorch
+  path the triangle multiplication is its op's streamed, memory-lean version.
 
 Memory: the reference chunks every [L, L]-sized op and updates the pair state in place in
 inference (see `esmkernels.reference.esmfold.trunk`). The chunk size defaults to "auto": before
@@ -34,39 +35,37 @@ import torch
 
 from esmkernels.models import fold_memory
 from esmkernels.models.esm import EsmModel, _FastMixin
-from esmkernels.ops import axial_attention, triangle_multiplicative_update
+from esmkernels.ops import registry
 from esmkernels.ops._dispatch import check_backend, resolve
-from esmkernels.ops.trimul import torch_path as _lean
 from esmkernels.reference.esmfold import modeling as ref
 
 
+def _bound(op: registry.Op):
+    """A method calling `op.function` with the namespace's backend."""
+
+    def call(self, *args: Any, **kwargs: Any):
+        return op.function(*args, backend=self.backend, **kwargs)
+
+    call.__name__ = call.__qualname__ = op.name
+    call.__doc__ = f"`esmkernels.ops.{op.name}` with this namespace's backend."
+    return call
+
+
 class KernelTrunkOps:
-    """Trunk op namespace calling the fused kernels with a fixed `backend` (picklable)."""
+    """Trunk op namespace of the fast ESMFold: every registry op marked `trunk`
+    (`esmkernels.ops.registry`), called with this namespace's `backend` (picklable: it holds
+    only the backend). Each op dispatches and chunks itself (`chunk_size` in rows of the pair)."""
 
     def __init__(self, backend: str | None = None):
         self.backend = check_backend(backend)
 
-    def triangle_multiplicative_update(
-        self, z: torch.Tensor, mask: torch.Tensor | None, *, chunk_size=None, **kwargs: Any
-    ):
-        """`chunk_size` is rows per block, as for every trunk op: the PyTorch path in inference
-        runs the op's lean torch path with it; the kernels chunk hidden channels, as many as
-        `channel_slice` gives for those rows."""
-        backend = resolve(self.backend, z, op="triangle_multiplicative_update")
-        if backend == "torch" and not torch.is_grad_enabled():
-            return _lean.lean_update(z, mask, chunk_size=chunk_size, **kwargs)
-        if backend == "triton" and chunk_size is not None:
-            channels = kwargs["a_proj_weight"].shape[0]
-            chunk_size = _lean.channel_slice(chunk_size, z.shape[1], channels)
-        return triangle_multiplicative_update(
-            z, mask, chunk_size=chunk_size, backend=backend, **kwargs
-        )
-
-    def axial_attention(self, *args: Any, **kwargs: Any):
-        return axial_attention(*args, backend=self.backend, **kwargs)
-
     def __repr__(self) -> str:
         return f"KernelTrunkOps(backend={self.backend!r})"
+
+
+for _op in registry.ops():
+    if _op.trunk:
+        setattr(KernelTrunkOps, _op.name, _bound(_op))
 
 
 class EsmForProteinFolding(_FastMixin, ref.EsmForProteinFolding):

@@ -57,7 +57,7 @@ from torch.utils._pytree import tree_leaves
 
 from esmkernels.core.configuration import EsmConfig
 from esmkernels.ops._dispatch import RESOLVED as BACKENDS
-from esmkernels.ops.trimul.torch_path import channel_slice
+from esmkernels.ops.trimul import channel_slice
 
 # Auto chunk: keep the predicted peak within this factor of the smallest achievable one.
 LEAN_SLACK = 1.25

@@ -21,6 +21,19 @@ re-exported here so that no export shadows a package. `esmkernels.ops.registry` 
 rest of the house reads the registry. Shared infrastructure stays in private modules:
 `_dispatch` (the backend rule), `_tuning` and `_recorded_configs` (autotune configs),
 `_custom_ops` (registration). Importing this package compiles nothing and never touches CUDA.
+
+Backend: every op takes `backend="auto" | "triton" | "torch"` (None: env ESMKERNELS_BACKEND) and
+follows one rule, `esmkernels.ops._dispatch.choose`: "torch" runs the PyTorch path; "triton"
+the kernels, or a ValueError naming why they cannot run the inputs here; "auto" the kernels on
+CUDA inputs that the op's registry predicate accepts, else the PyTorch path.
+
+Chunking: `chunk_size` (ops on the pair: the triangle update, axial attention) counts rows of
+the pair everywhere, as in the reference trunk: output rows i of the triangle update, query
+rows of attention (the rows of its logits). Each op derives its own tiling from it inside its
+package: the triangle update slices its hidden channels (`trimul.channel_slice`) and recomputes
+its backward `chunk_size` rows at a time; attention's PyTorch path attends `chunk_size` queries
+at a time, while its kernels tile queries themselves and need no chunk. Outputs do not depend
+on `chunk_size` beyond summation order.
 """
 
 from esmkernels.ops import registry

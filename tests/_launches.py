@@ -44,6 +44,7 @@ FALLBACKS = {
         "esmkernels.reference.esmfold.trunk_functional",
         "triangle_multiplicative_update",
     ),
+    "triangle_multiplicative_update_lean": ("esmkernels.ops.trimul.torch_path", "lean_update"),
 }
 
 # Kernel names (the @triton.jit function names) of each op.

@@ -1,5 +1,6 @@
-"""Memory-lean ESMFold inference: the streamed triangle multiplication, chunked == unchunked
-(with the chunks observed), in-place == out-of-place, and fp16 / bf16 staying finite."""
+"""Memory-lean ESMFold inference: the streamed triangle multiplication (the triangle op's lean
+PyTorch path, `esmkernels.ops.trimul.torch_path`), chunked == unchunked (with the chunks
+observed), in-place == out-of-place, and fp16 / bf16 staying finite."""
 
 from __future__ import annotations
 
@@ -10,16 +11,16 @@ from hypothesis import strategies as st
 
 from esmkernels.models import fold_memory
 from esmkernels.models.esmfold import EsmForProteinFolding
-from esmkernels.ops import trimul as trimul_kernels
-from esmkernels.ops.trimul import forward as trimul_forward
-from esmkernels.ops.trimul import torch_path as esmfold_lean
+from esmkernels.ops import trimul
+from esmkernels.ops.trimul import torch_path as lean_path
+from esmkernels.ops.trimul.forward import PARAM_NAMES
 from esmkernels.reference.esmfold import trunk_functional as ref
 from tests.test_esmfold_model import random_sequence
 from tests.test_esmfold_trunk import one_torch_thread  # noqa: F401
 from tests.test_models_esmfold import FIELDS, assert_same_fold, fast_copy, tiny_model
 from tests.tolerances import FP32, assert_within_rule
 
-NAMES = trimul_forward.PARAM_NAMES
+NAMES = PARAM_NAMES
 
 
 def trimul_params(C: int, seed: int, *, big: float = 0.0) -> dict[str, torch.Tensor]:
@@ -60,7 +61,7 @@ def test_lean_triangle_update_matches_reference(L, chunk, outgoing, masked):
     mask = (torch.rand(2, L, L, generator=g) > 0.3).float() if masked else None
     want = ref.triangle_multiplicative_update(z, mask, outgoing=outgoing, **p)
     with torch.no_grad():
-        got = esmfold_lean.lean_update(z, mask, outgoing=outgoing, chunk_size=chunk, **p)
+        got = lean_path.lean_update(z, mask, outgoing=outgoing, chunk_size=chunk, **p)
     torch.testing.assert_close(got, want, **FP32)
 
 
@@ -76,11 +77,11 @@ def test_lean_triangle_update_streams_channel_slices(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "__matmul__", counting)
     p = trimul_params(16, seed=0)
     with torch.no_grad():
-        esmfold_lean.lean_update(torch.randn(1, 12, 12, 16), None, outgoing=True, chunk_size=3, **p)
-    step = esmfold_lean.channel_slice(3, 12, 16)
+        lean_path.lean_update(torch.randn(1, 12, 12, 16), None, outgoing=True, chunk_size=3, **p)
+    step = trimul.channel_slice(3, 12, 16)
     assert step == 4 and widths == [4, 4, 4, 4]
     with pytest.raises(RuntimeError, match="inference-only"):
-        esmfold_lean.lean_update(torch.randn(1, 3, 3, 16), None, outgoing=True, **p)
+        lean_path.lean_update(torch.randn(1, 3, 3, 16), None, outgoing=True, **p)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -111,12 +112,12 @@ def test_low_precision_triangle_update_stays_finite(dtype, outgoing):
     z = z32.to(dtype)
     torch_at_dtype = ref.triangle_multiplicative_update(z, None, outgoing=outgoing, **p)
     with torch.no_grad():
-        lean = esmfold_lean.lean_update(z, None, outgoing=outgoing, chunk_size=32, **p)
+        lean = lean_path.lean_update(z, None, outgoing=outgoing, chunk_size=32, **p)
     assert torch.isfinite(torch_at_dtype).all()
     assert_within_rule(lean, torch_at_dtype, want, dtype, "lean")
     if dtype == torch.float16:  # the overflow case; the interpreter is slow, bf16 has the range
         with torch.no_grad():
-            kernel = trimul_kernels.triangle_multiplicative_update(
+            kernel = trimul.triangle_multiplicative_update(
                 z, None, outgoing=outgoing, backend="triton", chunk_size=8, **p
             )
         assert_within_rule(kernel, torch_at_dtype, want, dtype, "kernel")

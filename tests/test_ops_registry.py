@@ -246,3 +246,82 @@ def test_the_rule_lives_in_dispatch(op):
     source = inspect.getsource(op.function)
     assert source.count("choose(") == 1, op.name
     assert "is_cuda" not in source and "interpreting" not in source, op.name
+
+
+# ------------------------------------------------------------------------------------------------
+# One meaning for chunk_size: rows of the pair (query rows for attention), observed per op
+# ------------------------------------------------------------------------------------------------
+
+
+def _spy(monkeypatch, module, name, seen, dim):
+    """Record the size along `dim` of the first argument of every call of module.name."""
+    real = getattr(module, name)
+
+    def spy(x, *args, **kwargs):
+        seen.append(x.shape[dim])
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+
+
+def _trimul_chunks(monkeypatch, op, chunk):
+    """Rows per block on each path of the triangle update: the reference (gradients on), the
+    lean path (no gradients), the kernels' recomputing backward; and the kernels' channel
+    slices derived from the rows."""
+    from esmkernels.ops.trimul import channel_slice, torch_path
+    from esmkernels.reference.esmfold import trunk_functional
+
+    args, kwargs = op.example(7, requires_grad=True)
+    rows = {"reference": [], "lean": [], "kernel backward": []}
+    _spy(monkeypatch, trunk_functional, "triangle_update_rows", rows["reference"], 1)
+    op.function(*args, **kwargs, chunk_size=chunk, backend="torch")
+    _spy(monkeypatch, torch_path, "_output_rows", rows["lean"], 1)
+    with torch.no_grad():
+        op.function(*args, **kwargs, chunk_size=chunk, backend="torch")
+    rows["reference"].clear()  # the kernels' backward recomputes through the reference's rows
+    with launches() as seen:
+        out = op.function(*args, **kwargs, chunk_size=chunk, backend="triton")
+        out.sum().backward()
+    rows["kernel backward"] = rows.pop("reference")
+    C = args[0].shape[-1]
+    slices = -(-C // channel_slice(chunk, 7, C))
+    assert seen.kernels["_trimul_proj_kernel"] == slices, (seen, slices)
+    return rows
+
+
+def _axial_chunks(monkeypatch, op, chunk):
+    """Queries per block of the torch path; the kernels launch once whatever the chunk."""
+    from esmkernels.reference.esmfold import trunk_functional
+
+    args, kwargs = op.example(7)
+    queries = []
+    _spy(monkeypatch, trunk_functional, "_attend_queries", queries, 2)
+    op.function(*args, **kwargs, chunk_size=chunk, backend="torch")
+    with launches() as seen:
+        op.function(*args, **kwargs, chunk_size=chunk, backend="triton")
+    assert seen.kernels["_axial_attn_fwd_kernel"] == 1, seen
+    return {"reference queries": queries}
+
+
+CHUNK_OBSERVERS = {
+    "triangle_multiplicative_update": _trimul_chunks,
+    "axial_attention": _axial_chunks,
+}
+
+
+def test_every_chunking_op_is_observed():
+    chunking = [op.name for op in OPS if "chunk_size" in inspect.signature(op.function).parameters]
+    assert sorted(CHUNK_OBSERVERS) == sorted(chunking)
+    assert all(registry.get(name).trunk for name in chunking)
+
+
+@pytest.mark.parametrize("name", sorted(CHUNK_OBSERVERS))
+def test_chunk_size_counts_rows_on_every_path(name, monkeypatch):
+    """L = 7 rows in chunks of 3 are blocks of 3, 3 and 1 rows (queries for attention) on every
+    path that chunks, and one block of 7 without a chunk size."""
+    op = registry.get(name)
+    for path, sizes in CHUNK_OBSERVERS[name](monkeypatch, op, 3).items():
+        assert sizes == [3, 3, 1], (path, sizes)
+    monkeypatch.undo()
+    for path, sizes in CHUNK_OBSERVERS[name](monkeypatch, op, None).items():
+        assert sizes == [7], (path, sizes)

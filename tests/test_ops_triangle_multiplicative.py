@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from esmkernels.ops.trimul import triangle_multiplicative_update
-from esmkernels.ops.trimul.forward import PARAM_NAMES
+from esmkernels.ops.trimul.forward import PARAM_NAMES, channel_slice
 from esmkernels.reference.esmfold import trunk_functional as ref
 from tests._launches import TRIMUL_FWD, launches, tiles
 from tests._sm90 import (
@@ -117,8 +117,9 @@ def _naive_grads(z, mask, p, outgoing):
     return out, torch.autograd.grad(out, leaves, dout.to(out.device, out.dtype))
 
 
-def _kernel_chunks(ch, chunk_size):
-    return 1 if chunk_size is None else -(-ch // min(chunk_size, ch))
+def _kernel_chunks(ch, chunk_size, L):
+    """Projection / contraction launches for `chunk_size` rows: one per channel slice."""
+    return -(-ch // channel_slice(chunk_size, L, ch))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def test_kernel_matches_reference_fp32(
     mask = make_mask(B, L, kind=mask_kind, device=device)
     with launches() as seen:
         out, grads = _run(z, mask, p, outgoing, "triton", chunk_size)
-    n = _kernel_chunks(Ch, chunk_size)
+    n = _kernel_chunks(Ch, chunk_size, L)
     seen.expect("_trimul_proj_kernel", "_trimul_contract_kernel", exactly=n)
     seen.expect("_trimul_out_kernel", exactly=1)
     out_ref = triangle_multiplicative_update(z, mask, **p, outgoing=outgoing, backend="torch")
@@ -220,17 +221,19 @@ def test_kernel_matches_reference_fp32(
 
 
 def test_kernel_chunked_equals_unchunked(device):
-    """Channel chunks (the last one smaller) reproduce the unchunked kernel bit for bit, and
-    are observed: Ch = 12 in chunks of 5 projects and contracts three times."""
+    """chunk_size counts rows; the kernels derive channel slices from it (the last one
+    smaller), which reproduce the unchunked kernel bit for bit and are observed: 3 rows of 10
+    give slices of 3 of the Ch = 10 channels, four projections and contractions."""
+    assert channel_slice(3, 10, 10) == 3
     p, z, mask = (
-        make_params(8, 12, device=device),
+        make_params(8, 10, device=device),
         make_z(1, 10, 8, layout="contiguous", device=device),
         make_mask(1, 10, kind="random", device=device),
     )
     for outgoing in (True, False):
         with torch.no_grad():
             full = triangle_multiplicative_update(z, mask, **p, outgoing=outgoing, backend="triton")
-            for cs, n in ((5, 3), (64, 1)):
+            for cs, n in ((3, 4), (64, 1)):
                 with launches() as seen:
                     chunked = triangle_multiplicative_update(
                         z, mask, **p, outgoing=outgoing, chunk_size=cs, backend="triton"
@@ -351,13 +354,20 @@ def test_kernel_low_precision_within_rule(device, dtype, outgoing):
 
 
 def test_auto_on_cpu_takes_the_torch_path():
-    """ "auto" on CPU tensors runs no kernel (the interpreter is a test tool), and its result
-    is the independent float64 formulation's."""
+    """ "auto" on CPU tensors runs no kernel (the interpreter is a test tool): the memory-lean
+    path when nothing needs a gradient, the reference (differentiable) otherwise; both give the
+    independent float64 formulation's result."""
     p, z = make_params(8, 8), make_z(1, 5, 8, layout="contiguous")
+    expected = naive_trimul(z, None, p, True)
     with torch.no_grad(), launches() as seen:
         out = triangle_multiplicative_update(z, None, **p, outgoing=True, backend="auto")
-    assert not seen.kernels and seen.fallbacks["triangle_multiplicative_update"] == 1
-    torch.testing.assert_close(out.double(), naive_trimul(z, None, p, True), **FP32_DOT)
+    assert not seen.kernels and dict(seen.fallbacks) == {"triangle_multiplicative_update_lean": 1}
+    torch.testing.assert_close(out.double(), expected, **FP32_DOT)
+    with launches() as seen:
+        out = triangle_multiplicative_update(z, None, **p, outgoing=True, backend="auto")
+    assert not seen.kernels and dict(seen.fallbacks) == {"triangle_multiplicative_update": 1}
+    assert out.requires_grad
+    torch.testing.assert_close(out.double(), expected, **FP32_DOT)
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,14 @@ are [B, R, N, H, D] with ANY strides; within each row r,
 
 Modules: `forward` (kernel + launcher `axial_attention_fwd`), `backward` (preprocess, dk/dv, dq
 and dbias kernels, launchers), `op` (the custom ops `esmkernels::axial_attention_fwd` /
-`axial_attention_bwd` over row blocks, fakes, autograd); this module: validation, dispatch and
-the public function.
+`axial_attention_bwd`, fakes, autograd); this module: validation, dispatch and the public
+function.
+
+`chunk_size` counts query rows: the rows of each row's [N, N] logits (for ESMFold's sequence
+attention, R = 1, the rows of the pair bias). The torch path (the reference) attends one block
+of `chunk_size` queries at a time; the kernels tile the queries by BLOCK_M themselves and never
+materialise logits, so they need no chunk. The triangle attention module chunks the rows R of
+the pair itself, before it calls this op.
 """
 
 from __future__ import annotations
@@ -83,8 +89,10 @@ def axial_attention(
             whose keys are all masked gives zeros (and zero gradients), never NaN.
         gate: [B, R, N, H, D] gate logits: out *= sigmoid(gate), or None.
         scale: logits scale on q . k; default D ** -0.5.
-        chunk_size: process rows in blocks of this many (bounds the reference's logits memory;
-            the kernels never hold more than a tile of them).
+        chunk_size: queries per block (None: all): the torch path computes the logits
+            [B, R, H, chunk_size, N] of one block of queries of every row at a time. The
+            kernels never hold more than one [BLOCK_M, BLOCK_N] tile of logits per program,
+            so on the Triton path there is nothing to chunk and it does not change a launch.
         backend: "auto" | "triton" | "torch" (None: env ESMKERNELS_BACKEND; the rule is
             `esmkernels.ops._dispatch`'s). The kernels take D <= 128: "auto" sends wider heads
             to the torch path, a forced "triton" raises ValueError.
@@ -109,7 +117,7 @@ def axial_attention(
     inputs = (q, k, v, bias, gate)
     # Inference keeps no ungated output for a backward.
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    return _axial_attention_fwd_op(q, k, v, bias, mask, gate, scale, chunk_size, training)[0]
+    return _axial_attention_fwd_op(q, k, v, bias, mask, gate, scale, training)[0]
 
 
 def _unsupported(q, k=None, v=None, **_) -> str | None:

@@ -12,6 +12,13 @@ Modules: `forward` (projection, contraction and output kernels, launchers, `trim
 `esmkernels::triangle_multiplicative_fwd` / `triangle_multiplicative_bwd`, fakes, autograd),
 `torch_path` (the memory-lean PyTorch path for inference); this module: validation, dispatch
 and the public function.
+
+Paths: the kernels (forward) and a row-blocked recompute (backward); with backend "torch", the
+reference when gradients are needed, else the lean path, which keeps one pair-sized temporary
+instead of four. `chunk_size` counts output rows i on all of them; each derives its own
+tiling: the hidden channels of the kernels' and the lean path's contraction go
+`channel_slice(chunk_size, L, Ch)` at a time, the recompute goes `chunk_size` rows at a time
+(128 when None).
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import torch
 
 from esmkernels.ops._dispatch import choose
 from esmkernels.ops.registry import Op
-from esmkernels.ops.trimul.forward import PARAM_NAMES
+from esmkernels.ops.trimul import torch_path
+from esmkernels.ops.trimul.forward import PARAM_NAMES, channel_slice
 from esmkernels.ops.trimul.op import _trimul_fwd_op
 from esmkernels.reference.esmfold import trunk_functional as ref
 
@@ -98,8 +106,9 @@ def triangle_multiplicative_update(
             layer_norm_out, linear_z, linear_g.)
         outgoing: True for x[i,j] = sum_k a[i,k] b[j,k]; False for x[i,j] = sum_k a[k,i] b[k,j].
         eps: LayerNorm epsilon.
-        chunk_size: kernels: project and contract this many hidden channels at a time (bounds
-            the a / b buffers); torch reference: this many output rows at a time.
+        chunk_size: rows i of the output per block (None: unchunked); the contraction's
+            hidden channels go `channel_slice(chunk_size, L, Ch)` at a time. Outputs do not
+            depend on it beyond summation order.
         backend: "auto" | "triton" | "torch" (None: env ESMKERNELS_BACKEND; the rule is
             `esmkernels.ops._dispatch`'s). The kernels take C, Ch <= 256: "auto" sends wider
             inputs to the torch path, a forced "triton" raises ValueError.
@@ -131,9 +140,14 @@ def triangle_multiplicative_update(
     tensors = (z, mask, *params.values())
     problem = _unsupported(z, mask, **params)
     if choose("triangle_multiplicative_update", backend, tensors, problem) == "torch":
-        return ref.triangle_multiplicative_update(
-            z, mask, **params, outgoing=outgoing, eps=eps, chunk_size=chunk_size
-        )
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            return ref.triangle_multiplicative_update(
+                z, mask, **params, outgoing=outgoing, eps=eps, chunk_size=chunk_size
+            )
+        with torch.no_grad():  # nothing to differentiate: the lean path writes into buffers
+            return torch_path.lean_update(
+                z, mask, **params, outgoing=outgoing, eps=eps, chunk_size=chunk_size
+            )
     ordered = [params[n] for n in PARAM_NAMES]
     return _trimul_fwd_op(z, mask, ordered, bool(outgoing), float(eps), chunk_size)
 
@@ -178,3 +192,6 @@ OP = Op(
     trunk=True,
     bench_cases=("trimul_out", "trimul_in"),
 )
+
+
+__all__ = ["OP", "channel_slice", "triangle_multiplicative_update"]

@@ -29,9 +29,10 @@ Precision: fp32 accumulation everywhere; fp32 inputs use 3xTF32 dots (fp32-level
 tensor cores), bf16 / fp16 plain tensor-core dots. Autotune lists differ per dtype; every
 config compiles for sm_90 without register spills (checked on CPU through ptxas).
 
-Memory: a, b and x are [B, Ch, L, L] in z.dtype: 3 |z| extra when Ch = C. `chunk_size` makes
-kernels 1-2 run on `chunk_size` hidden channels at a time (a and b become chunk_size / Ch of
-that; x stays whole, LN_out needs every channel). int64 offsets throughout.
+Memory: a, b and x are [B, Ch, L, L] in z.dtype: 3 |z| extra when Ch = C. `chunk_size` counts
+rows of the pair, as for every op; the kernels derive their own tiling from it: kernels 1-2
+run on `channel_slice(chunk_size, L, Ch)` hidden channels at a time (a and b shrink by that
+fraction; x stays whole, LN_out needs every channel). int64 offsets throughout.
 
 Backward: `esmkernels.ops.trimul.backward` (a recompute, not a kernel).
 """
@@ -368,6 +369,22 @@ def trimul_output(
     return out
 
 
+def channel_slice(chunk_size: int | None, length: int, channels: int) -> int:
+    """Hidden channels per slice of the triangle contraction for a row `chunk_size`.
+
+    None (unchunked) takes every channel at once. Otherwise the slice holds the same fraction
+    of the channels as a chunk holds of the rows, but at least a quarter of them: each slice
+    re-reads z for LN_in, and four passes cost little next to the projections.
+
+    Example:
+        >>> channel_slice(None, 1024, 128), channel_slice(64, 1024, 128), channel_slice(512, 1024, 128)
+        (128, 32, 64)
+    """
+    if chunk_size is None:
+        return channels
+    return max(1, min(channels, max(channels // 4, channels * chunk_size // max(length, 1))))
+
+
 def trimul_fwd(
     z: torch.Tensor,
     mask: torch.Tensor | None,
@@ -376,7 +393,8 @@ def trimul_fwd(
     eps: float,
     chunk_size: int | None,
 ) -> torch.Tensor:
-    """The whole forward: projection and contraction `chunk_size` hidden channels at a time."""
+    """The whole forward: projection and contraction in slices of hidden channels, as many as
+    `channel_slice` gives for `chunk_size` rows (None: all channels at once)."""
     B, L, _, C = z.shape
     ch = p["a_proj_weight"].shape[0]
     if B * L == 0:
@@ -384,7 +402,7 @@ def trimul_fwd(
     p = {name: t.contiguous() for name, t in p.items()}
     if mask is not None and mask.dtype == torch.bool:
         mask = mask.view(torch.uint8)
-    step = ch if chunk_size is None else min(chunk_size, ch)
+    step = channel_slice(chunk_size, L, ch)
     x = poison_empty(B, ch, L, L, dtype=ref.contraction_dtype(z.dtype), device=z.device)
     a = b = None
     for h_off in range(0, ch, step):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from esmkernels.ops.trimul.forward import channel_slice
 from esmkernels.reference.esmfold.trunk_functional import (
     chunk_rows,
     contraction_dtype,
@@ -35,22 +36,6 @@ from esmkernels.reference.esmfold.trunk_functional import (
 from esmkernels.reference.functional import layer_norm
 
 Tensor = torch.Tensor
-
-
-def channel_slice(chunk_size: int | None, length: int, channels: int) -> int:
-    """Hidden channels per slice of the triangle contraction for a row `chunk_size`.
-
-    None (unchunked) takes every channel at once. Otherwise the slice holds the same fraction
-    of the channels as a chunk holds of the rows, but at least a quarter of them: each slice
-    re-reads z for LN_in, and four passes cost little next to the projections.
-
-    Example:
-        >>> channel_slice(None, 1024, 128), channel_slice(64, 1024, 128), channel_slice(512, 1024, 128)
-        (128, 32, 64)
-    """
-    if chunk_size is None:
-        return channels
-    return max(1, min(channels, max(channels // 4, channels * chunk_size // max(length, 1))))
 
 
 def lean_update(
@@ -189,4 +174,4 @@ def _output_rows(
     return y
 
 
-__all__ = ["channel_slice", "lean_update"]
+__all__ = ["lean_update"]

@@ -1,5 +1,5 @@
 """Plain-PyTorch functional reference for the ESMFold folding-trunk ops: the oracle for
-`esmkernels.ops.triangle_multiplicative_kernels` and `esmkernels.ops.axial_attention_kernels`.
+`esmkernels.ops.trimul` and `esmkernels.ops.axial`.
 
 The reference trunk modules (`EsmFoldTriangleMultiplicativeUpdate`, `EsmFoldTriangleAttention`,
 `EsmFoldSelfAttention`) call these functions; the fast ops take the same arguments.
