@@ -506,3 +506,71 @@ def test_a_non_contiguous_stored_tensor_becomes_a_contiguous_parameter(tmp_path)
     loaded = _new_path(ref.EsmForMaskedLM, tmp_path)
     weight = loaded.esm.encoder.layer[0].intermediate.dense.weight
     assert weight.is_contiguous() and torch.equal(weight, state[key])
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(field)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_converting_holds_no_copy_of_the_file_in_memory(tmp_path):
+    """A float32 file loaded in bfloat16: each source tensor's file pages are dropped once it is
+    converted, so the peak RSS growth stays near the bf16 weights (keeping the mapped pages
+    would add the whole float32 file, twice as much again)."""
+    from safetensors.torch import save_file
+
+    config = tiny_lm_config(
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=6, num_attention_heads=12
+    )
+    with empty_parameters():
+        shapes = ref.EsmForMaskedLM(config).state_dict()
+    g = torch.Generator().manual_seed(0)
+    state = {
+        k: torch.randn(v.shape, generator=g) if v.is_meta else v.clone()
+        for k, v in shapes.items()
+        if k != "lm_head.decoder.weight"
+    }
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(tmp_path)
+    del state, shapes
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # VmHWM := VmRSS
+    model = _new_path(ref.EsmForMaskedLM, tmp_path, dtype="bf16")
+    growth = (_status_kib("VmHWM") - before) * 1024
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert weights > 80 * 2**20
+    assert growth < 1.2 * weights + 24 * 2**20, (growth / 2**20, weights / 2**20)
+
+
+def test_dropping_file_pages_keeps_values_and_never_touches_anonymous_memory(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    anonymous = torch.randn(1 << 16)
+    kept = anonymous.clone()
+    pages = materialize._FilePages()
+    pages.release(anonymous)  # would read back as zeros if it were dropped
+    assert torch.equal(anonymous, kept)
+    save_file({"w": kept}, str(tmp_path / "w.safetensors"))
+    mapped = load_file(tmp_path / "w.safetensors")["w"]
+    materialize._FilePages().release(mapped)
+    assert torch.equal(mapped, kept)  # clean pages come back from the file
+
+
+def test_a_callers_modified_stem_tensors_keep_their_values(fold_files):
+    """A caller's stem tensors may hold private changes (pages written after mapping): loading
+    in another dtype converts them but must not drop their pages."""
+    path, _ = fold_files["fair-esm-esmfold"]
+    stem_dir = fold_files["fair-esm-esmfold"][1]
+    config, weights = load_checkpoint(stem_dir)[:2]
+    key = "encoder.layer.0.intermediate.dense.weight"
+    with torch.no_grad():
+        weights[key].add_(1.0)  # a private change to a mapped tensor
+    changed = weights[key].clone()
+    model = _new_path(EsmForProteinFolding, path, stem=(config, weights), dtype="bf16")
+    assert torch.equal(weights[key], changed)
+    assert torch.equal(model.esm.encoder.layer[0].intermediate.dense.weight, changed.bfloat16())

@@ -14,7 +14,10 @@
    file (safetensors, `torch.load(mmap=True)`) the parameter is a copy-on-write view of the
    file, so loading reads nothing and writing to the parameter never changes the file. For a
    GPU each tensor is copied in its stored dtype and cast there: no CPU copy of the model in
-   another dtype is made on the way.
+   another dtype is made on the way. Once a tensor has been converted (dtype or device), the
+   file pages it was read from leave the resident set at once (`_FilePages`), so the peak
+   RSS of a converting load is the result plus about one tensor, not the result plus the
+   file.
 3. **Initialise what the checkpoint lacks** (`init_fresh`): a parameter the model may leave
    fresh (a new classifier head, a pooler, strict=False) gets the initialisation its
    constructor gives it, `_init_weights` of the nearest module above it that has one, run on
@@ -31,8 +34,12 @@ This module is a foundation leaf: it imports nothing from `models/`, `ops/` or `
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import ctypes
 import math
+import mmap
+import sys
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
@@ -218,6 +225,11 @@ def assign(
     `owned_elsewhere` (tensors the caller passed in and may still use), is cloned, so that two
     parameters never share storage unless they are tied. `requires_grad` is kept.
 
+    When `convert` made a new tensor (another dtype or device), the source's pages of a
+    memory-mapped file are dropped from this process's resident memory at once
+    (`_FilePages`), so converting a model, or moving it to a GPU, never holds the whole file in
+    RAM beside the result. Sources whose pointer is in `owned_elsewhere` are left alone.
+
     Raises KeyError for a name that is neither a parameter nor a buffer.
     """
     aliases: dict[int, list[str]] = {}
@@ -225,6 +237,7 @@ def assign(
         aliases.setdefault(id(p), []).append(name)
     done: set[int] = set()
     used: set[int] = set(owned_elsewhere)
+    pages = _FilePages()
     for name, value in values.items():
         owner, attr = _owner(module, name)
         if attr in owner._parameters:
@@ -237,6 +250,8 @@ def assign(
             raise KeyError(f"{name} is neither a parameter nor a buffer of {type(module).__name__}")
         tensor = convert(name, value, current)
         if tensor.numel():
+            if tensor.data_ptr() != value.data_ptr() and value.data_ptr() not in owned_elsewhere:
+                pages.release(value)
             if tensor.data_ptr() in used:
                 tensor = tensor.clone()
             used.add(tensor.data_ptr())
@@ -248,6 +263,55 @@ def assign(
             alias_owner, alias_attr = _owner(module, alias)
             alias_owner._parameters[alias_attr] = new
         done.update((id(current), id(new)))
+
+
+class _FilePages:
+    """Drops the pages of memory-mapped checkpoint tensors from the resident set (Linux).
+
+    `release(t)` applies `madvise(MADV_DONTNEED)` to the whole pages inside a contiguous CPU
+    tensor that lies in a private file mapping (the copy-on-write maps of safetensors and
+    `torch.load(mmap=True)`, listed once from /proc/self/maps). Clean pages of such a mapping
+    come back from the file on the next access, so the tensor keeps its values; only its RSS
+    goes. Anything else (anonymous memory, whose pages would come back as zeros; shared
+    mappings; other systems) is left alone. The loaders never write into these tensors, so no
+    page holds a private change that dropping would lose.
+    """
+
+    _MADV_DONTNEED = 4
+
+    def __init__(self) -> None:
+        self.ranges: list[tuple[int, int]] = []
+        self.madvise: Callable[..., int] | None = None
+        if not sys.platform.startswith("linux"):
+            return
+        try:
+            with open("/proc/self/maps") as fh:
+                for line in fh:
+                    fields = line.split()
+                    # address perms offset dev inode path: a private mapping of a real file
+                    if len(fields) >= 6 and fields[1][3] == "p" and fields[5].startswith("/"):
+                        start, end = (int(x, 16) for x in fields[0].split("-"))
+                        self.ranges.append((start, end))
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+            self.madvise = libc.madvise
+        except (OSError, AttributeError, ValueError, IndexError):
+            self.ranges, self.madvise = [], None
+        self.ranges.sort()
+        self.page = mmap.PAGESIZE
+
+    def release(self, t: Tensor) -> None:
+        if self.madvise is None or t.device.type != "cpu" or not t.is_contiguous():
+            return
+        start = t.data_ptr()
+        end = start + t.numel() * t.element_size()
+        i = bisect.bisect_right(self.ranges, (start, float("inf"))) - 1
+        if i < 0 or not (self.ranges[i][0] <= start and end <= self.ranges[i][1]):
+            return
+        first = -(-start // self.page) * self.page  # whole pages only: a page at either end
+        last = end // self.page * self.page  # may hold a neighbouring tensor still in use
+        if last > first:
+            self.madvise(first, last - first, self._MADV_DONTNEED)
 
 
 def init_fresh(module: nn.Module, names: list[str]) -> dict[str, Tensor] | None:

@@ -224,7 +224,11 @@ class PreTrainedMixin(KeyFitting):
                 `token_dropout=False`.
 
         Returns:
-            The model, in eval mode.
+            The model, in eval mode. Loaded on the CPU in the dtype the file stores, from a
+            safetensors or zip `.bin` / `.pt` file, its parameters are copy-on-write views of
+            the file: nothing is read until used, and training them never changes the file. Do
+            not overwrite that file in place while the model lives (`save_pretrained` and
+            `save_checkpoint` write a new file and rename it, which is safe).
 
         Example:
             >>> model = EsmForMaskedLM.from_pretrained(  # doctest: +SKIP
