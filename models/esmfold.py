@@ -66,6 +66,7 @@ class KernelTrunkOps:
 for _op in registry.ops():
     if _op.trunk:
         setattr(KernelTrunkOps, _op.name, _bound(_op))
+del _op
 
 
 class EsmForProteinFolding(_FastMixin, ref.EsmForProteinFolding):

@@ -325,3 +325,27 @@ def test_chunk_size_counts_rows_on_every_path(name, monkeypatch):
     monkeypatch.undo()
     for path, sizes in CHUNK_OBSERVERS[name](monkeypatch, op, None).items():
         assert sizes == [7], (path, sizes)
+
+
+def test_trunk_namespace_offers_the_registry_trunk_ops(monkeypatch):
+    """The fast ESMFold's trunk op namespace is built from the registry: one method per trunk
+    op, calling the op with the namespace's backend; it pickles with its backend."""
+    import pickle
+
+    from esmkernels.models.esmfold import KernelTrunkOps
+    from esmkernels.reference.esmfold.trunk_layers import TrunkOps
+
+    trunk = [op for op in OPS if op.trunk]
+    assert [op.name for op in trunk] == ["triangle_multiplicative_update", "axial_attention"]
+    assert set(TrunkOps._REQUIRED) == {op.name for op in trunk}
+    ops = pickle.loads(pickle.dumps(KernelTrunkOps("torch")))
+    assert ops.backend == "torch" and TrunkOps(ops).namespace is ops
+    for op in trunk:
+        args, kwargs = op.example(4)
+        with launches() as seen:
+            getattr(ops, op.name)(*args, **kwargs)
+        assert not seen.kernels and seen.fallbacks
+        with launches() as seen:
+            getattr(KernelTrunkOps("triton"), op.name)(*args, **kwargs)
+        assert set(seen.kernels) <= set(op.kernels) and seen.kernels
+    assert not hasattr(ops, "layer_norm")
