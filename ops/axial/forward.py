@@ -63,18 +63,22 @@ LOG2E = 1.4426950408889634
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). Few configs: each costs a compile on first use.
 FWD_TUNING = tuning(
+    kernel="_axial_attn_fwd_kernel",
     lowp=[(64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 2), (64, 32, 4, 2)],
     fp32=[(64, 32, 4, 2), (128, 64, 8, 3)],
 )
 DKDV_TUNING = tuning(
+    kernel="_axial_attn_bwd_dkdv_kernel",
     lowp=[(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2)],
     fp32=[(32, 64, 4, 2), (32, 64, 8, 2)],
 )
 DQ_TUNING = tuning(
+    kernel="_axial_attn_bwd_dq_kernel",
     lowp=[(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2)],
     fp32=[(64, 32, 4, 2), (64, 64, 8, 2)],
 )
 DBIAS_TUNING = tuning(
+    kernel="_axial_attn_bwd_dbias_kernel",
     lowp=[(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2)],
     fp32=[(32, 64, 8, 2), (64, 32, 8, 2)],
 )

@@ -55,9 +55,11 @@ from esmkernels.ops.rotary.forward import (
     side_inputs,
 )
 
-# Per kernel, bf16 / fp16 and fp32 tiles by max D (see FWD_TUNING): all spill-free on sm_90.
+# Per kernel, bf16 / fp16 and fp32 tiles by max D (see FWD_TUNING): spill-free on sm_90 under
+# the running Triton once `esmkernels.ops._spills` has left out its release's spilling tiles.
 # dK/dV: many keys per program (they stay in registers), small query tiles streamed.
 DKDV_TUNING = tuning(
+    kernel="_rotary_attention_bwd_dkdv_kernel",
     lowp={
         64: [
             (32, 128, 8, 3),
@@ -69,11 +71,12 @@ DKDV_TUNING = tuning(
         ],
         128: [(32, 64, 8, 3), (32, 32, 8, 3), (16, 64, 8, 3)],
     },
-    fp32={64: [(16, 32, 4, 2), (16, 64, 4, 1)], 128: [(16, 16, 8, 2)]},
+    fp32={64: [(16, 32, 4, 2), (16, 64, 4, 1)], 128: [(16, 16, 8, 2), (16, 16, 8, 1)]},
     make=_configs,
 )
 # dQ: many queries per program, small key tiles streamed.
 DQ_TUNING = tuning(
+    kernel="_rotary_attention_bwd_dq_kernel",
     lowp={
         64: [
             (128, 32, 8, 3),

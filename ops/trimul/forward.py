@@ -70,16 +70,19 @@ def _cfg(names, interpreted):
 # tile boundaries (several i / j tiles, several k steps, partial tiles). GPU: few configs (each
 # costs a compile on first use), bf16 / fp16 and fp32 lists (see `tuning`), all spill-free.
 PROJ_TUNING = tuning(
+    kernel="_trimul_proj_kernel",
     lowp=[(128, 32, 8, 2), (64, 32, 4, 2), (64, 64, 4, 2)],
-    fp32=[(64, 64, 8, 2)],
+    fp32=[(64, 64, 8, 2), (64, 32, 8, 2)],
     make=_cfg(("BLOCK_P", "BLOCK_H"), {"BLOCK_P": 32, "BLOCK_H": 16}),
 )
 CONTRACT_TUNING = tuning(
+    kernel="_trimul_contract_kernel",
     lowp=[(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (128, 64, 32, 8, 3), (64, 64, 32, 4, 4)],
     fp32=[(128, 64, 32, 8, 3), (64, 64, 32, 4, 3), (64, 128, 32, 8, 3)],
     make=_cfg(("BLOCK_I", "BLOCK_J", "BLOCK_K"), {"BLOCK_I": 8, "BLOCK_J": 8, "BLOCK_K": 8}),
 )
 OUT_TUNING = tuning(
+    kernel="_trimul_out_kernel",
     lowp=[(64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 2)],
     fp32=[(64, 16, 4, 2), (32, 64, 8, 3)],
     make=_cfg(("BLOCK_P", "BLOCK_N"), {"BLOCK_P": 32, "BLOCK_N": 16}),
