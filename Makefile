@@ -90,10 +90,11 @@ $(COMPAT_STAMP): pyproject.toml Makefile
 	  'safetensors', safetensors.__version__)"
 	touch $(COMPAT_STAMP)
 
-# The non-slow suite (kernels interpreted), then the sm_90 compile checks (the slow op tests).
+# The non-slow suite (kernels interpreted), then the sm_90 compile checks (the slow op tests, and
+# the spill table's rows for Triton 3.6: ops/_spills.py).
 compat: $(COMPAT_STAMP)
 	TRITON_INTERPRET=1 HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(CPY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
-	TRITON_INTERPRET=1 HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(CPY) -m pytest -q -p no:cacheprovider -m slow $(PYTEST_ARGS) tests/test_ops_*.py
+	TRITON_INTERPRET=1 HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(CPY) -m pytest -q -p no:cacheprovider -m slow $(PYTEST_ARGS) tests/test_ops_*.py tests/test_spills.py
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) build *.egg-info .pytest_cache .hypothesis .benchmarks demo_out

@@ -39,6 +39,6 @@ export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$site/triton-cache}
 
 # Preflight: this machine's versions and the supported set they match (docs/COMPATIBILITY.md).
 # The first phase after `env` runs the sm_90 compile checks under them (compile_checks).
-$PY -m esmkernels.ops._compat || true
+$PY -c "from esmkernels.ops._compat import environment_line; print(environment_line())" || true
 
 $PY -m bench.gpu_session --out "$OUT" "$@"

@@ -2,7 +2,7 @@
 
 Two sets of (torch, Triton) are supported and checked (docs/COMPATIBILITY.md):
 `SUPPORTED_ENVIRONMENTS` names them; `environment_line()` says which one the installed packages
-match (`bench/gpu_session.sh` prints it first; `python -m esmkernels.ops._compat` too).
+match (`bench/gpu_session.sh` prints it first).
 
 The interpreter (`TRITON_INTERPRET=1`) runs kernels on numpy arrays, so it depends on numpy's
 behaviour as well as on Triton's. One pair is known to fail on every interpreted kernel:
@@ -125,7 +125,3 @@ def environment_line(versions: dict[str, str | None] | None = None) -> str:
         problem = interpreter_problem(versions.get("triton"), versions.get("numpy"))
         line += f". {problem}" if problem else ". The interpreter works with this Triton and numpy"
     return line
-
-
-if __name__ == "__main__":
-    print(environment_line())
