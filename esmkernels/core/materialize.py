@@ -9,15 +9,15 @@
    ESMFold's residue constants and `af2_to_esm`, position ids), so a buffer the checkpoint does
    not hold, persistent or not, has its right value with no extra code.
 2. **Fill** (`assign`, with `place` for each tensor): each checkpoint tensor becomes the
-   parameter or buffer itself, in its final dtype and on its final device, one tensor at a
-   time. A tensor already in the final dtype on the CPU is used as it is: for a memory-mapped
+   parameter or buffer itself, in its final dtype and on its final device, tensor by tensor
+   (a few threads convert at once). A tensor already in the final dtype on the CPU is used
+   as it is: for a memory-mapped
    file (safetensors, `torch.load(mmap=True)`) the parameter is a copy-on-write view of the
    file, so loading reads nothing and writing to the parameter never changes the file. For a
    GPU each tensor is copied in its stored dtype and cast there: no CPU copy of the model in
    another dtype is made on the way. Once a tensor has been converted (dtype or device), the
    file pages it was read from leave the resident set at once (`_FilePages`), so the peak
-   RSS of a converting load is the result plus about one tensor, not the result plus the
-   file.
+   RSS of a converting load is the result plus a few tensors, not the result plus the file.
 3. **Initialise what the checkpoint lacks** (`init_fresh`): a parameter the model may leave
    fresh (a new classifier head, a pooler, strict=False) gets the initialisation its
    constructor gives it, `_init_weights` of the nearest module above it that has one, run on
@@ -39,8 +39,10 @@ import contextlib
 import ctypes
 import math
 import mmap
+import os
 import sys
 from collections.abc import Callable, Collection, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -137,7 +139,8 @@ def empty_parameters() -> Iterator[None]:
     Example:
         >>> with empty_parameters():  # doctest: +SKIP
         ...     model = EsmForMaskedLM(config)
-        >>> model.lm_head.dense.weight.device, model.esm.encoder.layer[0]...inv_freq.device
+        >>> rotary = model.esm.encoder.layer[0].attention.self.rotary_embeddings
+        >>> model.lm_head.dense.weight.device, rotary.inv_freq.device  # doctest: +SKIP
         (device(type='meta'), device(type='cpu'))
     """
     original = nn.Module.register_parameter
@@ -213,19 +216,22 @@ def place(value: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
 def assign(
     module: nn.Module,
     values: Mapping[str, Tensor],
-    convert: Callable[[str, Tensor, Tensor], Tensor],
+    dtype_of: Callable[[str, Tensor], torch.dtype],
+    device: torch.device,
     owned_elsewhere: Collection[int] = (),
 ) -> None:
-    """Make each tensor of `values` the parameter or buffer of that name, without copying.
+    """Make each tensor of `values` the parameter or buffer of that name, placed by `place`.
 
-    `convert(name, value, current)` gives the tensor to install (e.g. `place` in the final
-    dtype); `current` is the module's tensor (possibly on meta) for its dtype. A tied parameter
-    is installed once, under all its names. A result that shares memory with one installed
-    before it (one stored tensor used for two keys), or whose data pointer is in
+    `dtype_of(name, current)` is the final dtype, `current` being the module's tensor (possibly
+    on meta). A tensor already in its final dtype, on `device` and contiguous is installed as it
+    is, without a copy; the others are converted by a few threads at once (like transformers'
+    loader: reading a mapped file and casting overlap), and installed in order. A tied
+    parameter is installed once, under all its names. A result that shares memory with one
+    installed before it (one stored tensor used for two keys), or whose data pointer is in
     `owned_elsewhere` (tensors the caller passed in and may still use), is cloned, so that two
     parameters never share storage unless they are tied. `requires_grad` is kept.
 
-    When `convert` made a new tensor (another dtype or device), the source's pages of a
+    When a tensor was converted (another dtype or device), its source's pages of a
     memory-mapped file are dropped from this process's resident memory at once
     (`_FilePages`), so converting a model, or moving it to a GPU, never holds the whole file in
     RAM beside the result. Sources whose pointer is in `owned_elsewhere` are left alone.
@@ -235,34 +241,53 @@ def assign(
     aliases: dict[int, list[str]] = {}
     for name, p in module.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(p), []).append(name)
-    done: set[int] = set()
-    used: set[int] = set(owned_elsewhere)
-    pages = _FilePages()
+    plan: list[tuple[str, nn.Module, str, Tensor, Tensor, torch.dtype]] = []
+    claimed: set[int] = set()
     for name, value in values.items():
         owner, attr = _owner(module, name)
         if attr in owner._parameters:
             current = owner._parameters[attr]
-            if id(current) in done:
-                continue  # a tied alias already installed it
+            if id(current) in claimed:
+                continue  # a tied alias installs it
+            claimed.add(id(current))
         elif attr in owner._buffers:
             current = owner._buffers[attr]
         else:
             raise KeyError(f"{name} is neither a parameter nor a buffer of {type(module).__name__}")
-        tensor = convert(name, value, current)
-        if tensor.numel():
-            if tensor.data_ptr() != value.data_ptr() and value.data_ptr() not in owned_elsewhere:
+        plan.append((name, owner, attr, current, value, dtype_of(name, current)))
+
+    pages = _FilePages()
+
+    def convert(value: Tensor, dtype: torch.dtype) -> Tensor:
+        tensor = place(value, dtype, device)
+        if tensor.numel() and tensor.data_ptr() != value.data_ptr():
+            if value.data_ptr() not in owned_elsewhere:
                 pages.release(value)
-            if tensor.data_ptr() in used:
-                tensor = tensor.clone()
-            used.add(tensor.data_ptr())
-        if attr in owner._buffers:
-            owner._buffers[attr] = tensor
-            continue
-        new = nn.Parameter(tensor, requires_grad=current.requires_grad)
-        for alias in aliases[id(current)]:
-            alias_owner, alias_attr = _owner(module, alias)
-            alias_owner._parameters[alias_attr] = new
-        done.update((id(current), id(new)))
+        return tensor
+
+    def as_is(value: Tensor, dtype: torch.dtype) -> bool:
+        return value.dtype == dtype and value.device == device and value.is_contiguous()
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        pending = {
+            i: pool.submit(convert, value, dtype)
+            for i, (_, _, _, _, value, dtype) in enumerate(plan)
+            if not as_is(value, dtype)
+        }
+        used: set[int] = set(owned_elsewhere)
+        for i, (_, owner, attr, current, value, _) in enumerate(plan):
+            tensor = pending.pop(i).result() if i in pending else value.detach()
+            if tensor.numel():
+                if tensor.data_ptr() in used:
+                    tensor = tensor.clone()
+                used.add(tensor.data_ptr())
+            if attr in owner._buffers:
+                owner._buffers[attr] = tensor
+                continue
+            new = nn.Parameter(tensor, requires_grad=current.requires_grad)
+            for alias in aliases[id(current)]:
+                alias_owner, alias_attr = _owner(module, alias)
+                alias_owner._parameters[alias_attr] = new
 
 
 class _FilePages:

@@ -61,7 +61,6 @@ from esmkernels.core.materialize import (
     empty_parameters,
     init_fresh,
     meta_parameters,
-    place,
     resolve_device,
     resolve_dtype,
 )
@@ -354,18 +353,17 @@ class PreTrainedMixin(KeyFitting):
             return False
         buffers = {name for name, _ in module.named_buffers()}
 
-        def convert(name: str, value: Tensor, current: Tensor) -> Tensor:
-            final = current.dtype
+        def dtype_of(name: str, current: Tensor) -> torch.dtype:
             if (
                 dtype is not None
                 and current.is_floating_point()
                 and not (name in buffers and matches_any(name, self._keep_in_fp32))
             ):
-                final = dtype
-            return place(value, final, device)
+                return dtype
+            return current.dtype
 
         owned = {t.data_ptr() for t in theirs if t.numel()}
-        assign(module, {**loadable, **fresh}, convert, owned_elsewhere=owned)
+        assign(module, {**loadable, **fresh}, dtype_of, device, owned_elsewhere=owned)
         self.tie_weights()
         return True
 
