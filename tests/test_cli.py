@@ -99,7 +99,7 @@ def test_wrong_model_kind_and_bad_model(ckpts, tmp_path, capsys):
     assert run("score", "-m", fold, "--sequence", "MKTAY", "--mutations", "K2A") == 2
     assert "`score` needs an ESM language model" in capsys.readouterr().err
     assert run("embed", fa, "-m", tmp_path / "nothing", "-o", tmp_path / "e", "-q") == 2
-    assert "cannot load --model" in capsys.readouterr().err
+    assert "nothing: no such file or directory" in capsys.readouterr().err
 
 
 def test_unwritable_output(ckpts, tmp_path, capsys):

@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 
+from esmkernels.jobs.fold import PROBE
 from esmkernels.models.esmfold import EsmForProteinFolding
 from esmkernels.reference.esmfold.inference import retry_chunk_sizes
 from esmkernels.reference.esmfold.trunk import EsmFoldingTrunk
@@ -153,6 +154,8 @@ def fake_trunk_oom(monkeypatch, fails):
     real = EsmFoldingTrunk.forward
 
     def trunk(self, s_s_0, *args, **kwargs):
+        if s_s_0.shape[1] == len(PROBE):  # the job's preflight: not a record
+            return real(self, s_s_0, *args, **kwargs)
         calls.append((*s_s_0.shape[:2], self.chunk_size))
         if fails(*calls[-1]):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -222,3 +225,18 @@ def test_out_of_memory_halves_the_chunk_size_given(ckpt, tmp_path, monkeypatch):
     assert run("fold", fa, *argv) == 0
     assert [c for _, _, c in calls] == [16, 8]
     assert summary(tmp_path / "o" / "summary.tsv")[0]["chunk_size"] == "8"
+
+
+def test_residues_without_atoms_are_listed_in_the_summary_with_a_warning(ckpt, tmp_path, capsys):
+    fa = fasta(tmp_path / "in.fasta", [("odd", "MKXAU:GBZO"), ("plain", "MKTA")])
+    assert run("fold", fa, "-m", ckpt, "-o", tmp_path / "o", "--num-recycles", "0", "-q") == 0
+    err = capsys.readouterr().err
+    assert "warning: odd: residues X3,U5,B7,Z8,O9 are not standard amino acids" in err
+    assert "no atoms" in err and "plain" not in err.split("warning")[1]
+    rows = {r["id"]: r for r in summary(tmp_path / "o" / "summary.tsv")}
+    assert rows["odd"]["no_atoms"] == "X3,U5,B7,Z8,O9" and rows["plain"]["no_atoms"] == ""
+    assert rows["odd"]["length"] == "9"
+    atoms = parse_atoms((tmp_path / "o" / "odd.pdb").read_text())
+    # chain A numbered 1..5; chain B continues after the linker and the 512 jump: 5 + 25 + 512
+    have = {(a["chain"], a["resseq"]) for a in atoms}
+    assert have == {("A", 1), ("A", 2), ("A", 4), ("B", 543)}

@@ -135,3 +135,34 @@ def test_long_sequence_is_scored_in_windows(tmp_path, capsys):
         for row, mutant in zip(rows, muts):
             want = by_definition(ckpt, WT, mutant, strategy, window=8)
             assert float(row[ckpt.name]) == pytest.approx(want, abs=2e-4), (strategy, mutant)
+
+
+@pytest.mark.parametrize("strategy", ["masked-marginals", "wt-marginals", "pseudo-ppl"])
+@pytest.mark.parametrize("window", [None, 8])
+def test_progress_counts_every_sequence_the_model_runs(models, strategy, window):
+    from esmkernels.jobs.score import forward_count, score_mutants
+
+    model = ref.EsmForMaskedLM.from_pretrained(models[0]).eval()
+    muts = ["K2A", "T3G:A4C", "Y5Y", "K2G", "H18W"]
+    runs = []
+    real = model.forward
+    model.forward = lambda *a, **kw: runs.append(kw["input_ids"].shape[0]) or real(*a, **kw)
+    seen = []
+    kwargs = dict(batch_size=3, window=window, offset=1)
+    got = score_mutants(model, TOK, WT, muts, strategy, progress=seen.append, **kwargs)
+    assert seen == runs and sum(seen) == forward_count(WT, muts, strategy, 1, window) > 0
+    runs.clear()
+    assert score_mutants(model, TOK, WT, muts, strategy, **kwargs) == got  # same numbers
+
+
+def test_score_shows_a_progress_bar(models, monkeypatch, capsys):
+    from esmkernels.jobs import progress
+
+    real = progress.count_bar
+    monkeypatch.setattr(progress, "count_bar", lambda *a, **kw: real(*a, **{**kw, "delay": 0}))
+    argv = ["score", "-m", models[0], "--sequence", WT, "--mutations", "K2A,T3G,A4C"]
+    assert run(*argv) == 0
+    err = capsys.readouterr().err
+    assert "score: 100%" in err and "3/3" in err and "seq/s" in err
+    assert run(*argv, "--quiet") == 0
+    assert "score:" not in capsys.readouterr().err

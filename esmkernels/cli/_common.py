@@ -91,6 +91,29 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_resume_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-retry-failed",
+        dest="retry_failed",
+        action="store_false",
+        help="on a rerun, keep the records the earlier run recorded as failed (default: retry "
+        "them; records done are never recomputed)",
+    )
+
+
+def preflight(check, spec: str, device, backend: str | None) -> None:
+    """Run a job's `preflight` (a made-up input through the model with the job's options);
+    any error is a UsageError (exit 2, nothing written): it would fail every record."""
+    try:
+        check()
+    except Exception as err:  # noqa: BLE001 - whatever fails here fails the whole job
+        text = str(err).strip().splitlines()
+        why = f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+        raise UsageError(
+            f"--model {spec} cannot run on {device} with backend {backend or 'auto'}: {why}"
+        ) from None
+
+
 # ---------------------------------------------------------------------------------------------
 # Scale-out
 # ---------------------------------------------------------------------------------------------
@@ -169,6 +192,15 @@ def pick_device(name: str | None, part: Part | None = None):
     return torch.device("cpu")
 
 
+def cpu_only(device: str | None, flag: bool, option: str) -> str | None:
+    """The --device to use given fair-esm's CPU switch (`--nogpu`, `--cpu-only`)."""
+    if not flag:
+        return device
+    if device is not None and device != "cpu":
+        raise UsageError(f"{option} and --device {device} contradict each other; pass one")
+    return "cpu"
+
+
 # ---------------------------------------------------------------------------------------------
 # Input
 # ---------------------------------------------------------------------------------------------
@@ -184,11 +216,23 @@ def read_input(path: str, *, multimer: bool, skip_invalid: bool):
         raise UsageError(str(err)) from None
 
 
+def check_output_dir(path: str) -> Path:
+    """`--out` checked (an existing writable directory, or one that can be created there)
+    without creating it: nothing is written before every check of a command has passed."""
+    from esmkernels.jobs.files import check_creatable
+
+    try:
+        return check_creatable(path)
+    except ValueError as err:
+        raise UsageError(str(err).replace("output directory", "--out", 1)) from None
+
+
 def output_dir(path: str) -> Path:
+    """`--out` checked and created (`check_output_dir`, then made): for a command whose checks
+    are all done."""
     from esmkernels.jobs.files import check_writable
 
-    if Path(path).exists() and not Path(path).is_dir():
-        raise UsageError(f"--out {path} exists and is not a directory")
+    check_output_dir(path)
     try:
         return check_writable(path)
     except ValueError as err:
@@ -220,16 +264,34 @@ _WRONG_KIND = {
 }
 
 
-def load_model(cls, path_or_id: str, want: str, cmd: str, **kwargs: Any):
+def model_identity(spec: str):
+    """The `--model`'s identity (`esmkernels.jobs.identity.model_identity`): where it
+    resolves and its files' fingerprints; any problem is a UsageError naming the spelling."""
+    from esmkernels.jobs.identity import model_identity as identify
+
+    try:
+        return identify(spec)
+    except FileNotFoundError as err:
+        raise UsageError(f"--model {err}") from None
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot load --model {spec}: {err}") from None
+
+
+def load_model(cls, path_or_id: str, want: str, cmd: str, *, identity=None, **kwargs: Any):
     """`cls.from_pretrained` after checking the checkpoint is of kind `want` ("lm" / "fold").
 
-    Any loading error (missing path, corrupt file, wrong kind) is a UsageError.
+    `identity` (from `model_identity`) gives the resolved path to load (a Hub id is then not
+    resolved twice). Any loading error (missing path, corrupt file, wrong kind) is a
+    UsageError.
     """
-    kind = model_kind(path_or_id)
+    if identity is None:
+        identity = model_identity(path_or_id)
+    local = str(identity.path)
+    kind = model_kind(local)
     if kind is not None and kind != want:
         raise UsageError(_WRONG_KIND[kind].format(m=path_or_id, cmd=cmd))
     try:
-        model = cls.from_pretrained(path_or_id, **kwargs)
+        model = cls.from_pretrained(local, **kwargs)
     except (ValueError, TypeError, FileNotFoundError, OSError) as err:
         raise UsageError(f"cannot load --model {path_or_id}: {err}") from None
     folding = bool(getattr(model.config, "is_folding_model", False))

@@ -48,12 +48,20 @@ def run(args: argparse.Namespace) -> int:
     from esmkernels.core.checkpoint import load_checkpoint
     from esmkernels.core.hf_checkpoint import save_checkpoint
     from esmkernels.core.tokenization import EsmTokenizer
+    from esmkernels.jobs.identity import resolve_model
 
     out = Path(args.out)
     if (out / "config.json").exists() and not args.overwrite:
         raise UsageError(f"{out} already holds a checkpoint; pass --overwrite to replace it")
+    try:  # a missing path is tried on the Hub only when it is a plain org/name id
+        source = resolve_model(args.checkpoint)
+        stem = None if args.stem is None else resolve_model(args.stem)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from None
+    except OSError as err:
+        raise UsageError(f"cannot read {args.checkpoint}: {err}") from None
     try:
-        config, state_dict, fmt = load_checkpoint(args.checkpoint, stem=args.stem)
+        config, state_dict, fmt = load_checkpoint(source, stem=stem)
     except (ValueError, TypeError, FileNotFoundError, OSError) as err:
         raise UsageError(f"cannot read {args.checkpoint}: {err}") from None
     if fmt == "fair-esm-esmfold" and not any(k.startswith("esm.") for k in state_dict):

@@ -23,7 +23,7 @@ import argparse
 import time
 from pathlib import Path
 
-from esmkernels.cli._common import EXIT_OK, command_parser, log, output_dir
+from esmkernels.cli._common import EXIT_OK, UsageError, check_output_dir, command_parser, log
 
 EXAMPLE = """
 esmkernels demo --out demo_out/
@@ -57,11 +57,18 @@ def run(args: argparse.Namespace) -> int:
         compare_lm,
         demo_fasta,
         make_checkpoints,
+        pick_mutations,
     )
     from esmkernels.jobs.fasta import read_records, write_fasta
 
-    out = output_dir(args.out)
+    out = check_output_dir(args.out)
     source = Path(args.fasta) if args.fasta else demo_fasta()
+    try:  # the input is checked before anything is written
+        records, _ = read_records(source, multimer=True, warn=log)
+    except ValueError as err:
+        raise UsageError(f"--fasta {err}") from None
+    wild_type = records[0].sequence.split(":")[0]
+    mutations = MUTATIONS if args.fasta is None else pick_mutations(wild_type)
     quiet = ["--quiet"] if args.quiet else []
     device = ["--device", args.device] if args.device else []
     started = time.perf_counter()
@@ -69,10 +76,10 @@ def run(args: argparse.Namespace) -> int:
     print("=" * len(banner))
     print(banner)
     print("=" * len(banner))
+    out.mkdir(parents=True, exist_ok=True)
     lm_dir, fold_dir = make_checkpoints(out / "checkpoints")
     print(f"checkpoints (HF format, random weights, seed {SEED}):\n  {lm_dir}\n  {fold_dir}")
 
-    records, _ = read_records(source, multimer=True, warn=log)
     chains = []
     for r in records:
         parts = r.sequence.split(":")
@@ -80,7 +87,6 @@ def run(args: argparse.Namespace) -> int:
             chains.append((r.id if len(parts) == 1 else f"{r.id}_chain{'ABCDEFGH'[c]}", chain))
     chain_fasta = out / "demo_chains.fasta"
     write_fasta(chains, chain_fasta)
-    wild_type = records[0].sequence
 
     log(f"\n[1/3] embed {len(chains)} chains")
     codes = {}
@@ -93,11 +99,14 @@ def run(args: argparse.Namespace) -> int:
         ["fold", str(source), "--model", str(fold_dir), "--out", str(out / "structures")]
         + ["--pae", "--num-recycles", "1", *quiet, *device]
     )
-    log(f"\n[3/3] score {MUTATIONS} of {records[0].id}")
-    codes["score"] = main(
-        ["score", "--model", str(lm_dir), "--sequence", wild_type, "--mutations", MUTATIONS]
-        + ["--out", str(out / "scores.csv"), *device]
-    )
+    if mutations is None:
+        log(f"\n[3/3] score: skipped ({records[0].id} has no standard residue to mutate)")
+    else:
+        log(f"\n[3/3] score {mutations} of {records[0].id}")
+        codes["score"] = main(
+            ["score", "--model", str(lm_dir), "--sequence", wild_type, "--mutations", mutations]
+            + ["--out", str(out / "scores.csv"), *device]
+        )
 
     dev = torch.device(args.device) if args.device else None
     if dev is None:
@@ -110,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         f"  embeddings  {out / 'embeddings'}  (esmkernels.open_embeddings('{out / 'embeddings'}'))"
     )
     print(f"  structures  {out / 'structures'}  (PDB + PAE JSON per record, summary.tsv)")
-    print(f"  scores      {out / 'scores.csv'}")
+    if mutations is not None:
+        print(f"  scores      {out / 'scores.csv'}")
     print(f"\nfast vs reference (same checkpoint, same inputs, on {dev})")
     print(f"  language model: largest |difference| of the final hidden states {lm_diff:.2e}")
     print(f"  ESMFold: largest atom position difference {pos_diff:.2e} A, pLDDT {plddt_diff:.2e}")
@@ -132,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  esmkernels embed {chain_fasta} --model facebook/esm2_t33_650M_UR50D --out emb/")
     print(f"  esmkernels fold {source} --model facebook/esmfold_v1 --out structures/ --pae")
     print(f"  esmkernels score --model facebook/esm1v_t33_650M_UR90S_1 --sequence {wild_type} \\")
-    print(f"      --mutations {MUTATIONS}")
+    print(f"      --mutations {mutations or MUTATIONS}")
     print(f"\ndone in {time.perf_counter() - started:.0f} s; {banner.split(':')[0].lower()}.")
     failed = [name for name, code in codes.items() if code != EXIT_OK]
     if failed:

@@ -29,13 +29,17 @@ from esmkernels.cli._common import (
     UsageError,
     add_input_options,
     add_model_option,
+    add_resume_options,
     add_run_options,
     add_scale_options,
+    check_output_dir,
     command_parser,
+    cpu_only,
     load_model,
     log,
-    output_dir,
+    model_identity,
     pick_device,
+    preflight,
     read_input,
     report_failures,
     tokenizer_for,
@@ -61,6 +65,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", required=True, help="output directory (the store)")
     p.add_argument(
         "--repr-layers",
+        "--repr_layers",
         type=int,
         nargs="+",
         default=[-1],
@@ -78,6 +83,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-tokens-per-batch",
+        "--toks_per_batch",
         type=int,
         default=4096,
         metavar="T",
@@ -85,6 +91,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--truncation-seq-length",
+        "--truncation_seq_length",
         type=int,
         default=None,
         metavar="N",
@@ -105,8 +112,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="records per shard file (default 1000; shards also close at ~1 GiB)",
     )
     add_input_options(p)
+    add_resume_options(p)
     add_scale_options(p)
     add_run_options(p)
+    p.add_argument("--nogpu", action="store_true", help="run on the CPU (as --device cpu)")
     return p
 
 
@@ -119,20 +128,23 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} {value}: must be >= 1")
+    device_name = cpu_only(args.device, args.nogpu, "--nogpu")
     records, rejected = read_input(args.fasta, multimer=False, skip_invalid=args.skip_invalid)
     part = Part(args.shard)
-    out = output_dir(args.out)
-    device = pick_device(args.device, part)
+    out = check_output_dir(args.out)
+    device = pick_device(device_name, part)
+    identity = model_identity(args.model)
     model = load_model(
         EsmModel,
         args.model,
         "lm",
         "embed",
+        identity=identity,
         dtype=args.dtype,
         device=device,
         backend=args.backend,
     )
-    tokenizer = tokenizer_for(args.model)
+    tokenizer = tokenizer_for(str(identity.path))
     config = model.config
     n_layers = config.num_hidden_layers
     layers = []
@@ -152,7 +164,11 @@ def run(args: argparse.Namespace) -> int:
 
     items = {r.order: (r.id, r.sequence, None) for r in records}
     items.update({r.order: (r.id, r.sequence, r.reason) for r in rejected})
-    settings = {"model": args.model, "dtype": args.dtype, "backend": args.backend or "auto"}
+    settings = {
+        "model": identity.settings(),
+        "dtype": args.dtype,
+        "backend": args.backend or "auto",
+    }
     try:
         job = EmbedJob(
             out,
@@ -167,11 +183,15 @@ def run(args: argparse.Namespace) -> int:
             width=config.hidden_size,
             part=part.index,
             parts=part.count,
+            retry_failed=args.retry_failed,
         )
     except ValueError as err:
         raise UsageError(str(err)) from None
+    preflight(lambda: job.preflight(model, tokenizer, device), args.model, device, args.backend)
 
     part.start(device)
+    if job.retrying:
+        log(f"retrying {job.retrying} failed record(s) (--no-retry-failed keeps them failed)")
     label = "embed" + (f" {part.tag}" if part.tag else "")
     with residue_bar(job.total, label, initial=job.initial, enabled=not args.quiet) as bar:
         job.run(model, tokenizer, device, progress=bar.update)

@@ -31,13 +31,17 @@ from esmkernels.cli._common import (
     UsageError,
     add_input_options,
     add_model_option,
+    add_resume_options,
     add_run_options,
     add_scale_options,
+    check_output_dir,
     command_parser,
+    cpu_only,
     load_model,
     log,
-    output_dir,
+    model_identity,
     pick_device,
+    preflight,
     read_input,
     report_failures,
 )
@@ -56,9 +60,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         EXAMPLE,
         __doc__.split("\n\n", 1)[1],
     )
-    p.add_argument("fasta", help="input FASTA (plain or .gz); multimers as CHAINA:CHAINB")
+    p.add_argument(
+        "fasta", nargs="?", help="input FASTA (plain or .gz); multimers as CHAINA:CHAINB"
+    )
+    p.add_argument(
+        "-i", "--fasta", dest="input", metavar="FASTA", help="the input FASTA (esm-fold's spelling)"
+    )
     add_model_option(p, "ESMFold model")
-    p.add_argument("--out", "-o", required=True, help="output directory")
+    p.add_argument("--out", "-o", "--pdb", required=True, help="output directory")
     p.add_argument(
         "--num-recycles",
         type=int,
@@ -82,8 +91,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--pae", action="store_true", help="also write NAME.pae.json per record")
     add_input_options(p)
+    add_resume_options(p)
     add_scale_options(p)
     add_run_options(p)
+    p.add_argument("--cpu-only", action="store_true", help="run on the CPU (as --device cpu)")
     return p
 
 
@@ -104,20 +115,30 @@ def run(args: argparse.Namespace) -> int:
     from esmkernels.jobs.progress import residue_bar
     from esmkernels.models.esmfold import EsmForProteinFolding
 
+    if (args.fasta is None) == (args.input is None):
+        raise UsageError(
+            "give the input FASTA once: as the first argument or as -i/--fasta"
+            if args.fasta is None
+            else f"two inputs: {args.fasta} and -i {args.input}; give one"
+        )
+    fasta = args.fasta or args.input
     chunk = parse_chunk(args.chunk_size)
     if args.num_recycles is not None and args.num_recycles < 0:
         raise UsageError(f"--num-recycles {args.num_recycles}: must be >= 0")
     if args.max_tokens_per_batch < 1:
         raise UsageError(f"--max-tokens-per-batch {args.max_tokens_per_batch}: must be >= 1")
-    records, rejected = read_input(args.fasta, multimer=True, skip_invalid=args.skip_invalid)
+    device_name = cpu_only(args.device, args.cpu_only, "--cpu-only")
+    records, rejected = read_input(fasta, multimer=True, skip_invalid=args.skip_invalid)
     part = Part(args.shard)
-    out = output_dir(args.out)
-    device = pick_device(args.device, part)
+    out = check_output_dir(args.out)
+    device = pick_device(device_name, part)
+    identity = model_identity(args.model)
     model = load_model(
         EsmForProteinFolding,
         args.model,
         "fold",
         "fold",
+        identity=identity,
         dtype=args.dtype,
         device=device,
         backend=args.backend,
@@ -125,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     items = {r.order: (r.id, r.sequence, None) for r in records}
     items.update({r.order: (r.id, r.sequence, r.reason) for r in rejected})
     settings = {
-        "model": args.model,
+        "model": identity.settings(),
         "num_recycles": args.num_recycles,
         "chunk_size": chunk,
         "dtype": args.dtype,
@@ -140,11 +161,28 @@ def run(args: argparse.Namespace) -> int:
             part=part.index,
             parts=part.count,
             max_tokens=args.max_tokens_per_batch,
+            retry_failed=args.retry_failed,
         )
     except ValueError as err:
         raise UsageError(str(err)) from None
+    preflight(
+        lambda: job.preflight(model, chunk_size=chunk, num_recycles=args.num_recycles),
+        args.model,
+        device,
+        args.backend,
+    )
 
     part.start(device)
+    if job.retrying:
+        log(f"retrying {job.retrying} failed record(s) (--no-retry-failed keeps them failed)")
+    if job.unmodelled:
+        (rid, gaps), more = job.unmodelled[0], len(job.unmodelled) - 1
+        log(
+            f"warning: {rid}: residues {gaps} are not standard amino acids: ESMFold folds them "
+            "as unknown (X) and the PDB has no atoms for them"
+            + (f"; {more} more record(s) have such residues" if more else "")
+            + " (summary.tsv column no_atoms)"
+        )
     label = "fold" + (f" {part.tag}" if part.tag else "")
     with residue_bar(job.total, label, initial=job.initial, enabled=not args.quiet) as bar:
         job.run(

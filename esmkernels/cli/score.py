@@ -4,8 +4,10 @@ The wild type comes from `--sequence` or a one-record `--fasta`; the mutations f
 `--mutations` or a deep-mutational-scan table (`--dms-input` CSV or TSV, column
 `--mutation-col`). A mutation is `<wt><position><mut>` (`A42G`), a multi-mutant joins them with
 ':' (`A42G:S50T`); positions are numbered from `--offset-idx` (default 1; ESM-1v's predict.py
-defaults to 0). Every row is checked against the wild type before any model is loaded; a
-mismatch is an error naming the row.
+defaults to 0). Every row is parsed and checked against the wild type and the models'
+vocabularies before any model is loaded: a bad row (`M1J`, `K2*`, a wrong wild-type letter) is
+an error naming it, or with `--skip-invalid` its reason goes into the `reason` column, its
+scores stay empty, the other rows are scored, and the exit code is 1.
 
 Strategies (`esmkernels.core.variants`): masked-marginals (default), wt-marginals, pseudo-ppl.
 Several `--model`s give one score column each plus their mean (the ESM-1v ensemble: pass the
@@ -13,8 +15,10 @@ five esm1v_t33_650M_UR90S_1..5 checkpoints). A sequence longer than an absolute-
 takes (ESM-1b / ESM-1v: 1,022 residues) is scored in windows of that length centred on each
 site.
 
-Output: the input table with the score columns added (or `mutant` plus scores), as CSV to
-`--out` or stdout.
+Output: the input table with the score columns added (or `mutant` plus scores), and with
+`--skip-invalid` a `reason` column, as CSV to `--out` or stdout. A progress bar (sequences run
+through the model) appears when scoring takes more than two seconds. The checks and the
+scoring are `esmkernels.jobs.score`'s.
 """
 
 from __future__ import annotations
@@ -23,19 +27,24 @@ import argparse
 import csv
 import io
 import sys
+from functools import partial
 from pathlib import Path
 
 from esmkernels.cli._common import (
+    EXIT_FAILED,
     EXIT_OK,
     UsageError,
     add_model_option,
     add_run_options,
+    check_output_dir,
     command_parser,
     load_model,
     log,
-    output_dir,
+    model_identity,
     pick_device,
+    preflight,
     read_input,
+    report_failures,
     tokenizer_for,
 )
 
@@ -78,6 +87,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=32, help="masked copies per forward pass")
     p.add_argument("--out", "-o", default=None, help="output CSV (default: stdout)")
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="give a row that cannot be scored (bad format, position, wild-type or mutant "
+        "letter) empty scores and its reason in a `reason` column, and go on (default: stop "
+        "before any model loads, naming the row)",
+    )
     add_run_options(p)
     return p
 
@@ -116,9 +132,17 @@ def model_columns(models: list[str], taken: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from esmkernels.core.variants import parse_mutations, score_variants
+    from esmkernels.core.memory import is_oom
     from esmkernels.jobs.embed import model_limit
     from esmkernels.jobs.fasta import check_sequence
+    from esmkernels.jobs.progress import count_bar
+    from esmkernels.jobs.score import (
+        check_mutations,
+        forward_count,
+        residue_alphabet,
+        score_mutants,
+    )
+    from esmkernels.jobs.score import preflight as score_preflight
     from esmkernels.models.esm import EsmForMaskedLM
 
     if args.batch_size < 1:
@@ -148,59 +172,94 @@ def run(args: argparse.Namespace) -> int:
         source, first_row = "--mutations", 1
         if not rows:
             raise UsageError("--mutations is empty")
-    mutants = []
-    for n, row in enumerate(rows):
-        mutant = (row.get(args.mutation_col if args.dms_input else "mutant") or "").strip()
-        where = f"{source} row {n + first_row}" if args.dms_input else f"{source} item {n + 1}"
-        if not mutant:
-            raise UsageError(f"{where}: empty mutation")
-        try:
-            parse_mutations(wild_type, mutant, args.offset_idx)
-        except ValueError as err:
-            raise UsageError(f"{where}: {err}") from None
-        mutants.append(mutant)
+    # Every model resolved, and every row checked against its vocabulary, before any loads.
+    identities = [model_identity(spec) for spec in args.model]
+    tokenizers = [tokenizer_for(str(ident.path)) for ident in identities]
+    alphabet = set.intersection(*(residue_alphabet(t) for t in tokenizers))
+    outside = sorted(set(wild_type) - alphabet)
+    if outside:
+        raise UsageError(f"the wild type has residue letter(s) {outside} no model's vocabulary has")
+    column = args.mutation_col if args.dms_input else "mutant"
+    mutants = [(row.get(column) or "").strip() for row in rows]
+    reasons = check_mutations(wild_type, mutants, args.offset_idx, alphabet)
+    wheres = [
+        f"{source} row {n + first_row}" if args.dms_input else f"{source} item {n + 1}"
+        for n in range(len(rows))
+    ]
+    bad = [(where, why) for where, why in zip(wheres, reasons) if why is not None]
+    if bad and not args.skip_invalid:
+        where, why = bad[0]
+        more = (
+            f" ({len(bad) - 1} more bad row(s); --skip-invalid scores the rest)"
+            if len(bad) > 1
+            else ""
+        )
+        raise UsageError(f"{where}: {why}{more}")
+    valid = [m for m, why in zip(mutants, reasons) if why is None]
     if args.out:
-        output_dir(str(Path(args.out).resolve().parent))
+        check_output_dir(str(Path(args.out).resolve().parent))
 
     device = pick_device(args.device)
     score_cols = model_columns(args.model, columns)
     scores: list[list[float]] = []
-    for spec in args.model:
-        log(f"scoring {len(mutants)} mutation(s) with {spec} ({args.scoring_strategy})")
+    for spec, ident, tokenizer in zip(args.model, identities, tokenizers):
         model = load_model(
             EsmForMaskedLM,
             spec,
             "lm",
             "score",
+            identity=ident,
             dtype=args.dtype,
             device=device,
             backend=args.backend,
         )
+        preflight(partial(score_preflight, model, tokenizer, device), spec, device, args.backend)
+        log(f"scoring {len(valid)} mutation(s) with {spec} ({args.scoring_strategy})")
         limit = model_limit(model.config)
-        values = score_variants(
-            model,
-            tokenizer_for(spec),
-            wild_type,
-            mutants,
-            args.scoring_strategy,
-            batch_size=args.batch_size,
-            window=limit if limit is not None and len(wild_type) > limit else None,
-            offset=args.offset_idx,
-        )
-        scores.append([float(v) for v in values])
+        window = limit if limit is not None and len(wild_type) > limit else None
+        total = forward_count(wild_type, valid, args.scoring_strategy, args.offset_idx, window)
+        try:
+            with count_bar(total, "score", "seq", enabled=not args.quiet) as bar:
+                values = score_mutants(
+                    model,
+                    tokenizer,
+                    wild_type,
+                    valid,
+                    args.scoring_strategy,
+                    batch_size=args.batch_size,
+                    window=window,
+                    offset=args.offset_idx,
+                    progress=bar.update,
+                )
+        except (RuntimeError, MemoryError) as err:
+            if not is_oom(err):
+                raise
+            log(
+                f"esmkernels score: out of memory scoring with {spec} on {device} "
+                f"(--batch-size {args.batch_size}); lower --batch-size. Nothing was written."
+            )
+            return EXIT_FAILED
+        scores.append(values)
         del model
 
     out_cols = columns + score_cols + (["mean"] if len(score_cols) > 1 else [])
+    if args.skip_invalid:
+        out_cols.append("reason" if "reason" not in columns else "score_reason")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=out_cols, lineterminator="\n")
     writer.writeheader()
-    for n, row in enumerate(rows):
-        values = [scores[k][n] for k in range(len(score_cols))]
-        row = {c: row.get(c, "") for c in columns}
-        row.update({c: f"{v:.6f}" for c, v in zip(score_cols, values)})
-        if len(values) > 1:
-            row["mean"] = f"{sum(values) / len(values):.6f}"
-        writer.writerow(row)
+    k = 0
+    for row, why in zip(rows, reasons):
+        out = {c: row.get(c, "") for c in columns}
+        if args.skip_invalid:
+            out[out_cols[-1]] = why or ""
+        if why is None:
+            values = [scores[m][k] for m in range(len(score_cols))]
+            k += 1
+            out.update({c: f"{v:.6f}" for c, v in zip(score_cols, values)})
+            if len(values) > 1:
+                out["mean"] = f"{sum(values) / len(values):.6f}"
+        writer.writerow(out)
     if args.out:
         from esmkernels.jobs.files import atomic_write
 
@@ -208,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
         log(f"wrote {len(rows)} row(s) to {args.out}")
     else:
         sys.stdout.write(buffer.getvalue())
-    return EXIT_OK
+    return report_failures(bad, args.out or "the reason column") if bad else EXIT_OK
 
 
 __all__ = ["add_parser", "model_columns", "read_table", "run"]

@@ -15,7 +15,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-__all__ = ["MUTATIONS", "SEED", "compare_fold", "compare_lm", "demo_fasta", "make_checkpoints"]
+__all__ = [
+    "MUTATIONS",
+    "SEED",
+    "compare_fold",
+    "compare_lm",
+    "demo_fasta",
+    "make_checkpoints",
+    "pick_mutations",
+]
 
 SEED = 0
 MUTATIONS = "I44A,L8A,K48R,F4A:I44A"
@@ -55,6 +63,26 @@ TRUNK = dict(
         dropout_rate=0.0,
     ),
 )
+
+
+def pick_mutations(sequence: str) -> str | None:
+    """Mutations for the demo's score step that fit `sequence` (one chain): an alanine scan of
+    up to three sites at a quarter, half and three quarters of its length (an alanine becomes a
+    glycine) plus the double mutant of the first two, comma-joined; None when the chain has no
+    standard residue to mutate.
+
+    Example:
+        >>> pick_mutations("MKTAYIAKQR")
+        'T3A,I6A,K8A,T3A:I6A'
+    """
+    standard = [i for i, a in enumerate(sequence) if a in "ACDEFGHIKLMNPQRSTVWY"]
+    if not standard:
+        return None
+    sites = sorted(
+        {min(standard, key=lambda i: (abs(i - len(sequence) * f), i)) for f in (0.25, 0.5, 0.75)}
+    )
+    singles = [f"{sequence[i]}{i + 1}{'G' if sequence[i] == 'A' else 'A'}" for i in sites]
+    return ",".join(singles + ([f"{singles[0]}:{singles[1]}"] if len(singles) > 1 else []))
 
 
 def demo_fasta() -> Path:

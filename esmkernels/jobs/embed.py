@@ -10,7 +10,15 @@ batches within the token budget (`esmkernels.core.batching.token_batches`, count
 <eos>). A rerun computes exactly the shards the index does not list, with the same batches.
 
 Failure isolation: a batch that fails is split in halves and retried; a record that fails alone
-(out of memory, too long) is listed in the index with its reason, and the job goes on.
+(out of memory, too long) is listed in the index with its reason, and the job goes on. What
+would fail every record (the backend cannot run here, a head size the kernels do not take) is
+found by `preflight` on a made-up input before anything is written.
+
+Healing: a rerun retries the records the index lists as failed (`retry_failed`). Each is
+recomputed in its planned batch, together with that batch's other records (which the failure
+had made run apart from it), and the shard is rewritten with the other records' numbers read
+back from it; so once the cause is fixed the store is byte-identical to an uninterrupted run's,
+and records of batches without a failure are never recomputed.
 
 Example:
     >>> job = EmbedJob(out, records, settings, layers=[33], include=["mean"],  # doctest: +SKIP
@@ -31,6 +39,7 @@ from esmkernels.jobs.embeddings import EmbeddingWriter
 from esmkernels.jobs.files import input_sha256, plan_shards, sequence_sha256, split_parts
 
 SHARD_BYTES = 1 << 30  # shards close at about 1 GiB of float32 outputs
+PROBE = "MKTAYIAKQR"  # the made-up sequence of `preflight`
 LONG_SEQUENCES = ("error", "truncate", "window")
 
 __all__ = ["LONG_SEQUENCES", "SHARD_BYTES", "EmbedJob", "model_limit", "windows"]
@@ -81,6 +90,13 @@ class EmbedJob:
         records_per_shard: records per shard file (shards also close at `SHARD_BYTES`).
         width: the model's hidden size (for the shard-size estimate).
         part, parts: this job's share K (0-based) of N.
+        retry_failed: recompute the records the index lists as failed (not those failed for
+            their input: invalid, or too long under "error"), each in its planned batch, whose
+            other records are recomputed with it; records of other batches are never
+            recomputed. False: failed records stay failed.
+
+    Nothing is written until `run` (the store directory is created then): `preflight` can
+    stop a job that cannot work before it touches `out`.
 
     Raises:
         ValueError: settings differing from the store's, or another split of the job in it.
@@ -101,6 +117,7 @@ class EmbedJob:
         width: int,
         part: int = 0,
         parts: int = 1,
+        retry_failed: bool = True,
     ):
         if long_sequences not in LONG_SEQUENCES:
             raise ValueError(f"long_sequences={long_sequences!r}: expected one of {LONG_SEQUENCES}")
@@ -137,6 +154,9 @@ class EmbedJob:
             {i: len(self.records[i][1]) for i in share}, records_per_shard, SHARD_BYTES, bytes_of
         )
         self.keep_tokens: set[int] = set()  # records whose per-residue outputs are kept
+        self.retry_failed = retry_failed
+        # Per shard, the records this run computes (none: the shard is done).
+        self._redo = {s: r for s in range(len(self.shards)) if (r := self._records_to_compute(s))}
 
     @property
     def index_path(self) -> Path:
@@ -149,10 +169,8 @@ class EmbedJob:
 
     @property
     def initial(self) -> int:
-        """Residues of the records in shards finished before this run."""
-        return sum(
-            len(self.records[i][1]) for s in self.shards if self.writer.finished(s) for i in s
-        )
+        """Residues of the records this run does not compute (done before it)."""
+        return self.total - sum(len(self.records[i][1]) for r in self._redo.values() for i in r)
 
     @property
     def failed(self) -> list[tuple[str, str]]:
@@ -160,26 +178,48 @@ class EmbedJob:
         entries = self.writer.records.values()
         return [(e["id"], e["reason"]) for e in entries if e["status"] != "done"]
 
-    def run(self, model, tokenizer, device, progress: Callable[[int], object] | None = None):
-        """Compute and write every shard the index does not list; `progress(residues)` after
-        each shard."""
+    @property
+    def retrying(self) -> int:
+        """Failed records of the part this run retries (their batches are recomputed)."""
+        return sum(len(r & self._retry_failed_in(s)) for s, r in self._redo.items())
+
+    def preflight(self, model, tokenizer, device) -> None:
+        """Run the model once on a short made-up batch with the job's options (layers, pools),
+        writing nothing: what fails here (a backend that cannot run on this device, a head size
+        the kernels do not take, a model that does not fit) would fail every record, so the
+        caller stops before any work instead of recording it as each record's failure."""
         self.model, self.tokenizer, self.device = model, tokenizer, device
+        n = 8 if self.limit is None else min(8, self.limit)
+        probe = [(-1, 0, n, PROBE[:n]), (-2, 0, max(n // 2, 1), PROBE[: max(n // 2, 1)])]
+        self.keep_tokens = {-1, -2}
+        self._forward(probe)
+
+    def run(self, model, tokenizer, device, progress: Callable[[int], object] | None = None):
+        """Compute and write every shard the index does not list, and with `retry_failed` the
+        batches of its failed records; `progress(residues)` after each shard."""
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.writer.prepare()
         for s, shard in enumerate(self.shards):
-            if self.writer.finished(shard):
+            redo = self._redo.get(s)
+            if not redo:
                 continue
-            entries, tensors = self._shard([(i, *self.records[i]) for i in shard])
+            recs = [(i, *self.records[i]) for i in shard]
+            if redo == set(shard):
+                entries, tensors = self._shard(recs)
+            else:
+                entries, tensors = self._heal(s, recs, redo)
             self.writer.write_shard(s, entries, tensors)
             if progress is not None:
-                progress(sum(len(self.records[i][1]) for i in shard))
+                progress(sum(len(self.records[i][1]) for i in redo))
 
-    def _shard(self, recs) -> tuple[list[dict], dict[str, Any]]:
-        """One shard's index entries and tensors: batches of segments, a failing batch split
-        in halves, a record failing alone recorded as failed, windows averaged."""
-        import torch
+    # -- planning ----------------------------------------------------------------------------
 
+    def _plan(self, recs) -> tuple[dict[int, dict], list[tuple[int, int, int, str]]]:
+        """Index entries (without results) and segments (order, start, end, residues) of a
+        shard's records; a record invalid or too long under "error" gets its failed status."""
         limit, long_mode = self.limit, self.long_sequences
         entries: dict[int, dict] = {}
-        segments: list[tuple[int, int, int, str]] = []  # (order, start, end, residues)
+        segments: list[tuple[int, int, int, str]] = []
         for order, rid, seq, reason in recs:
             entry = {"id": rid, "order": order, "length": len(seq), "sha256": sequence_sha256(seq)}
             entries[order] = entry
@@ -204,19 +244,122 @@ class EmbedJob:
                 continue
             segments.append((order, 0, len(seq), seq))
             entry["stored_length"] = len(seq)
-
+        # Segments in (record, start) order so that equal lengths keep that order.
+        segments.sort(key=lambda s: (s[0], s[1]))
         counts: dict[int, int] = {}
         for order, *_ in segments:
             counts[order] = counts.get(order, 0) + 1
         # Per-residue outputs are kept only when asked for, or to merge a record's windows.
         self.keep_tokens = {o for o, n in counts.items() if n > 1 or "per_tok" in self.include}
+        return entries, segments
+
+    def _batches(self, segments) -> list[list[tuple[int, int, int, str]]]:
+        """Padded batches of segments within max_tokens, counting <cls> and <eos>."""
+        lengths = [end - start + 2 for _, start, end, _ in segments]
+        return [[segments[i] for i in b] for b in token_batches(lengths, self.max_tokens)]
+
+    def _retry_failed_in(self, s: int) -> set[int]:
+        """Records of shard s the index lists as failed at work (not for their input)."""
+        if not self.retry_failed:
+            return set()
+        stored = self.writer.records
+        shard = self.shards[s]
+        if not all(i in stored for i in shard):
+            return set()
+        entries, _ = self._plan([(i, *self.records[i]) for i in shard])
+        return {i for i in shard if stored[i]["status"] != "done" and "status" not in entries[i]}
+
+    def _records_to_compute(self, s: int) -> set[int]:
+        """Shard s's records this run computes: all of a shard the index does not list; else
+        the failed ones (with `retry_failed`) plus every record that shares a planned batch
+        with them, so that each is computed with the companions an uninterrupted run gives it
+        (those companions were computed apart from them after the failure)."""
+        shard = self.shards[s]
+        if not all(i in self.writer.records for i in shard):
+            return set(shard)
+        redo = self._retry_failed_in(s)
+        if not redo:
+            return set()
+        _, segments = self._plan([(i, *self.records[i]) for i in shard])
+        batches = [{seg[0] for seg in b} for b in self._batches(segments)]
+        grown = True
+        while grown:  # a windowed record spans batches: close over shared batches
+            grown = False
+            for members in batches:
+                if members & redo and not members <= redo:
+                    redo |= members
+                    grown = True
+        return redo
+
+    # -- computing ---------------------------------------------------------------------------
+
+    def _shard(self, recs) -> tuple[list[dict], dict[str, Any]]:
+        """One shard's index entries and tensors, every record computed: batches of segments,
+        a failing batch split in halves, a record failing alone recorded as failed, windows
+        averaged."""
+        entries, segments = self._plan(recs)
+        results, errors = self._compute(self._batches(segments))
+        outputs = {
+            o: _assemble(
+                sorted(parts, key=lambda p: p[0]), entries[o]["stored_length"], self.layers
+            )
+            for o, parts in results.items()
+            if o not in errors
+        }
+        return self._pack(recs, entries, outputs, errors)
+
+    def _heal(self, s: int, recs, redo: set[int]) -> tuple[list[dict], dict[str, Any]]:
+        """Shard s rewritten with the planned batches holding a record of `redo` recomputed;
+        the other records' numbers are read back from the shard file, not recomputed."""
+        entries, segments = self._plan(recs)
+        batches = [b for b in self._batches(segments) if any(seg[0] in redo for seg in b)]
+        results, errors = self._compute(batches)
+        outputs = {
+            o: _assemble(
+                sorted(parts, key=lambda p: p[0]), entries[o]["stored_length"], self.layers
+            )
+            for o, parts in results.items()
+            if o not in errors
+        }
+        outputs.update(self._read_back([o for o, *_ in recs if o not in redo], entries))
+        return self._pack(recs, entries, outputs, errors)
+
+    def _read_back(self, orders: list[int], entries: dict[int, dict]) -> dict[int, dict]:
+        """Stored outputs of done records, in the form `_assemble` gives; a stored failure
+        (not retried) is copied into the entry."""
+        from safetensors import safe_open
+
+        out: dict[int, dict] = {}
+        stored = self.writer.records
+        for o in orders:
+            old = stored[o]
+            if old["status"] != "done":
+                if "status" not in entries[o]:
+                    entries[o].pop("stored_length", None)
+                    entries[o].pop("windows", None)
+                    entries[o].update(status=old["status"], reason=old.get("reason", ""))
+                continue
+            row, start, n = old["row"], old["token_offset"], old["stored_length"]
+            with safe_open(self.writer.directory / old["shard"], framework="pt") as f:
+                rec: dict[str, Any] = {"mean": {}, "bos": {}, "per_tok": {}, "contacts": None}
+                for layer in self.layers:
+                    for pool in ("mean", "bos"):
+                        if pool in self.include:
+                            rec[pool][layer] = f.get_slice(f"{pool}.{layer}")[row : row + 1][0]
+                    if "per_tok" in self.include:
+                        rec["per_tok"][layer] = f.get_slice(f"per_tok.{layer}")[start : start + n]
+                if "contacts" in self.include:
+                    rec["contacts"] = f.get_tensor(f"contacts.{row}")
+            out[o] = rec
+        return out
+
+    def _compute(self, batches) -> tuple[dict[int, list[tuple[int, dict]]], dict[int, str]]:
+        """Run `batches` of segments: ({order: [(start, outputs)]}, {order: failure reason}).
+        A batch that fails is split in halves and retried; a segment failing alone fails its
+        record (its other segments are then skipped)."""
         results: dict[int, list[tuple[int, dict]]] = {}
         errors: dict[int, str] = {}
-        # Padded batches within max_tokens, counting <cls> and <eos>; segments in (record, start)
-        # order so that equal lengths keep that order.
-        segments.sort(key=lambda s: (s[0], s[1]))
-        lengths = [end - start + 2 for _, start, end, _ in segments]
-        queue = [[segments[i] for i in b] for b in token_batches(lengths, self.max_tokens)]
+        queue = [list(b) for b in batches]
         while queue:
             batch = queue.pop(0)
             batch = [seg for seg in batch if seg[0] not in errors]
@@ -236,6 +379,11 @@ class EmbedJob:
                     errors[order] = f"out of memory even alone ({b - a} residues)"
                 else:
                     errors[order] = f"{type(err).__name__}: {err}"
+        return results, errors
+
+    def _pack(self, recs, entries, outputs, errors) -> tuple[list[dict], dict[str, Any]]:
+        """The shard's entries (rows numbered in input order) and stacked tensors."""
+        import torch
 
         tensors: dict[str, torch.Tensor] = {}
         rows: dict[str, list[torch.Tensor]] = {}
@@ -244,13 +392,12 @@ class EmbedJob:
             entry = entries[order]
             if "status" in entry:
                 continue
-            if order in errors:
+            if order in errors or order not in outputs:
                 entry.pop("stored_length", None)
                 entry.pop("windows", None)
-                entry.update(status="failed", reason=errors[order])
+                entry.update(status="failed", reason=errors.get(order, "not computed"))
                 continue
-            parts = sorted(results[order], key=lambda p: p[0])
-            rec = _assemble(parts, entry["stored_length"], self.layers)
+            rec = outputs[order]
             for layer in self.layers:
                 if "mean" in self.include:
                     rows.setdefault(f"mean.{layer}", []).append(rec["mean"][layer])

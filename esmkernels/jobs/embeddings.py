@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from esmkernels.jobs.files import atomic_write, check_settings, check_writable
+from esmkernels.jobs.files import atomic_write, check_creatable, check_settings, check_writable
 
 FORMAT = "esmkernels-embeddings/1"
 POOLS = ("mean", "per_tok", "bos", "contacts")
@@ -73,8 +73,12 @@ def shard_name(part: int, parts: int, shard: int) -> str:
 class EmbeddingWriter:
     """The writing side of one part of a store: resume state, shard files, the index part.
 
+    Constructing it only reads (the settings and index parts already in `directory`);
+    `prepare` (called by the first `write_shard`) creates the directory and removes the
+    temporary files a killed run of this part left.
+
     Args:
-        directory: the store (created when missing; must be writable).
+        directory: the store (created by `prepare` when missing; must be writable).
         settings: everything that determines the numbers (model, layers, pools, dtype, input
             checksum, ...); a rerun must pass equal settings, or ValueError names the
             differences (a store never mixes two jobs).
@@ -86,11 +90,12 @@ class EmbeddingWriter:
     """
 
     def __init__(self, directory: str | os.PathLike, settings: dict, part: int, parts: int):
-        self.directory = check_writable(directory)
+        self.directory = check_creatable(directory)
         self.settings = json.loads(json.dumps(settings))  # plain JSON values, as stored
         self.part, self.parts = part, parts
         self.index_path = self.directory / index_name(part, parts)
         self.records: dict[int, dict] = {}
+        self._prepared = False
         for path in sorted(self.directory.glob("index-*.json")):
             found = _INDEX.match(path.name)
             if found and int(found.group(2)) != parts:
@@ -101,14 +106,21 @@ class EmbeddingWriter:
                 )
             other = _read_json(path)
             check_settings(other.get("settings", {}), self.settings, path)
-        # A killed run can leave temporary files of this part (a shard or index being written);
-        # nothing else writes them, so they are removed.
-        for pattern in (f".shard-{part}of{parts}-*.tmp", f".{self.index_path.name}.*.tmp"):
-            for stale in self.directory.glob(pattern):
-                stale.unlink(missing_ok=True)
         if self.index_path.exists():
             for entry in _read_json(self.index_path)["records"]:
                 self.records[entry["order"]] = entry
+
+    def prepare(self) -> None:
+        """Create the directory, and remove the temporary files a killed run of this part left
+        (a shard or index being written; nothing else writes them)."""
+        if self._prepared:
+            return
+        check_writable(self.directory)
+        pattern = (f".shard-{self.part}of{self.parts}-*.tmp", f".{self.index_path.name}.*.tmp")
+        for glob in pattern:
+            for stale in self.directory.glob(glob):
+                stale.unlink(missing_ok=True)
+        self._prepared = True
 
     def finished(self, orders: Sequence[int]) -> bool:
         """True when every record index in `orders` is in the index (done or failed)."""
@@ -118,12 +130,14 @@ class EmbeddingWriter:
         """Make one shard durable, then list its records in the index.
 
         `entries`: index entries of the shard's records (done and failed); `tensors`: the
-        shard's arrays (nothing is written when empty: every record failed).
+        shard's arrays (no file when empty: every record failed; a rewritten shard whose
+        records all failed this time loses its old file).
         """
+        self.prepare()
+        name = shard_name(self.part, self.parts, shard)
         if tensors:
             from safetensors.torch import save
 
-            name = shard_name(self.part, self.parts, shard)
             payload = {
                 k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()
             }
@@ -134,6 +148,8 @@ class EmbeddingWriter:
         for e in entries:
             self.records[e["order"]] = e
         self._write_index()
+        if not tensors:  # after the index: it no longer lists the file
+            (self.directory / name).unlink(missing_ok=True)
 
     def _write_index(self) -> None:
         data = {

@@ -25,6 +25,7 @@ from pathlib import Path
 
 __all__ = [
     "atomic_write",
+    "check_creatable",
     "check_settings",
     "check_writable",
     "input_sha256",
@@ -88,6 +89,27 @@ def check_writable(directory: str | os.PathLike) -> Path:
         os.unlink(probe)
     except OSError as err:
         raise ValueError(f"output directory {directory} is not writable: {err}") from None
+    return directory
+
+
+def check_creatable(directory: str | os.PathLike) -> Path:
+    """Check, without creating anything, that `directory` can hold the job's files: an existing
+    directory a file can be written in, or a missing one whose nearest existing parent is a
+    writable directory. ValueError naming the problem otherwise."""
+    directory = Path(directory)
+    if directory.exists():
+        if not directory.is_dir():
+            raise ValueError(f"output directory {directory} exists and is not a directory")
+        return check_writable(directory)
+    parent = directory.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"output directory {directory} is not writable: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"output directory {directory} is not writable: cannot create it in {parent}"
+        )
     return directory
 
 
@@ -175,10 +197,26 @@ def plan_shards(
 
 
 def check_settings(stored: dict, wanted: dict, where: Path) -> None:
-    """ValueError naming every setting that differs between a stored job and this run."""
-    diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+    """ValueError naming every setting that differs between a stored job and this run.
+
+    The `model` setting is a model identity (`esmkernels.jobs.identity`): it is the same when
+    the fingerprints are, however the model was spelled; a difference names the changed files.
+    """
+    from esmkernels.jobs.identity import describe_model_change, same_model
+
+    def differs(k: str) -> bool:
+        if k == "model":
+            return not same_model(stored.get(k), wanted.get(k))
+        return stored.get(k) != wanted.get(k)
+
+    diff = sorted(k for k in set(stored) | set(wanted) if differs(k))
     if diff:
-        shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff)
+        shown = ", ".join(
+            describe_model_change(stored.get(k), wanted.get(k))
+            if k == "model"
+            else f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}"
+            for k in diff
+        )
         raise ValueError(
             f"{where} was written by a job with other settings ({shown}); rerun with the same "
             "input and options to resume, or use a new --out directory"

@@ -36,15 +36,30 @@ from esmkernels.jobs.files import (
     split_parts,
 )
 from esmkernels.reference.esmfold.inference import DEFAULT_LINKER
+from esmkernels.reference.esmfold.residue_constants import restypes
 
-COLUMNS = ("id", "length", "mean_plddt", "ptm", "seconds", "chunk_size", "status", "reason", "file")
+COLUMNS = (
+    "id",
+    "length",
+    "no_atoms",
+    "mean_plddt",
+    "ptm",
+    "seconds",
+    "chunk_size",
+    "status",
+    "reason",
+    "file",
+)
 SETTINGS_FILE = "fold-job.json"
+STANDARD = frozenset(restypes)  # the residues ESMFold gives atoms; others are folded as X
+PROBE = "GSAGS"  # the made-up sequence of `preflight`
 
 __all__ = [
     "COLUMNS",
     "FoldJob",
     "format_summary",
     "merge_summaries",
+    "no_atoms",
     "pae_json",
     "read_summary",
     "residues",
@@ -56,17 +71,32 @@ def residues(seq: str) -> int:
     return len(seq.replace(":", ""))
 
 
+def no_atoms(seq: str) -> str:
+    """The residues a PDB of `seq` holds no atoms for: letters other than the 20 standard ones
+    (X, B, Z, U, O are folded as unknown, X), as `<letter><position>` joined by ',', positions
+    1-based over the record's residues (chains in order, ':' not counted); "" when none.
+
+    Example:
+        >>> no_atoms("MKXA:UG")
+        'X3,U5'
+    """
+    letters = seq.replace(":", "")
+    return ",".join(f"{a}{n}" for n, a in enumerate(letters, 1) if a not in STANDARD)
+
+
 def tokens(seq: str) -> int:
     """Positions the model folds: residues plus a linker between chains."""
     return residues(seq) + len(DEFAULT_LINKER) * seq.count(":")
 
 
 class FoldJob:
-    """Part K of N of a fold job writing into `out` (created and checked by the caller).
+    """Part K of N of a fold job writing into `out` (checked by the caller, created by `run`).
 
-    Constructing it plans the part and prepares `out`: the settings are written to (or checked
-    against) `fold-job.json`, the part's summary is read, temporary files a killed run of this
-    part left are removed, and records that failed validation are listed as failed.
+    Constructing it plans the part and reads what `out` holds: the settings are checked against
+    `fold-job.json` and the part's summary is read. Nothing is written before `run`, so that
+    `preflight` can stop a job that cannot work before it touches `out`. `run` then writes the
+    settings, removes temporary files a killed run of this part left, lists records that failed
+    validation as failed, and folds.
 
     Args:
         out: the output directory.
@@ -76,6 +106,10 @@ class FoldJob:
             and the input checksum are added. A rerun with other settings is refused.
         part, parts: this job's share K (0-based) of N.
         max_tokens: the padded-token budget of a batch.
+        retry_failed: fold again the records the summary lists as failed at work (not those
+            invalid for their input); each is folded in its planned batch, and that batch's
+            other records (folded apart from it after the failure) are written again with it.
+            Batches without a failure are never folded again. False: failed records stay.
 
     Raises:
         ValueError: settings differing from the stored job's, or a summary this version does
@@ -91,6 +125,7 @@ class FoldJob:
         part: int = 0,
         parts: int = 1,
         max_tokens: int,
+        retry_failed: bool = True,
     ):
         self.out = Path(out)
         self.records = list(records)
@@ -109,17 +144,26 @@ class FoldJob:
         )
         mine = {self.records[i][0] for i in self.share}
         self.rows = {r["id"]: r for r in read_summary(self.summary_path) if r["id"] in mine}
-        self._remove_stale_temporaries()
-        for i in self.share:  # invalid records fail before any work
-            rid, seq, reason = self.records[i]
-            if reason is not None and rid not in self.rows:
-                self.rows[rid] = _row(rid, seq, status="failed", reason=reason)
-        self._save_summary()
         valid = [i for i in self.share if self.records[i][2] is None]
         self.batches = [
             [valid[k] for k in batch]
             for batch in token_batches([tokens(self.records[i][1]) for i in valid], max_tokens)
         ]
+        failed = {rid for rid, row in self.rows.items() if row["status"] != "done"}
+        self.retried = {i for i in valid if retry_failed and self.records[i][0] in failed}
+        # Per batch, the records this run writes: all of a batch holding a retried record,
+        # else those the summary does not list (a killed run).
+        self.todo = {}
+        for b, batch in enumerate(self.batches):
+            if any(i in self.retried for i in batch):
+                self.todo[b] = list(batch)
+            elif missing := [i for i in batch if self.records[i][0] not in self.rows]:
+                self.todo[b] = missing
+
+    @property
+    def retrying(self) -> int:
+        """Failed records this run folds again."""
+        return len(self.retried)
 
     @property
     def total(self) -> int:
@@ -128,18 +172,33 @@ class FoldJob:
 
     @property
     def initial(self) -> int:
-        """Residues of the valid records already in the summary (done before this run)."""
-        return sum(
-            residues(seq)
-            for b in self.batches
-            for rid, seq, _ in (self.records[i] for i in b)
-            if rid in self.rows
-        )
+        """Residues of the valid records this run does not write (done before it)."""
+        return self.total - sum(residues(self.records[i][1]) for t in self.todo.values() for i in t)
 
     @property
     def failed(self) -> list[tuple[str, str]]:
         """(id, reason) of the part's failed records."""
         return [(r["id"], r["reason"]) for r in self.rows.values() if r["status"] != "done"]
+
+    @property
+    def unmodelled(self) -> list[tuple[str, str]]:
+        """(id, residues without atoms) of the part's valid records that have such residues."""
+        return [
+            (self.records[i][0], gaps)
+            for b in self.batches
+            for i in b
+            if (gaps := no_atoms(self.records[i][1]))
+        ]
+
+    def preflight(self, model, *, chunk_size: int | str | None, num_recycles: int | None):
+        """Fold a short made-up sequence with the job's options, writing nothing: what fails
+        here (a backend that cannot run on this device, a head size the kernels do not take)
+        would fail every record, so the caller stops before any work."""
+        import torch
+
+        model.set_chunk_size(chunk_size)
+        with torch.inference_mode():
+            model.infer(PROBE, num_recycles=0 if num_recycles is None else min(num_recycles, 1))
 
     def run(
         self,
@@ -150,13 +209,14 @@ class FoldJob:
         pae: bool,
         progress: Callable[[int], object] | None = None,
     ) -> None:
-        """Fold every batch with a record not in the summary; write its files and the summary
-        after each batch; `progress(residues)` after each."""
+        """Fold every batch with a record to write (see `todo`); write its files and the
+        summary after each batch; `progress(residues)` after each."""
         import torch
 
+        self._prepare()
         model.set_chunk_size(chunk_size)
-        for batch in self.batches:
-            todo = [i for i in batch if self.records[i][0] not in self.rows]
+        for b, batch in enumerate(self.batches):
+            todo = self.todo.get(b)
             if not todo:
                 continue
             with torch.inference_mode():
@@ -170,12 +230,28 @@ class FoldJob:
             if progress is not None:
                 progress(sum(residues(self.records[i][1]) for i in todo))
 
+    def _prepare(self) -> None:
+        """The writes of a start: settings, stale temporaries gone, invalid records listed."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / SETTINGS_FILE
+        if not path.exists():
+            text = json.dumps(self._stored_settings(), sort_keys=True, indent=1) + "\n"
+            atomic_write(path, text.encode())
+        self._remove_stale_temporaries()
+        for i in self.share:  # invalid records fail before any work
+            rid, seq, reason = self.records[i]
+            if reason is not None and rid not in self.rows:
+                self.rows[rid] = _row(rid, seq, status="failed", reason=reason)
+        self._save_summary()
+
     def _write(self, model, i: int, record, pae: bool) -> None:
         rid, seq, _ = self.records[i]
         name = self.names[i]
         if record.error is not None:
             reason = f"{type(record.error).__name__}: {record.error}"
             self.rows[rid] = _row(rid, seq, file=f"{name}.pdb", status="failed", reason=reason)
+            for stale in (f"{name}.pdb", f"{name}.pae.json"):  # a companion's earlier files
+                (self.out / stale).unlink(missing_ok=True)
             return
         out = record.output  # batch 1, cut to the record's positions (linkers included)
         atomic_write(self.out / f"{name}.pdb", model.output_to_pdb(out)[0].encode())
@@ -196,13 +272,13 @@ class FoldJob:
             status="done",
         )
 
+    def _stored_settings(self) -> dict:
+        return json.loads(json.dumps(self.settings))  # as stored: plain JSON values
+
     def _check_settings(self) -> None:
         path = self.out / SETTINGS_FILE
-        settings = json.loads(json.dumps(self.settings))  # as stored: plain JSON values
         if path.exists():
-            check_settings(json.loads(path.read_text()), settings, path)
-            return
-        atomic_write(path, (json.dumps(settings, sort_keys=True, indent=1) + "\n").encode())
+            check_settings(json.loads(path.read_text()), self._stored_settings(), path)
 
     def _remove_stale_temporaries(self) -> None:
         # Only this part's: other parts' may be being written now.
@@ -222,7 +298,7 @@ class FoldJob:
 
 def _row(rid: str, seq: str, **fields) -> dict:
     row = {c: "" for c in COLUMNS}
-    row.update(id=rid, length=str(residues(seq)))
+    row.update(id=rid, length=str(residues(seq)), no_atoms=no_atoms(seq))
     row.update({k: str(v) for k, v in fields.items()})
     return row
 

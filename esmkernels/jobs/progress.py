@@ -36,4 +36,22 @@ def residue_bar(total: int, desc: str, *, initial: int = 0, enabled: bool = True
     )
 
 
-__all__ = ["residue_bar"]
+def count_bar(
+    total: int, desc: str, unit: str, *, enabled: bool = True, delay: float = 2.0
+) -> tqdm:
+    """A tqdm bar over `total` items of `unit` (e.g. the sequences `score` runs through a model),
+    shown only once the work has taken `delay` seconds: short runs stay silent."""
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=total >= 1000,
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.5,
+        delay=delay,
+    )
+
+
+__all__ = ["count_bar", "residue_bar"]
