@@ -98,8 +98,8 @@ class EsmPreTrainedModel(PreTrainedMixin, nn.Module):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """HF initialisation: normal(0, initializer_range) weights, zero biases, unit LayerNorm,
-        zero padding embeddings, default rotary frequencies."""
+        """HF initialisation: normal(0, initializer_range) weights, zero biases (the LM head's
+        own bias included), unit LayerNorm, zero padding embeddings, default rotary frequencies."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             module.weight.normal_(0.0, std)
@@ -114,6 +114,8 @@ class EsmPreTrainedModel(PreTrainedMixin, nn.Module):
             module.bias.zero_()
         elif isinstance(module, EsmRotaryEmbedding):
             module.inv_freq.copy_(module.default_inv_freq())
+        elif isinstance(module, EsmLMHead):  # its own output bias (the decoder has none)
+            module.bias.zero_()
 
     def post_init(self, modules: list[nn.Module] | None = None) -> None:
         """Initialise the weights of `modules` (default: the whole model), then tie weights.
