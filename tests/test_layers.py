@@ -129,3 +129,13 @@ def test_downward_and_sideways_imports_pass():
     assert not violations("esmkernels.models.esm", "from esmkernels.core.variants import x\n")
     assert not violations("esmkernels.cli.fold", "import esmkernels\nfrom esmkernels import jobs\n")
     assert not violations("esmkernels.ops.layer_norm", "from .. import _dispatch\n", True)
+
+
+def test_no_product_file_is_over_600_lines():
+    """STYLE §8: past ~600 lines a module is split into a package of focused modules."""
+    long = {
+        str(path.relative_to(ROOT)): n
+        for path in product_modules().values()
+        if (n := len(path.read_text().splitlines())) > 600
+    }
+    assert not long, f"product files over 600 lines: {long}"
