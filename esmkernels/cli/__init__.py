@@ -23,7 +23,7 @@ from types import ModuleType
 
 from esmkernels.cli._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, log
 
-COMMANDS = ("embed", "fold", "score", "convert", "bench", "demo", "info")
+COMMANDS = ("embed", "extract", "fold", "score", "convert", "bench", "demo", "info")
 
 
 def _modules() -> dict[str, ModuleType]:
