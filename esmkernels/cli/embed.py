@@ -3,7 +3,8 @@
 Output: an embedding store (`esmkernels.jobs.embeddings`): sharded safetensors files plus an index;
 read it with `esmkernels.open_embeddings(DIR)`. Options follow fair-esm's `esm-extract`
 (`--repr-layers`, `--include mean per_tok bos contacts`, `--truncation-seq-length`,
-`--max-tokens-per-batch`).
+`--max-tokens-per-batch`), and its underscore spellings work too (`--repr_layers`,
+`--toks_per_batch`, `--truncation_seq_length`, `--nogpu`).
 
 Long sequences. An absolute-position model (ESM-1b, ESM-1v) takes at most
 `max_position_embeddings - 4` residues (1,022); `--truncation-seq-length N` sets a limit for any
@@ -17,7 +18,11 @@ model. A record over the limit is handled by `--long-sequences`:
 
 Failure isolation: a batch that runs out of memory is split and retried; a record that fails
 alone (out of memory, too long, invalid with --skip-invalid) is listed in the index with its
-reason and skipped, and the exit code is 1. The job itself is `esmkernels.jobs.embed.EmbedJob`.
+reason and skipped, and the exit code is 1. A rerun retries failed records in their planned
+batch (whose other records are recomputed with them), unless --no-retry-failed. What would fail
+every record (the backend cannot run here, a head size the kernels do not take) is found on a
+made-up input first: exit 2, nothing written. The job itself is
+`esmkernels.jobs.embed.EmbedJob`.
 """
 
 from __future__ import annotations

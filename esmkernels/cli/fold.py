@@ -6,13 +6,21 @@ cleaned id plus a short hash; `summary.tsv` maps ids to files):
                      A, B, ... for multimers written `A:B` in the FASTA;
   NAME.pae.json      with --pae: predicted aligned error in the AlphaFold DB layout,
                      `[{"predicted_aligned_error": [[...]], "max_predicted_aligned_error": x}]`;
-  summary.tsv        id, length, mean_plddt (0-100), ptm, seconds, chunk_size, status, reason,
-                     file; one row per record in input order (`summary-KofN.tsv` per share of a
-                     split job; under torchrun rank 0 also writes the merged `summary.tsv`).
+  summary.tsv        id, length, no_atoms, mean_plddt (0-100), ptm, seconds, chunk_size, status,
+                     reason, file; one row per record in input order (`summary-KofN.tsv` per
+                     share of a split job; under torchrun rank 0 also writes the merged
+                     `summary.tsv`). no_atoms lists the residues the PDB has no atoms for
+                     (X, B, Z, U, O: folded as unknown) as letter and position (`X3,U5`).
 
 Resuming: records listed in the summary are skipped; a rerun after a kill computes only the rest,
 in the same batches, so every PDB and PAE file is byte-identical to an uninterrupted run's
-(`seconds` in the summary is a measured time and differs).
+(`seconds` in the summary is a measured time and differs). A rerun retries failed records in
+their planned batch (whose other records are written again with them), unless
+--no-retry-failed. What would fail every record (the backend cannot run here, a head size the
+kernels do not take) is found on a made-up sequence first: exit 2, nothing written.
+
+fair-esm's esm-fold spellings work: -i/--fasta, -o/--pdb, --num-recycles,
+--max-tokens-per-batch, --chunk-size, --cpu-only.
 
 Failure isolation: a batch that fails is folded record by record; a record that runs out of
 memory alone is retried by the model's `infer` at half the trunk chunk size it ran with (the

@@ -260,6 +260,18 @@ class PreTrainedMixin(KeyFitting):
                 "stem='esm2_t36_3B_UR50D.pt') (a path, an HF directory or Hub id such as "
                 "'facebook/esm2_t36_3B_UR50D'), or strict=False to leave the stem random"
             )
+        # A checkpoint of the other model kind is named as such, not as shape mismatches. A
+        # folding model is the class that holds a language-model stem (`stem_cls`).
+        if bool(getattr(stored_config, "is_folding_model", False)) != hasattr(cls, "stem_cls"):
+            raise ValueError(
+                f"{cls.__name__}.from_pretrained: {os.fspath(path_or_id)} is "
+                + (
+                    "a language-model checkpoint (its config is not an ESMFold configuration; "
+                    "use EsmForMaskedLM or EsmModel)"
+                    if hasattr(cls, "stem_cls")
+                    else "an ESMFold checkpoint (use EsmForProteinFolding)"
+                )
+            )
         config = cls._make_config(stored_config, config_overrides)
         target_dtype = resolve_dtype(dtype, state_dict, skip=is_inv_freq_key)
 

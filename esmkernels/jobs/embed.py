@@ -253,7 +253,7 @@ class EmbedJob:
         self.keep_tokens = {o for o, n in counts.items() if n > 1 or "per_tok" in self.include}
         return entries, segments
 
-    def _batches(self, segments) -> list[list[tuple[int, int, int, str]]]:
+    def _segment_batches(self, segments) -> list[list[tuple[int, int, int, str]]]:
         """Padded batches of segments within max_tokens, counting <cls> and <eos>."""
         lengths = [end - start + 2 for _, start, end, _ in segments]
         return [[segments[i] for i in b] for b in token_batches(lengths, self.max_tokens)]
@@ -281,7 +281,7 @@ class EmbedJob:
         if not redo:
             return set()
         _, segments = self._plan([(i, *self.records[i]) for i in shard])
-        batches = [{seg[0] for seg in b} for b in self._batches(segments)]
+        batches = [{seg[0] for seg in b} for b in self._segment_batches(segments)]
         grown = True
         while grown:  # a windowed record spans batches: close over shared batches
             grown = False
@@ -298,7 +298,7 @@ class EmbedJob:
         a failing batch split in halves, a record failing alone recorded as failed, windows
         averaged."""
         entries, segments = self._plan(recs)
-        results, errors = self._compute(self._batches(segments))
+        results, errors = self._compute(self._segment_batches(segments))
         outputs = {
             o: _assemble(
                 sorted(parts, key=lambda p: p[0]), entries[o]["stored_length"], self.layers
@@ -312,7 +312,7 @@ class EmbedJob:
         """Shard s rewritten with the planned batches holding a record of `redo` recomputed;
         the other records' numbers are read back from the shard file, not recomputed."""
         entries, segments = self._plan(recs)
-        batches = [b for b in self._batches(segments) if any(seg[0] in redo for seg in b)]
+        batches = [b for b in self._segment_batches(segments) if any(seg[0] in redo for seg in b)]
         results, errors = self._compute(batches)
         outputs = {
             o: _assemble(
