@@ -204,3 +204,18 @@ def assert_no_spills(report: dict[str, dict], known: tuple[str, ...] = ()) -> No
     assert not unknown, f"register spills (bytes): {unknown}"
     if spilling:
         pytest.xfail(f"known register spills on sm_90 (bytes): {spilling}")
+
+
+def assert_tile_row_offsets_int64(report: dict[str, list[str]], scalars: bool = True) -> None:
+    """For kernels that widen the row index only (the rotary kernels): the column index of a
+    tile (`+ tl.arange(0, D)[None, :]`, bounded by the head dim) and the index within one
+    sequence may stay 32-bit, but every tile's row offsets (the `[BLOCK, 1]` offsets that
+    carry batch * stride_b and the packed start) must be int64, and with `scalars` so must
+    every scalar offset (the per-(batch, head) statistics bases)."""
+    for kernel, offsets in report.items():
+        rows = [o for o in offsets if re.fullmatch(r"tensor<\d+x1xi\d+>", o)]
+        assert rows, f"{kernel}: no [BLOCK, 1] tile row offset found (the check would be vacuous)"
+        narrow = [o for o in rows if not o.endswith("i64>")]
+        if scalars:
+            narrow += [o for o in offsets if o == "i32"]
+        assert not narrow, f"{kernel}: 32-bit row / batch offsets {narrow}"
