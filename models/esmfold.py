@@ -112,16 +112,18 @@ class EsmForProteinFolding(_FastMixin, ref.EsmForProteinFolding):
         self._chunk_setting = self.trunk.chunk_size
 
     def forward(self, input_ids: torch.Tensor, *args: Any, **kwargs: Any):
-        """As the reference's; with chunk_size "auto", the chunk is chosen first (and a fold that
-        cannot fit raises `MemoryError` before any work)."""
+        """As the reference's; with chunk_size "auto", the chunk is chosen first for the call's
+        `outputs` mode (and a fold that cannot fit raises `MemoryError` before any work)."""
         if self._chunk_setting == "auto" and torch.is_tensor(input_ids) and input_ids.dim() == 2:
             B, L = input_ids.shape
             dtype = self.esm_s_combine.dtype
             backend = resolve(self.backend, self.esm_s_combine, op="EsmForProteinFolding")
+            outputs = ref.check_outputs(kwargs.get("outputs", "full"))
             self.trunk.set_chunk_size(
                 fold_memory.auto_chunk_size(
-                    self.config, L, batch=B, dtype=dtype, backend=backend, device=self.device
-                )
+                    self.config, L, batch=B, dtype=dtype, backend=backend, device=self.device,
+                    outputs=outputs,
+                )  # fmt: skip
             )
         self.last_chunk_size = self.trunk.chunk_size
         return super().forward(input_ids, *args, **kwargs)

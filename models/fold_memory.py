@@ -64,12 +64,22 @@ LEAN_SLACK = 1.25
 # Auto chunk: use at most this fraction of the free memory (allocator fragmentation, the
 # model's own O(L) tensors, other processes).
 SAFETY_MARGIN = 0.15
+# Auto chunk, speed first: a fold "fits comfortably" when its peak is at most this fraction of
+# the budget; then a bigger chunk costs nothing that matters.
+COMFORT = 0.5
+# Auto chunk on the PyTorch path: fewer rows per block than this cost time in per-block
+# overhead (measured on CPU: chunk 16 at L = 64 took 1.2x the unchunked time).
+MIN_FAST_ROWS = 64
+OUTPUT_MODES = ("full", "lean")
 DISTOGRAM_BINS = 64
 LDDT_BINS = 50
 
 __all__ = [
     "BACKENDS",
+    "COMFORT",
     "LEAN_SLACK",
+    "MIN_FAST_ROWS",
+    "OUTPUT_MODES",
     "SAFETY_MARGIN",
     "TrackedBytes",
     "auto_chunk_size",
@@ -170,13 +180,18 @@ def predict_fold_memory(
     dtype: torch.dtype = torch.float32,
     backend: str = "torch",
     chunk_size: int | None = None,
+    outputs: str = "full",
 ) -> dict[str, int]:
     """Predicted high-water mark (bytes) of each phase of a fold; see the module docstring.
+
+    `outputs` is the `forward` output mode, "full" or "lean"; it changes the "heads" phase.
 
     Returns a dict phase -> bytes ("stem", "input", "seq_attention", "seq_to_pair",
     "tri_mul", "tri_att", "pair_mlp", "structure", "heads").
     """
     _check(config, length, batch, dtype, backend, chunk_size)
+    if outputs not in OUTPUT_MODES:
+        raise ValueError(f"fold memory: outputs={outputs!r} is not one of {OUTPUT_MODES}")
 
     d = _Dims.of(config, length, batch, dtype)
     b, L, e, f = d.b, d.L, d.e, 4
@@ -254,15 +269,22 @@ def predict_fold_memory(
     h = d.ipa_h
     ipa = 2 * block(3 * h * d.ipa_pq, f) + 3 * block(h, f) + block(h)
     ipa = max(ipa, block(h * d.ipa_pq, f) * 2 + 2 * block(h, f), block(d.sm_z) + block(d.sm_z, f))
+    # Chunked, the blocks' assembled fp32 output [b, L, H (C + 3 P_v + c_z)] is alive with them.
+    ipa += b * L * h * (d.ipa_c + 3 * d.ipa_pv + d.sm_z) * f if chunked else 0
     sm_out = d.sm_blocks * b * L * ((7 + 128 + 42) * f + (28 + d.sm_s) * e)
     phases["structure"] = z + sm_pair + ipa + sm_out + single
 
-    # Heads: z and the outputs distogram, pTM logits, aligned-error probabilities and PAE, one
-    # block of softmax temporaries; pLDDT logits [8, b, L, 37 * 50].
+    # Heads. pLDDT logits [8, b, L, 37 * 50] either way. Full: z and the outputs distogram, pTM
+    # logits, aligned-error probabilities and PAE, one block of softmax temporaries. Lean: z, the
+    # PAE and one block of logits and their softmax (`aligned_error_from_pair`).
     head = pair(DISTOGRAM_BINS)
     lddt = d.sm_blocks * b * L * 37 * LDDT_BINS * e
-    temps = max(3 * block(DISTOGRAM_BINS) + block(d.c_z), 2 * block(DISTOGRAM_BINS))
-    phases["heads"] = z + 3 * head + pair(1) + temps + lddt + sm_out + 2 * b * L * d.c_s * e
+    rest = lddt + sm_out + 2 * b * L * d.c_s * e
+    if outputs == "full":
+        temps = max(3 * block(DISTOGRAM_BINS) + block(d.c_z), 2 * block(DISTOGRAM_BINS))
+        phases["heads"] = z + 3 * head + pair(1) + temps + rest
+    else:
+        phases["heads"] = z + pair(1) + 2 * block(DISTOGRAM_BINS) + 2 * block(1) + rest
     return phases
 
 
@@ -275,6 +297,7 @@ def predict_fold_peak_bytes(
     backend: str = "torch",
     chunk_size: int | None = None,
     include_weights: bool = False,
+    outputs: str = "full",
 ) -> int:
     """Predicted peak bytes of the tensors one fold allocates (the largest phase of
     `predict_fold_memory`), plus the model's parameters when `include_weights`.
@@ -287,10 +310,12 @@ def predict_fold_peak_bytes(
         backend: "torch" (the CPU path) or "triton" (kernels, CUDA).
         chunk_size: the model's chunk size (None: unchunked).
         include_weights: add `model_weight_bytes(config, dtype)`.
+        outputs: the output mode, "full" or "lean" (`EsmForProteinFolding.forward`).
     """
     phases = predict_fold_memory(
-        config, length, batch=batch, dtype=dtype, backend=backend, chunk_size=chunk_size
-    )
+        config, length, batch=batch, dtype=dtype, backend=backend, chunk_size=chunk_size,
+        outputs=outputs,
+    )  # fmt: skip
     peak = max(phases.values())
     return peak + (model_weight_bytes(config, dtype) if include_weights else 0)
 
@@ -357,14 +382,23 @@ def auto_chunk_size(
     device: torch.device | str | None = None,
     free_bytes: int | None = None,
     margin: float = SAFETY_MARGIN,
+    outputs: str = "full",
 ) -> int | None:
     """The chunk size a fold of `batch` x `length` residues should use (None: unchunked).
 
-    The largest candidate (powers of two, then None) whose predicted peak is at most
-    (1 - margin) * free_bytes and at most `LEAN_SLACK` times the smallest candidate's peak.
+    Candidates are powers of two below L, then None. The budget is (1 - margin) * free_bytes.
+
+    1. Memory when it must: the largest candidate whose predicted peak fits the budget and is
+       at most `LEAN_SLACK` times the smallest candidate's peak (bigger blocks only spend
+       memory there).
+    2. Speed when memory is plentiful, among candidates whose peak is at most `COMFORT` of the
+       budget: on the Triton path (GPU) the largest of them (fewest launches; unchunked when it
+       fits comfortably); on the PyTorch path at least `MIN_FAST_ROWS` rows per block (the
+       smallest such candidate, unchunked for L <= 64), since per-block overhead dominates
+       smaller blocks while on a CPU big blocks fall out of cache.
 
     Args:
-        config, length, batch, dtype, backend: as `predict_fold_peak_bytes`.
+        config, length, batch, dtype, backend, outputs: as `predict_fold_peak_bytes`.
         device: where the fold runs, for `free_memory_bytes` when `free_bytes` is None.
         free_bytes: the memory the fold may use (the model already loaded); default the
             device's free memory.
@@ -373,6 +407,10 @@ def auto_chunk_size(
     Raises:
         MemoryError: before any work, when even the smallest chunk's predicted peak does not
             fit; the message names L, the predicted and the free bytes.
+
+    Example:
+        >>> auto_chunk_size(esmfold_v1_config(), 64, free_bytes=2**40) is None  # plenty: unchunked
+        True
     """
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"auto_chunk_size: margin={margin!r} must be in [0, 1)")
@@ -381,23 +419,30 @@ def auto_chunk_size(
     budget = int(free_bytes * (1.0 - margin))
     peaks = {
         c: predict_fold_peak_bytes(
-            config, length, batch=batch, dtype=dtype, backend=backend, chunk_size=c
-        )
+            config, length, batch=batch, dtype=dtype, backend=backend, chunk_size=c,
+            outputs=outputs,
+        )  # fmt: skip
         for c in _candidates(length)
     }
     floor = min(peaks.values())
     if floor > budget:
         raise MemoryError(
-            f"ESMFold: a fold of L={length} (batch {batch}, {dtype}, backend {backend}) needs "
-            f"about {floor / 2**30:.2f} GiB ({floor} bytes) even at the smallest chunk size, but "
-            f"only {free_bytes / 2**30:.2f} GiB ({free_bytes} bytes) are free "
-            f"({margin:.0%} kept as margin)"
+            f"ESMFold: a fold of L={length} (batch {batch}, {dtype}, backend {backend}, "
+            f"{outputs} outputs) needs about {floor / 2**30:.2f} GiB ({floor} bytes) even at the "
+            f"smallest chunk size, but only {free_bytes / 2**30:.2f} GiB ({free_bytes} bytes) are "
+            f"free ({margin:.0%} kept as margin)"
         )
     limit = min(budget, int(floor * LEAN_SLACK))
     chosen: int | None = 1
     for c, peak in peaks.items():  # ascending chunk sizes: keep the last that fits
         if peak <= limit:
             chosen = c
+    rows = {c: length if c is None else c for c in peaks}
+    comfortable = [c for c, peak in peaks.items() if peak <= COMFORT * budget]
+    if backend != "triton":  # the smallest comfortable block of at least MIN_FAST_ROWS rows
+        comfortable = [c for c in comfortable if rows[c] >= min(MIN_FAST_ROWS, length)][:1]
+    if comfortable and rows[comfortable[-1]] > rows[chosen]:
+        chosen = comfortable[-1]
     return chosen
 
 

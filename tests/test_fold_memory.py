@@ -51,11 +51,13 @@ def fold_model(c_s: int, c_z: int, dtype: torch.dtype) -> EsmForProteinFolding:
     return _MODELS[key]
 
 
-def measured_peak(model: EsmForProteinFolding, length: int, chunk, batch: int = 1) -> int:
+def measured_peak(
+    model: EsmForProteinFolding, length: int, chunk, batch: int = 1, outputs: str = "full"
+) -> int:
     model.set_chunk_size(chunk)
     ids = torch.randint(0, 20, (batch, length), generator=torch.Generator().manual_seed(length))
     with torch.no_grad(), fm.track_peak_bytes() as tracker:
-        model(ids, num_recycles=0)
+        model(ids, num_recycles=0, outputs=outputs)
     return tracker.peak
 
 
@@ -77,6 +79,38 @@ def test_prediction_within_15_percent_of_measured(c_s, c_z, length, chunk, dtype
         model.config, length, dtype=dtype, backend="torch", chunk_size=chunk
     )
     assert 0.85 <= want / got <= 1.15, f"predicted {want} vs measured {got} bytes"
+
+
+LEAN_GRID = [  # c_s, c_z, L, chunk, dtype: lean outputs; c_z 32 makes the heads the peak
+    (1024, 128, 64, None, torch.float32),
+    (128, 64, 96, 16, torch.bfloat16),
+    (64, 32, 200, 16, torch.float32),
+    (64, 32, 160, None, torch.float32),
+]
+
+
+@pytest.mark.parametrize("c_s, c_z, length, chunk, dtype", LEAN_GRID)
+def test_lean_prediction_within_15_percent_of_measured(c_s, c_z, length, chunk, dtype):
+    model = fold_model(c_s, c_z, dtype)
+    got = measured_peak(model, length, chunk, outputs="lean")
+    want = fm.predict_fold_peak_bytes(
+        model.config, length, dtype=dtype, chunk_size=chunk, outputs="lean"
+    )
+    assert 0.85 <= want / got <= 1.15, f"predicted {want} vs measured {got} bytes"
+    full = fm.predict_fold_memory(model.config, length, dtype=dtype, chunk_size=chunk)
+    lean = fm.predict_fold_memory(
+        model.config, length, dtype=dtype, chunk_size=chunk, outputs="lean"
+    )
+    assert lean["heads"] < full["heads"]
+    assert {k: v for k, v in lean.items() if k != "heads"} == {
+        k: v for k, v in full.items() if k != "heads"
+    }
+
+
+def test_lean_outputs_lower_the_measured_peak_where_heads_dominate():
+    model = fold_model(64, 32, torch.float32)
+    full, lean = (measured_peak(model, 200, 16, outputs=o) for o in ("full", "lean"))
+    assert lean < 0.8 * full
 
 
 def test_each_phase_within_15_percent():
@@ -139,9 +173,34 @@ def test_auto_chunk_respects_the_budget(monkeypatch):
         assert tracker.peak <= budget * (1 - fm.SAFETY_MARGIN) * 1.15
         predicted = fm.predict_fold_peak_bytes(cfg, L, chunk_size=want)
         assert predicted <= budget * (1 - fm.SAFETY_MARGIN)
-    # With plenty of memory the chunk stops growing once the peak is near its floor.
-    big = fm.auto_chunk_size(cfg, L, free_bytes=10**12)
-    assert fm.predict_fold_peak_bytes(cfg, L, chunk_size=big) <= fm.LEAN_SLACK * floor
+
+
+def test_auto_prefers_speed_when_memory_is_plentiful():
+    """Plenty of memory: unchunked up to 64 rows and on the Triton path, at least 64 rows per
+    block on the PyTorch path; tight memory: the lean pick, within LEAN_SLACK of the floor."""
+    cfg = fold_config(128, 64)
+    plenty = 10**12
+    assert fm.auto_chunk_size(cfg, 64, free_bytes=plenty) is None
+    assert fm.auto_chunk_size(cfg, 40, free_bytes=plenty) is None
+    assert fm.auto_chunk_size(cfg, 96, free_bytes=plenty) == 64
+    assert fm.auto_chunk_size(cfg, 1000, free_bytes=plenty) >= fm.MIN_FAST_ROWS
+    assert fm.auto_chunk_size(cfg, 1000, free_bytes=plenty, backend="triton") is None
+    # Comfortable means within COMFORT of the budget: just above the unchunked peak / COMFORT
+    # the GPU path runs unchunked, just below it takes a chunk.
+    unchunked = fm.predict_fold_peak_bytes(cfg, 1000, backend="triton")
+    roomy = int(unchunked / fm.COMFORT / (1 - fm.SAFETY_MARGIN)) + 10
+    assert fm.auto_chunk_size(cfg, 1000, free_bytes=roomy, backend="triton") is None
+    assert fm.auto_chunk_size(cfg, 1000, free_bytes=roomy - 10**6, backend="triton") is not None
+    # Tight: the memory-lean choice, never above LEAN_SLACK times the floor.
+    floor = fm.predict_fold_peak_bytes(cfg, 1000, chunk_size=1)
+    tight = int(floor * 1.3 / (1 - fm.SAFETY_MARGIN))
+    for backend in fm.BACKENDS:
+        chunk = fm.auto_chunk_size(cfg, 1000, free_bytes=tight, backend=backend)
+        peak = fm.predict_fold_peak_bytes(cfg, 1000, chunk_size=chunk, backend=backend)
+        assert chunk is not None and peak <= tight * (1 - fm.SAFETY_MARGIN)
+        assert peak <= fm.LEAN_SLACK * fm.predict_fold_peak_bytes(
+            cfg, 1000, chunk_size=1, backend=backend
+        )
 
 
 def test_auto_chunk_refuses_what_cannot_fit():

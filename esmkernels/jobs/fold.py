@@ -221,7 +221,9 @@ class FoldJob:
                 continue
             with torch.inference_mode():
                 folded = model.infer_records(
-                    [self.records[i][1] for i in batch], num_recycles=num_recycles
+                    [self.records[i][1] for i in batch],
+                    num_recycles=num_recycles,
+                    outputs="lean",  # structures, pLDDT, pTM and PAE only: no [L, L, C] tensors
                 )
             for i, record in zip(batch, folded):
                 if i in todo:  # a record finished in an earlier run keeps its files untouched

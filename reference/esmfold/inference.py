@@ -40,10 +40,16 @@ DEFAULT_LINKER = "G" * 25
 DEFAULT_RESIDUE_INDEX_OFFSET = 512
 # Smallest trunk chunk size the out-of-memory retry tries.
 MIN_CHUNK_SIZE = 4
+# `infer(outputs=None)` returns lean outputs (no s_z, distogram, pTM logits or aligned-error
+# probabilities) for batches longer than this many positions. Up to here the full heads cost at
+# most 1.5 pair tensors more (about 0.4 GiB in bf16 at 1,024) and a caller may use them; beyond
+# it they dominate the fold's peak (2.5 of about 3.5 pair tensors at 10,000 residues).
+LEAN_OUTPUTS_ABOVE = 1024
 
 __all__ = [
     "DEFAULT_LINKER",
     "DEFAULT_RESIDUE_INDEX_OFFSET",
+    "LEAN_OUTPUTS_ABOVE",
     "MIN_CHUNK_SIZE",
     "FoldedRecord",
     "FoldingInference",
@@ -84,6 +90,7 @@ class FoldingInference:
         num_recycles: int | None = None,
         masking_pattern: torch.Tensor | None = None,
         max_tokens_per_batch: int | None = None,
+        outputs: str | None = None,
     ) -> EsmForProteinFoldingOutput | list[EsmForProteinFoldingOutput]:
         """Fold one-letter sequences; chains of a multimer are separated by ':'.
 
@@ -105,6 +112,9 @@ class FoldingInference:
                 longest length, linkers included, stays within this many tokens; a longer
                 sequence is folded alone). A batch that runs out of memory is split into its
                 sequences. Not combinable with `position_ids` or `masking_pattern`.
+            outputs: "full", "lean" (see `forward`: positions, pLDDT, pTM and PAE, without the
+                [L, L, C] tensors) or None (default): lean when the padded batch is longer
+                than `LEAN_OUTPUTS_ABOVE` (1,024) positions, linkers included, else full.
 
         Returns:
             `EsmForProteinFoldingOutput` with `chain_index` and `mean_plddt` set; with
@@ -128,7 +138,10 @@ class FoldingInference:
                 residue_index_offset=residue_index_offset,
                 chain_linker=chain_linker,
                 num_recycles=num_recycles,
+                outputs=outputs,
             )
+        if outputs is not None and outputs not in ("full", "lean"):
+            raise ValueError(f"infer: outputs={outputs!r} is not one of ('full', 'lean', None)")
         enc = encode_sequences(sequences, residue_index_offset, chain_linker)
         device = self.device
         aatype, mask = enc["aatype"].to(device), enc["mask"].to(device)
@@ -149,6 +162,8 @@ class FoldingInference:
             residx = position_ids
         if masking_pattern is not None:
             masking_pattern = masking_pattern.to(device)
+        if outputs is None:
+            outputs = "lean" if aatype.shape[1] > LEAN_OUTPUTS_ABOVE else "full"
 
         def fold() -> EsmForProteinFoldingOutput:
             return self.forward(
@@ -157,6 +172,7 @@ class FoldingInference:
                 position_ids=residx,
                 masking_pattern=masking_pattern,
                 num_recycles=num_recycles,
+                outputs=outputs,
             )
 
         out = self._fold_retrying(fold, aatype.shape[1]) if aatype.shape[0] == 1 else fold()
@@ -208,7 +224,7 @@ class FoldingInference:
 
         Args:
             sequences: as `infer`'s; `kwargs`: `residue_index_offset`, `chain_linker`,
-                `num_recycles`.
+                `num_recycles`, `outputs`.
 
         Returns:
             [len(sequences)] `FoldedRecord`s in input order.
@@ -252,6 +268,8 @@ class FoldingInference:
             raise ValueError(f"infer: max_tokens_per_batch={max_tokens!r} must be a positive int")
         seqs = [sequences] if isinstance(sequences, str) else list(sequences)
         lengths = self._lengths(seqs, kwargs)
+        if kwargs.get("outputs") is None:  # one mode for all, whatever the packing
+            kwargs["outputs"] = "lean" if max(lengths) > LEAN_OUTPUTS_ABOVE else "full"
         results: list[EsmForProteinFoldingOutput | None] = [None] * len(seqs)
         for batch in token_batches(lengths, max_tokens):
             folded = self._fold_records(

@@ -52,6 +52,18 @@ PAE_MAX_BIN = 31
 NUM_RESTYPES = 20  # AlphaFold2 residue types; X = 20
 N_TOKENS_EMBED = NUM_RESTYPES + 3  # 20 residues, X, the padding row 0 and the mask token
 MASK_IDX = N_TOKENS_EMBED - 1
+OUTPUT_MODES = ("full", "lean")
+# Structure-module fields every output mode returns.
+_STRUCTURE_FIELDS = (
+    "frames", "sidechain_frames", "unnormalized_angles", "angles", "positions", "states", "s_s",
+)  # fmt: skip
+
+
+def check_outputs(outputs: str) -> str:
+    """`outputs` validated: "full" or "lean" (see `EsmForProteinFolding.forward`)."""
+    if outputs not in OUTPUT_MODES:
+        raise ValueError(f"outputs={outputs!r} is not one of {OUTPUT_MODES}")
+    return outputs
 
 
 @dataclass(eq=False)
@@ -267,6 +279,7 @@ class EsmForProteinFolding(PreTrainedMixin, FoldingInference, nn.Module):
         masking_pattern: torch.Tensor | None = None,
         num_recycles: int | None = None,
         output_hidden_states: bool | None = False,
+        outputs: str = "full",
     ) -> EsmForProteinFoldingOutput:
         """Predict structures for a padded batch of AlphaFold2-ordered residue ids.
 
@@ -280,6 +293,13 @@ class EsmForProteinFolding(PreTrainedMixin, FoldingInference, nn.Module):
             num_recycles: recycles after the first pass; None = `trunk.max_recycles` passes
                 in all (transformers' convention).
             output_hidden_states: accepted for transformers compatibility and ignored (as there).
+            outputs: "full" (default: every field, transformers' drop-in) or "lean" (what a
+                structure user needs: positions and the other structure-module fields, pLDDT,
+                pTM and PAE [B, L, L] in the model's dtype; `s_z`, `distogram_logits`,
+                `ptm_logits` and `aligned_confidence_probs` are None: the distogram head is
+                skipped, pTM and PAE are streamed from the pair state in row blocks by
+                `confidence.aligned_error_from_pair`, and the pair state is freed once they
+                are done). Positions, pLDDT, pTM and PAE equal the full outputs'.
 
         Returns:
             `EsmForProteinFoldingOutput` (see its fields).
@@ -291,6 +311,7 @@ class EsmForProteinFolding(PreTrainedMixin, FoldingInference, nn.Module):
         aa, attention_mask, position_ids = self._check_inputs(
             input_ids, attention_mask, position_ids, masking_pattern, num_recycles
         )
+        check_outputs(outputs)
         fold = self.config.esmfold_config
         B, L = aa.shape
         self.last_chunk_size = self.trunk.chunk_size
@@ -316,7 +337,7 @@ class EsmForProteinFolding(PreTrainedMixin, FoldingInference, nn.Module):
         structure = self.trunk(
             s_s_0, s_z_0, aa, position_ids, attention_mask, no_recycles=num_recycles
         )
-        return self._heads(structure, aa, attention_mask, position_ids)
+        return self._heads(structure, aa, attention_mask, position_ids, outputs)
 
     def _heads(
         self,
@@ -324,41 +345,18 @@ class EsmForProteinFolding(PreTrainedMixin, FoldingInference, nn.Module):
         aa: torch.Tensor,
         mask: torch.Tensor,
         position_ids: torch.Tensor,
+        outputs: str = "full",
     ) -> EsmForProteinFoldingOutput:
         B, L = aa.shape
         chunk = self.trunk.chunk_size  # the [B, L, L, 64] heads run in blocks of rows too
-        out = {
-            k: structure[k]
-            for k in (
-                "frames",
-                "sidechain_frames",
-                "unnormalized_angles",
-                "angles",
-                "positions",
-                "states",
-                "s_s",
-                "s_z",
-            )
-        }
+        if outputs == "lean":
+            return self._lean_heads(structure, aa, mask, position_ids, chunk)
+        out = {k: structure[k] for k in (*_STRUCTURE_FIELDS, "s_z")}
         s_z = out["s_z"]
         out["distogram_logits"] = chunk_rows(  # symmetrised: (d_ij + d_ji) / 2
             self._distogram_rows, s_z, s_z.transpose(1, 2), chunk_size=chunk
         )
-        out["lm_logits"] = self.lm_head(out["s_s"])
-        out["aatype"] = aa
-
-        atom_masks = geometry.make_atom14_masks(aa)
-        keep = mask.unsqueeze(-1)
-        out["atom14_atom_exists"] = atom_masks["atom14_atom_exists"] * keep
-        out["residx_atom14_to_atom37"] = atom_masks["residx_atom14_to_atom37"]
-        out["residx_atom37_to_atom14"] = atom_masks["residx_atom37_to_atom14"]
-        out["atom37_atom_exists"] = atom_masks["atom37_atom_exists"] * keep
-        out["residue_index"] = position_ids
-
-        states = out["states"]
-        lddt_head = self.lddt_head(states).reshape(states.shape[0], B, L, -1, LDDT_BINS)
-        out["lddt_head"] = lddt_head
-        out["plddt"] = confidence.categorical_lddt(lddt_head[-1], bins=LDDT_BINS)
+        out.update(self._residue_heads(out, aa, mask, position_ids))
 
         ptm_logits = chunk_rows(self.ptm_head, s_z, chunk_size=chunk)
         out["ptm_logits"] = ptm_logits
@@ -367,6 +365,40 @@ class EsmForProteinFolding(PreTrainedMixin, FoldingInference, nn.Module):
         out["ptm"] = confidence.compute_tm(ptm_logits, residue_mask, **bins)
         out.update(confidence.compute_predicted_aligned_error(ptm_logits, residue_mask, **bins))
         return EsmForProteinFoldingOutput(**out)
+
+    def _lean_heads(self, structure, aa, mask, position_ids, chunk) -> EsmForProteinFoldingOutput:
+        """The "lean" outputs (see `forward`): no distogram, pTM and PAE streamed from s_z."""
+        out = {k: structure[k] for k in _STRUCTURE_FIELDS}
+        s_z = structure.pop("s_z")  # the caller's dict no longer holds the pair state
+        out.update(self._residue_heads(out, aa, mask, position_ids))
+        residue_mask = mask.to(s_z.dtype)
+        out.update(
+            confidence.aligned_error_from_pair(
+                s_z, self.ptm_head, residue_mask, max_bin=PAE_MAX_BIN,
+                no_bins=DISTOGRAM_BINS, chunk_size=chunk,
+            )
+        )  # fmt: skip
+        del s_z  # freed here: nothing else refers to the pair state
+        return EsmForProteinFoldingOutput(**out)
+
+    def _residue_heads(self, out, aa, mask, position_ids) -> dict[str, torch.Tensor]:
+        """The per-residue fields: AA logits, atom masks, pLDDT logits and pLDDT."""
+        B, L = aa.shape
+        atom_masks = geometry.make_atom14_masks(aa)
+        keep = mask.unsqueeze(-1)
+        states = out["states"]
+        lddt_head = self.lddt_head(states).reshape(states.shape[0], B, L, -1, LDDT_BINS)
+        return {
+            "lm_logits": self.lm_head(out["s_s"]),
+            "aatype": aa,
+            "atom14_atom_exists": atom_masks["atom14_atom_exists"] * keep,
+            "residx_atom14_to_atom37": atom_masks["residx_atom14_to_atom37"],
+            "residx_atom37_to_atom14": atom_masks["residx_atom37_to_atom14"],
+            "atom37_atom_exists": atom_masks["atom37_atom_exists"] * keep,
+            "residue_index": position_ids,
+            "lddt_head": lddt_head,
+            "plddt": confidence.categorical_lddt(lddt_head[-1], bins=LDDT_BINS),
+        }
 
     def _distogram_rows(self, z_ij: torch.Tensor, z_ji: torch.Tensor) -> torch.Tensor:
         return (self.distogram_head(z_ij) + self.distogram_head(z_ji)) / 2
@@ -472,7 +504,9 @@ def af2_to_esm_indices(vocab_list: Sequence[str]) -> torch.Tensor:
 
 
 __all__ = [
+    "OUTPUT_MODES",
     "EsmForProteinFolding",
     "EsmForProteinFoldingOutput",
     "af2_to_esm_indices",
+    "check_outputs",
 ]
