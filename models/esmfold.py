@@ -121,9 +121,14 @@ class EsmForProteinFolding(_FastMixin, ref.EsmForProteinFolding):
             outputs = ref.check_outputs(kwargs.get("outputs", "full"))
             self.trunk.set_chunk_size(
                 fold_memory.auto_chunk_size(
-                    self.config, L, batch=B, dtype=dtype, backend=backend, device=self.device,
+                    self.config,
+                    L,
+                    batch=B,
+                    dtype=dtype,
+                    backend=backend,
+                    device=self.device,
                     outputs=outputs,
-                )  # fmt: skip
+                )
             )
         self.last_chunk_size = self.trunk.chunk_size
         return super().forward(input_ids, *args, **kwargs)

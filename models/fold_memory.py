@@ -313,9 +313,14 @@ def predict_fold_peak_bytes(
         outputs: the output mode, "full" or "lean" (`EsmForProteinFolding.forward`).
     """
     phases = predict_fold_memory(
-        config, length, batch=batch, dtype=dtype, backend=backend, chunk_size=chunk_size,
+        config,
+        length,
+        batch=batch,
+        dtype=dtype,
+        backend=backend,
+        chunk_size=chunk_size,
         outputs=outputs,
-    )  # fmt: skip
+    )
     peak = max(phases.values())
     return peak + (model_weight_bytes(config, dtype) if include_weights else 0)
 
@@ -419,9 +424,14 @@ def auto_chunk_size(
     budget = int(free_bytes * (1.0 - margin))
     peaks = {
         c: predict_fold_peak_bytes(
-            config, length, batch=batch, dtype=dtype, backend=backend, chunk_size=c,
+            config,
+            length,
+            batch=batch,
+            dtype=dtype,
+            backend=backend,
+            chunk_size=c,
             outputs=outputs,
-        )  # fmt: skip
+        )
         for c in _candidates(length)
     }
     floor = min(peaks.values())

@@ -101,7 +101,7 @@ def test_bad_outputs_are_named():
 
 
 def test_fast_model_auto_chunk_uses_the_calls_mode(monkeypatch):
-    """"auto" asks the memory model for the mode of the call."""
+    """ "auto" asks the memory model for the mode of the call."""
     model = fast_copy(tiny_model(), "torch")
     seen = []
     real = fm.auto_chunk_size

@@ -374,10 +374,14 @@ class EsmForProteinFolding(PreTrainedMixin, FoldingInference, nn.Module):
         residue_mask = mask.to(s_z.dtype)
         out.update(
             confidence.aligned_error_from_pair(
-                s_z, self.ptm_head, residue_mask, max_bin=PAE_MAX_BIN,
-                no_bins=DISTOGRAM_BINS, chunk_size=chunk,
+                s_z,
+                self.ptm_head,
+                residue_mask,
+                max_bin=PAE_MAX_BIN,
+                no_bins=DISTOGRAM_BINS,
+                chunk_size=chunk,
             )
-        )  # fmt: skip
+        )
         del s_z  # freed here: nothing else refers to the pair state
         return EsmForProteinFoldingOutput(**out)
 
