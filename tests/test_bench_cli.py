@@ -16,7 +16,7 @@ from esmkernels.benchmarks import peers, report
 from esmkernels.cli import main
 
 CASES = "layer_norm,rotary_attention_varlen,trimul_out"
-FAST = ["--lengths", "8", "--max-time", "0.01", "--cases", CASES]
+FAST = ["--lengths", "8", "--max-time", "0.01", "--cases", CASES, "--size", "tiny"]
 
 
 def _run(capsys, tmp_path, *extra):
@@ -101,7 +101,7 @@ def test_memory_suite_without_the_memory_model_says_so(capsys, tmp_path, monkeyp
 
     monkeypatch.setattr(memory, "has", lambda name: False)
     code = main(["bench", "--suite", "memory", "--lengths", "8", "--out", str(tmp_path),
-                 "--compare", "torch", "--no-plot"])  # fmt: skip
+                 "--compare", "torch", "--no-plot", "--size", "tiny"])  # fmt: skip
     assert code == 0
     assert "the fold memory model) is not available" in capsys.readouterr().out
 
@@ -109,7 +109,7 @@ def test_memory_suite_without_the_memory_model_says_so(capsys, tmp_path, monkeyp
 def test_memory_suite_compares_prediction_and_measurement(capsys, tmp_path):
     fold_memory = pytest.importorskip("esmkernels.models.fold_memory")
     code = main(["bench", "--suite", "memory", "--lengths", "8", "--out", str(tmp_path),
-                 "--compare", "torch", "--max-time", "0.01", "--no-plot"])  # fmt: skip
+                 "--compare", "torch", "--max-time", "0.01", "--no-plot", "--size", "tiny"])  # fmt: skip
     assert code == 0, capsys.readouterr()
     (record,) = json.loads((tmp_path / "bench.json").read_text())["records"]
     assert record["status"] == "ok" and record["peak_mb"] > 0
@@ -145,3 +145,103 @@ def test_bench_files_take_their_cases_from_esmkernels_benchmarks():
                 if isinstance(t, ast.Name) and own.match(t.id)
             ]
     assert not found, f"second lists of benchmark cases: {found}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots and tables a reader decides from (issue 18, item 7)
+# ---------------------------------------------------------------------------------------------
+
+
+def _rec(provider, length, ms, suite="lm", case="uniform", peak=None, **meta):
+    return {"suite": suite, "case": case, "mode": "fwd", "provider": provider, "length": length,
+            "device": "cpu", "status": "ok", "ms": ms, "peak_mb": peak, "tokens": None,
+            "tokens_per_s": None, "tflops": None, "tbps": None, "meta": meta}  # fmt: skip
+
+
+def test_cpu_defaults_show_a_trend():
+    from esmkernels.benchmarks import runner
+
+    assert runner.default_size("cpu") == "cpu" and runner.default_size("cuda") == "real"
+    assert max(runner.default_lengths("lm", "uniform", "cpu")) >= 512
+    for suite in runner.SUITES:
+        for case in runner.suite_cases(suite):
+            assert len(runner.default_lengths(suite, case, "cpu")) >= 3, (suite, case)
+
+
+def test_tick_labels_are_plain_numbers():
+    labels = [report.tick_label(v) for v in (0.005, 0.0123, 0.115, 1.0, 1.14, 20.0, 500.0)]
+    assert labels == ["0.005", "0.0123", "0.115", "1", "1.14", "20", "500"]
+    assert report.tick_label(1000.0) == "1000" and report.tick_label(20000.0) == "20,000"
+    assert report.tick_label(1e-5) == "0.00001"
+
+
+def test_no_panel_without_data():
+    cpu = [_rec(p, L, ms) for p in ("reference", "hf") for L, ms in ((32, 1.0), (64, 30.0))]
+    cpu.append({**_rec("triton", 32, None), "status": "unavailable: needs CUDA"})
+    only_time = report.panels(cpu)
+    assert [p["title"] for p in only_time] == ["uniform\ntime per call"]  # no memory panel
+    assert [line["label"] for line in only_time[0]["lines"]] == ["reference", "hf"]
+    gpu = [{**r, "device": "cuda", "peak_mb": 10.0} for r in cpu if r["status"] == "ok"]
+    assert [p["title"].split("\n")[1] for p in report.panels(gpu)] == [
+        "time per call",
+        "peak memory",
+    ]
+    assert report.panels([cpu[-1]]) == []  # nothing measured: nothing to draw
+
+
+def test_memory_suite_plots_and_tabulates_predicted_beside_measured():
+    rows = [
+        _rec("torch", 32, 250.0, "memory", "fold_peak", peak=4.0, predicted_mb=5.0,
+             predicted_over_measured=1.25),
+        _rec("torch", 64, 700.0, "memory", "fold_peak", peak=10.0, predicted_mb=12.0,
+             predicted_over_measured=1.2),
+    ]  # fmt: skip
+    drawn = report.panels(rows, {"fold_peak": "1 sequence, 0 recycles"})
+    assert [p["title"] for p in drawn] == [
+        "fold_peak (1 sequence, 0 recycles)\npeak memory, measured vs predicted",
+        "fold_peak (1 sequence, 0 recycles)\npredicted / measured peak",
+    ]
+    measured, predicted = drawn[0]["lines"]
+    assert measured["ys"] == [4.0, 10.0] and not measured["dashed"]
+    assert predicted["ys"] == [5.0, 12.0] and predicted["dashed"]
+    assert drawn[1]["lines"][0]["ys"] == [1.25, 1.2] and drawn[1]["reference_line"] == 1.0
+    head, _, first, _ = report.table(rows, ["torch"]).splitlines()
+    names = [c.strip() for c in head.strip("|").split("|")]
+    cells = dict(zip(names, (c.strip() for c in first.strip("|").split("|"))))
+    assert names.index("predicted MB") == names.index("peak MB") + 1  # side by side
+    assert (cells["peak MB"], cells["predicted MB"], cells["predicted / measured"]) == (
+        "4",
+        "5",
+        "1.25",
+    )
+    # other suites' tables keep their columns
+    assert "predicted MB" not in report.table([_rec("torch", 32, 1.0)], ["torch"])
+
+
+def test_rendered_figure_reads_plainly(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    records = [_rec(p, L, ms * (1 + (p == "hf"))) for p in ("reference", "hf")
+               for L, ms in ((32, 0.5), (128, 8.0), (512, 300.0))]  # fmt: skip
+    records += [_rec(p, L, 1.0 + L / 1e3, case="skewed") for p in ("reference", "hf")
+                for L in (32, 128, 512)]  # fmt: skip
+    path = report.plot(records, tmp_path / "lm.png", "a long title\nsecond line",
+                       notes=["not shown: lm/triton: unavailable"])  # fmt: skip
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    (fig,) = figures
+    fig.canvas.draw()
+    axes = fig.get_axes()
+    assert len(axes) == 2  # two time panels; no empty memory panel on a CPU
+    renderer = fig.canvas.get_renderer()
+    top = max(ax.get_tightbbox(renderer).y1 for ax in axes)
+    assert fig._suptitle.get_window_extent(renderer).y0 >= top  # the title clears the panels
+    for ax in axes:
+        labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_xticklabels()]
+        labels = [t for t in labels if t]
+        assert labels and not any("$" in t or "10^" in t or "e+" in t for t in labels), labels
+        assert {"32", "128", "512"} <= {t.get_text() for t in ax.get_xticklabels()}
+    assert axes[0].get_yscale() == "log" and axes[1].get_yscale() == "linear"
+    plt.close(fig)

@@ -52,11 +52,14 @@ _TINY_TRUNK = dict(
                           dropout_rate=0.0),
 )  # fmt: skip
 # real: esmfold_v1's architecture (ESM-2 3B stem, 48 blocks); tiny: the tests' toy model;
+# cpu: what `esmkernels bench` runs on a CPU;
 # small / wide: CPU comparisons with an ESM-2 8M-shaped stem and 2 trunk blocks, at a small and
 # at esmfold_v1's trunk width (fp32 stem: transformers would cast an fp16_esm stem to fp16).
 SIZES = {
     "real": Sizes("esm2_3B", {}, (256, 1024)),
     "tiny": Sizes("tiny", _TINY_TRUNK, (8, 16)),
+    # A CPU run that shows a trend in about a minute: the `small` model at L 32..128.
+    "cpu": Sizes("esm2_8M", _cpu_trunk(128, 64), (32, 64, 128), {"fp16_esm": False}),
     "small": Sizes("esm2_8M", _cpu_trunk(128, 64), (128, 384), {"fp16_esm": False}),
     "wide": Sizes("esm2_8M", _cpu_trunk(1024, 128), (1024,), {"fp16_esm": False}),
 }

@@ -44,6 +44,8 @@ class Sizes:
 
 SIZES = {
     "real": Sizes("esm2_650M", 8192, 64, (256, 512, 1024)),
+    # A CPU run that shows a trend in seconds: ESM-2 8M, 512 tokens per batch, L up to 512.
+    "cpu": Sizes("esm2_8M", 512, 4, (32, 64, 128, 256, 512)),
     "tiny": Sizes("tiny", 64, 3, (16, 32)),
 }
 

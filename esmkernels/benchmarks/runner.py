@@ -21,6 +21,7 @@ from esmkernels.benchmarks.workloads import MODES, Unavailable
 from esmkernels.core.memory import free_memory, is_oom
 
 SUITES = ("kernels", "lm", "fold", "memory")
+SIZE_NAMES = ("real", "cpu", "tiny")  # every suite has these; fold and memory also small, wide
 PROVIDERS = ("reference", "torch", "triton", "hf")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _MODULES = {"kernels": kernels, "lm": lm, "fold": fold, "memory": memory}
@@ -28,6 +29,52 @@ _MODULES = {"kernels": kernels, "lm": lm, "fold": fold, "memory": memory}
 
 def suite_cases(suite: str) -> tuple[str, ...]:
     return _MODULES[suite].CASES
+
+
+def suite_sizes(suite: str) -> dict:
+    """The suite's sizes by name (memory folds at the fold suite's sizes)."""
+    return {"kernels": kernels.SIZES, "lm": lm.SIZES}.get(suite, fold.SIZES)
+
+
+def default_size(device: torch.device | str) -> str:
+    """What `size="auto"` means: the models' real sizes on CUDA; on a CPU "cpu", sizes chosen
+    to show how time grows with L within about a minute per suite ("tiny" is for tests)."""
+    return "real" if torch.device(device).type == "cuda" else "cpu"
+
+
+def describe_size(suite: str, size: str) -> str:
+    """A short line naming the shapes a suite runs at `size` (the plot titles say it)."""
+    if suite == "kernels":
+        s = kernels.SIZES[size]
+        return (f"hidden {s.hidden}, {s.heads}x{s.head_dim} heads; trunk c_z {s.c_z}, "
+                f"{s.tri_heads}x{s.tri_head_dim} heads")  # fmt: skip
+    if suite == "lm":
+        s = lm.SIZES[size]
+        hidden, layers, _, _ = lm.SHAPES[s.shape]
+        return f"{_model_name(s.shape)} (hidden {hidden}, {layers} layers), random weights"
+    s = fold.SIZES[size]
+    blocks = s.trunk.get("num_blocks", 48)
+    c_z = s.trunk.get("pairwise_state_dim", 128)
+    return f"ESMFold, {_model_name(s.stem)} stem, {blocks} trunk blocks, c_z {c_z}, random weights"
+
+
+def _model_name(shape: str) -> str:
+    return shape.replace("esm2_", "ESM-2 ") if shape.startswith("esm2_") else f"{shape} ESM-2"
+
+
+def case_descriptions(suite: str, size: str, num_recycles: int = 0) -> dict[str, str]:
+    """{case: what one timed call computes}, for the plots' panel titles."""
+    if suite == "kernels":
+        # describe() starts with the case's name, which the panel title already shows
+        return {case: kernels.describe(case, size).split(" ", 1)[-1] for case in kernels.CASES}
+    if suite == "lm":
+        s = lm.SIZES[size]
+        return {
+            "uniform": f"{s.tokens} tokens: {s.tokens}/L sequences of L",
+            "skewed": f"{s.skewed_seqs} sequences of 50..L residues, padded",
+        }
+    what = f"1 sequence, {num_recycles} recycles"
+    return {"fold": what, "fold_peak": what}
 
 
 def default_lengths(suite: str, case: str, size: str) -> tuple[int, ...]:
@@ -74,8 +121,8 @@ def check_arguments(suite, providers, cases, modes, size) -> None:
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f"unknown modes {bad}; choose from {MODES}")
-    if size not in kernels.SIZES:
-        raise ValueError(f"unknown size {size!r}; choose from {tuple(kernels.SIZES)}")
+    if size not in suite_sizes(suite):
+        raise ValueError(f"unknown {suite} size {size!r}; choose from {tuple(suite_sizes(suite))}")
     bad = [c for c in cases or () if c not in suite_cases(suite)]
     if bad:
         raise ValueError(f"unknown {suite} cases {bad}; choose from {suite_cases(suite)}")
@@ -142,7 +189,11 @@ def run_suite(
                 if work is None:
                     work = _build(suite, case, provider, length, models, size, device, dtype,
                                   num_recycles)  # fmt: skip
-                timing = measure(work.callable_for(mode), device, max_time=max_time)
+                # At least 3 timed calls: one call's time on a busy CPU is a scheduler slice.
+                # The memory suite needs one tracked call after the warm-up (its times
+                # include the tracker's overhead and are not read).
+                reps = dict(max_reps=1) if suite == "memory" else dict(min_reps=3)
+                timing = measure(work.callable_for(mode), device, max_time=max_time, **reps)
                 _fill(record, work, mode, timing)
             except Unavailable as e:
                 record["status"] = f"unavailable: {e}"
@@ -234,7 +285,7 @@ def run_benchmarks(
     matplotlib allow, and `bench.json` (environment, size, `arguments`, records, left out).
 
     Args:
-        size: "real", "tiny" or "auto" (real on CUDA, tiny on a CPU).
+        size: "real", "cpu", "tiny" or "auto" (`default_size`: real on CUDA, cpu on a CPU).
         dtype: "auto" (see `suite_dtype`) or a name of `DTYPES`.
 
     Raises:
@@ -242,7 +293,7 @@ def run_benchmarks(
     """
     device = torch.device(device)
     out = Path(out)
-    size = size if size != "auto" else ("real" if device.type == "cuda" else "tiny")
+    size = size if size != "auto" else default_size(device)
     for suite in suites:
         check_arguments(suite, providers, kwargs.get("cases"), kwargs.get("modes", ()), size)
     env = {**environment.environment(device), "torch_threads": torch.get_num_threads()}
@@ -260,8 +311,18 @@ def run_benchmarks(
         run.records += found
         if not plot:
             continue
-        title = f"esmkernels bench {suite} - {env['device']} - {env['commit'][:10]}"
-        png = report.plot(found, out / f"{suite}.png", title)
+        threads = env["torch_threads"]
+        title = (
+            f"esmkernels bench {suite}: {describe_size(suite, size)}\n{env['device']}, "
+            f"{threads} torch thread{'s' * (threads != 1)}, commit {env['commit'][:10]}"
+        )
+        png = report.plot(
+            found,
+            out / f"{suite}.png",
+            title,
+            descriptions=case_descriptions(suite, size, kwargs.get("num_recycles", 0)),
+            notes=[f"not shown: {line}" for line in report.left_out(found)],
+        )
         if png is not None:
             run.written.append(png)
         elif not report.has("matplotlib"):

@@ -10,8 +10,8 @@ the ratio to each other provider (peer time / row time: above 1 the row is faste
 suite (time and memory vs length, one line per provider) under
 `bench/results/<date>-<device>-<commit>/` unless `--out` says otherwise. transformers (`hf`) and
 matplotlib (plots) are optional: without them the table still prints and the run says what it
-left out. On a CPU the default sizes are tiny and `triton` runs only under TRITON_INTERPRET=1
-(interpreted times are not kernel speeds).
+left out. On a CPU the default sizes are small (`--size cpu`: ESM-2 8M, L up to 512) and
+`triton` runs only under TRITON_INTERPRET=1 (interpreted times are not kernel speeds).
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--modes", type=_csv, default=["fwd"], help="kernels: fwd,bwd,fwd+bwd")
     p.add_argument("--cases", type=_csv, default=None, help="subset of the suite's cases")
-    p.add_argument("--size", default="auto", choices=("auto", "real", "tiny"),
-                   help="auto: the models' real sizes on CUDA, tiny ones on CPU")  # fmt: skip
+    p.add_argument("--size", default="auto", choices=("auto", "real", "cpu", "tiny"),
+                   help="auto: the models' real sizes on CUDA; on a CPU 'cpu', small models at "
+                   "lengths that show a trend in about a minute per suite; 'tiny': seconds")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when usable)")
     p.add_argument("--max-time", type=float, default=1.0, help="seconds per measurement")
     p.add_argument("--num-recycles", type=int, default=0, help="fold: recycles per call")
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     suites = runner.SUITES if args.suite == "all" else (args.suite,)
     if args.cases and len(suites) > 1:
         raise UsageError("--cases needs a single --suite")
-    size = args.size if args.size != "auto" else ("real" if device.type == "cuda" else "tiny")
+    size = args.size if args.size != "auto" else runner.default_size(device)
     try:
         for suite in suites:
             runner.check_arguments(suite, args.compare, args.cases, args.modes, size)
