@@ -154,7 +154,8 @@ def test_confidence_matches_hf_unpadded(n):
 
 
 def test_pdb_records_match_hf():
-    """Same ATOM / TER / END records as HF's `to_pdb` (which adds `PARENT` header lines)."""
+    """Same ATOM / TER / END records as HF's `to_pdb` (which adds `PARENT` header lines and leaves
+    TER / END unpadded; ours pads every record to 80 columns, as the format and Biopython want)."""
     rng = np.random.default_rng(0)
     aatype = rng.integers(0, 21, size=9)
     positions = rng.normal(scale=30.0, size=(9, 37, 3))
@@ -167,4 +168,6 @@ def test_pdb_records_match_hf():
         b_factors=b, chain_index=chain,
     )  # fmt: skip
     want = [x for x in of.protein.to_pdb(prot).splitlines() if not x.startswith("PARENT")]
-    assert pdb.to_pdb(aatype, positions, mask, resid, b, chain).splitlines() == want
+    ours = pdb.to_pdb(aatype, positions, mask, resid, b, chain).splitlines()
+    assert [x.rstrip() for x in ours] == [x.rstrip() for x in want]
+    assert all(len(x) == 80 for x in ours)
