@@ -9,6 +9,7 @@ import pytest
 
 from esmkernels import cli
 from tests._cli import fasta, files, fold_checkpoint, lm_checkpoint, run
+from tests.test_cli_fold import assert_same_outputs
 
 
 def parsed(*argv):
@@ -78,11 +79,7 @@ def test_fold_with_esm_fold_spellings_writes_the_same_files(tmp_path, capsys):
     assert "on cpu" in capsys.readouterr().err
     argv = ["fold", fa, "--out", tmp_path / "ours", *common, "--chunk-size", "4", "--device", "cpu"]
     assert run(*argv) == 0
-    fair, ours = files(tmp_path / "fair"), files(tmp_path / "ours")
-    assert set(fair) == set(ours)
-    for name in fair:
-        if name != "summary.tsv":
-            assert fair[name] == ours[name], name
+    assert_same_outputs(tmp_path / "fair", tmp_path / "ours")
     assert run("fold", "-o", tmp_path / "x", *common) == 2  # no input at all
     assert "give the input FASTA once" in capsys.readouterr().err
     assert run("fold", fa, "-i", fa, "-o", tmp_path / "x", *common) == 2

@@ -76,7 +76,7 @@ def test_skip_invalid_records_the_reason_and_scores_the_rest(lm, tmp_path, capsy
     argv = ["score", "-m", lm, "--sequence", WT, "--dms-input", table, "-o", out]
     assert run(*argv, "--skip-invalid") == 1
     err = capsys.readouterr().err
-    assert "3 record(s) failed" in err and "row 3: mutation 'K2*'" in err
+    assert "3 row(s) failed" in err and "row 3: mutation 'K2*'" in err
     rows = list(csv.DictReader(out.open()))
     assert [r["y"] for r in rows] == ["1", "2", "3", "4", "5"]  # every input row, in order
     assert list(rows[0]) == ["mutant", "y", lm.name, "reason"]

@@ -31,6 +31,21 @@ def summary(path):
     return [dict(zip(header, line.split("\t"))) for line in lines[1:]]
 
 
+def assert_same_outputs(a, b):
+    """Two fold output directories hold the same files, byte for byte, but for the summary's
+    `seconds` (a measured time)."""
+    one, two = files(a), files(b)
+    assert set(one) == set(two)
+    for name in one:
+        if name != "summary.tsv":
+            assert one[name] == two[name], name
+
+    def timeless(path):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in summary(path)]
+
+    assert timeless(a / "summary.tsv") == timeless(b / "summary.tsv")
+
+
 def direct(ckpt, seq, recycles, chunk=None):
     model = EsmForProteinFolding.from_pretrained(ckpt).eval()
     model.set_chunk_size(chunk)
@@ -130,18 +145,7 @@ def test_killed_run_resumes_byte_identically(ckpt, tmp_path, monkeypatch):
     assert run("fold", fa, "-o", tmp_path / "killed", *argv) == 0
     assert calls == [["MKTAYIAK"], ["QW"]]  # the dimer was not folded again
     assert (first.stat().st_mtime_ns, first.stat().st_ino) == stamp
-    whole, killed = files(tmp_path / "whole"), files(tmp_path / "killed")
-    assert set(whole) == set(killed)
-    for name in whole:
-        if name != "summary.tsv":
-            assert whole[name] == killed[name], name
-
-    def timeless(path):  # `seconds` is measured, the only column that may differ
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in summary(path)]
-
-    assert timeless(tmp_path / "whole" / "summary.tsv") == timeless(
-        tmp_path / "killed" / "summary.tsv"
-    )
+    assert_same_outputs(tmp_path / "whole", tmp_path / "killed")
     calls.clear()
     assert run("fold", fa, "-o", tmp_path / "killed", *argv) == 0 and calls == []
     assert run("fold", fa, "-o", tmp_path / "killed", *argv[:-2], "--num-recycles", "1", "-q") == 2

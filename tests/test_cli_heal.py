@@ -16,7 +16,7 @@ from esmkernels.reference.esmfold.trunk import EsmFoldingTrunk
 from tests._cli import fasta, files, fold_checkpoint, lm_checkpoint, run
 from tests.test_cli_embed import RECORDS, probe
 from tests.test_cli_fold import RECORDS as FOLD_RECORDS
-from tests.test_cli_fold import summary
+from tests.test_cli_fold import assert_same_outputs, summary
 
 
 @pytest.fixture(scope="module")
@@ -116,16 +116,7 @@ def test_fold_rerun_retries_the_failed_record_and_matches_a_clean_run(
     assert run("fold", fa, "-o", out, *argv) == 0
     assert "retrying 1 failed record(s)" in capsys.readouterr().err
     assert calls == [["MKT:GGAV", "MKTAYIAK", "QW"]]  # the planned batch, whole (longest first)
-    clean, healed = files(tmp_path / "clean"), files(out)
-    assert set(clean) == set(healed)
-    for name in clean:
-        if name != "summary.tsv":
-            assert clean[name] == healed[name], name
-
-    def timeless(path):  # `seconds` is measured, the only column that may differ
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in summary(path)]
-
-    assert timeless(out / "summary.tsv") == timeless(tmp_path / "clean" / "summary.tsv")
+    assert_same_outputs(tmp_path / "clean", out)  # byte for byte, but measured seconds
     calls.clear()
     assert run("fold", fa, "-o", out, *argv) == 0 and calls == []
 

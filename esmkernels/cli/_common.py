@@ -309,11 +309,11 @@ def tokenizer_for(path_or_id: str):
     return EsmTokenizer()
 
 
-def report_failures(failed: list[tuple[str, str]], where: str) -> int:
+def report_failures(failed: list[tuple[str, str]], where: str, noun: str = "record") -> int:
     """Print the failed records (id: reason) and return the exit code."""
     if not failed:
         return EXIT_OK
-    log(f"{len(failed)} record(s) failed (listed in {where}):")
+    log(f"{len(failed)} {noun}(s) failed (listed in {where}):")
     for rid, reason in failed[:50]:
         log(f"  {rid}: {reason}")
     if len(failed) > 50:

@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
         log(f"wrote {len(rows)} row(s) to {args.out}")
     else:
         sys.stdout.write(buffer.getvalue())
-    return report_failures(bad, args.out or "the reason column") if bad else EXIT_OK
+    return report_failures(bad, args.out or "the reason column", "row") if bad else EXIT_OK
 
 
 __all__ = ["add_parser", "model_columns", "read_table", "run"]

@@ -182,12 +182,11 @@ class FoldJob:
 
     @property
     def unmodelled(self) -> list[tuple[str, str]]:
-        """(id, residues without atoms) of the part's valid records that have such residues."""
+        """(id, residues without atoms) of the records this run writes that have such residues,
+        in input order (the summary's `no_atoms` column keeps them for every record)."""
+        writes = sorted(i for t in self.todo.values() for i in t)
         return [
-            (self.records[i][0], gaps)
-            for b in self.batches
-            for i in b
-            if (gaps := no_atoms(self.records[i][1]))
+            (self.records[i][0], gaps) for i in writes if (gaps := no_atoms(self.records[i][1]))
         ]
 
     def preflight(self, model, *, chunk_size: int | str | None, num_recycles: int | None):
