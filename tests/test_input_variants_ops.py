@@ -152,3 +152,15 @@ def test_rotary_kernel_offsets_are_int64():
         jobs.append(Job(bwd, "_rotary_attention_bwd_preprocess_kernel", pre))
         # packed: `cu_ptr + i_b + 1` adds a constant i32 1 after the i64 i_b
         assert_tile_row_offsets_int64(addptr_offset_types(jobs), scalars=not varlen)
+
+
+def test_layer_norm_kernel_offsets_are_int64():
+    """The LayerNorm kernels see every token of a batch as one row: ESM-2 650M (N = 1280)
+    passes 2^31 elements at 1.7M tokens, ESMFold's pair LayerNorm (N = 128) at a 4k x 4k pair.
+    Every row offset is int64 (columns < N may stay 32-bit)."""
+    flags = dict(HAS_WEIGHT=True, HAS_BIAS=True, BLOCK_M=4, BLOCK_N=128)
+    jobs = [
+        Job("esmkernels.ops.layernorm.forward", "_layer_norm_fwd_kernel", flags),
+        Job("esmkernels.ops.layernorm.backward", "_layer_norm_bwd_kernel", flags),
+    ]
+    assert_tile_row_offsets_int64(addptr_offset_types(jobs))

@@ -767,3 +767,248 @@ MUTANTS: list[Mutant] = [
         "a host MemoryError (or the memory model's refusal) is not counted as out of memory",
     ),
 ]
+
+# ---------------------------------------------------------------------------------------------
+# Issue 22: inputs users pass that the op tests did not (tests/INPUT_VARIANTS.md): 64-bit
+# offsets, mask dtypes, per-row positions, keyword launches, repeated patch / accelerate, the
+# environment's backend in every op, colliding checkpoint keys in every loader.
+# ---------------------------------------------------------------------------------------------
+VAR_OPS = "tests/test_input_variants_ops.py"
+VAR_MODELS = "tests/test_input_variants_models.py"
+ROT_IR = f"{VAR_OPS}::test_rotary_kernel_offsets_are_int64"
+MASKS = f"{VAR_OPS}::test_integer_and_float_masks_mean_nonzero_keeps"
+ENV = f"{VAR_OPS}::test_environment_backend_is_honoured_by_every_op"
+PATCH = "tests/test_patch_transformers.py"
+FAIR_TWICE = "tests/test_checkpoint_fairesm.py::test_two_source_keys_for_one_weight_are_refused"
+STEM_TWICE = "tests/test_checkpoint_esmfold.py::test_two_sources_for_one_stem_weight_are_refused"
+
+MUTANTS += [
+    Mutant(
+        "var-rot-fwd-int32-batch",
+        "32-bit offset",
+        "ops/rotary/forward.py",
+        "i_b = tl.program_id(2).to(tl.int64)",
+        "i_b = tl.program_id(2)",
+        (ROT_IR, VAR_OPS, *ROT),
+        "the batch index left as the i32 program id: b * stride_b wraps past 2^31 elements",
+    ),
+    Mutant(
+        "var-rot-dq-int32-batch",
+        "32-bit offset",
+        "ops/rotary/backward.py",
+        "i_b = tl.program_id(2).to(tl.int64)",
+        "i_b = tl.program_id(2)",
+        (ROT_IR, VAR_OPS, *ROT),
+        "the dq kernel's batch index left 32-bit (the forward's was widened)",
+        nth=2,
+    ),
+    Mutant(
+        "var-rot-pre-int32-batch",
+        "32-bit offset",
+        "ops/rotary/backward.py",
+        "i_b = tl.program_id(2).to(tl.int64)",
+        "i_b = tl.program_id(2)",
+        (ROT_IR, VAR_OPS, *ROT),
+        "the backward preprocess (delta = rowsum(o * do)) indexing o with a 32-bit batch offset",
+        nth=0,
+    ),
+    Mutant(
+        "var-ln-int32-rows",
+        "32-bit offset",
+        "ops/layernorm/forward.py",
+        "i_m = tl.program_id(0).to(tl.int64)\n"
+        "    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)",
+        "i_m = tl.program_id(0)\n    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)",
+        (f"{VAR_OPS}::test_layer_norm_kernel_offsets_are_int64", VAR_OPS, *LN),
+        "row indices left 32-bit: row * stride wraps past 2^31 elements (1.7M tokens at N=1280)",
+    ),
+    Mutant(
+        "var-rot-kernel-mask-cast-bool-only",
+        "mask dtype",
+        "ops/rotary/forward.py",
+        "keep = key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask != 0",
+        "keep = key_padding_mask",
+        (MASKS, VAR_OPS, *ROT),
+        "the mask reinterpreted as bytes whatever its dtype: right for bool, garbage for int64 / float",
+    ),
+    Mutant(
+        "var-rot-torch-mask-equals-one",
+        "mask dtype",
+        "ops/rotary/torch_path.py",
+        "keep = key_padding_mask.bool()",
+        "keep = key_padding_mask == 1",
+        (f"{VAR_OPS}::test_rotary_mask_nonzero_values_other_than_one_keep", VAR_OPS, *ROT),
+        "keep tested as == 1 instead of nonzero: a float mask of weights keeps nothing below 1",
+    ),
+    Mutant(
+        "var-ax-mask-cast-bool-only",
+        "mask dtype",
+        "ops/axial/forward.py",
+        "return (mask != 0).to(torch.uint8)",
+        "return mask.view(torch.uint8)",
+        (MASKS, VAR_OPS, *AX),
+        "the bool fast path (a byte view) applied to every mask dtype (ESMFold passes float masks)",
+    ),
+    Mutant(
+        "var-tm-mask-cast-bool-only",
+        "mask dtype",
+        "ops/trimul/forward.py",
+        "if mask is not None and mask.dtype == torch.bool:",
+        "if mask is not None:",
+        (MASKS, VAR_OPS, *TM),
+        "every pair mask viewed as bytes, as a bool one may be: float / int masks read as garbage",
+    ),
+    Mutant(
+        "var-lm-packed-positions-first-row",
+        "per-row positions",
+        "models/esm.py",
+        "positions = position_ids.expand(B, L).reshape(-1).index_select(0, indices)",
+        "positions = position_ids[:1].expand(B, L).reshape(-1).index_select(0, indices)",
+        (f"{VAR_MODELS}::test_per_row_position_ids_match_the_reference", VAR_MODELS, *LM),
+        "caller's [B, L] positions assumed shared ([1, L]): every packed row gets row 0's",
+    ),
+    Mutant(
+        "var-lm-padded-positions-first-row",
+        "per-row positions",
+        "models/esm.py",
+        "if position_ids is not None and position_ids.shape[0] == 1 < q.shape[0]:",
+        "if position_ids is not None and position_ids.dim() == 2:",
+        (f"{VAR_MODELS}::test_per_row_position_ids_match_the_reference", VAR_MODELS, *LM),
+        "[B, L] positions squeezed to the op's shared [L] form by taking row 0",
+    ),
+    Mutant(
+        "var-rc-key-ignores-kwargs",
+        "keyword arguments",
+        "ops/_recorded_configs.py",
+        "args = {k: v for k, v in {**named_args, **kwargs}.items() if k in autotuner.arg_names}",
+        "args = {k: v for k, v in named_args.items() if k in autotuner.arg_names}",
+        (f"{VAR_MODELS}::test_recorded_key_reads_keyword_arguments", VAR_MODELS,
+         "tests/test_recorded_configs.py"),  # fmt: skip
+        "the key built from the positional arguments only: a keyword launch never finds its row",
+    ),
+    Mutant(
+        "var-rc-key-dtypes-positional-only",
+        "keyword arguments",
+        "ops/_recorded_configs.py",
+        'key += [str(v.dtype) for v in args.values() if hasattr(v, "dtype")]',
+        'key += [str(v.dtype) for v in named_args.values() if hasattr(v, "dtype")]',
+        (f"{VAR_MODELS}::test_recorded_key_of_every_real_autotuned_kernel_reads_keywords",
+         VAR_MODELS, "tests/test_recorded_configs.py"),  # fmt: skip
+        "the dtypes of tensors passed by keyword left out of the key",
+    ),
+    Mutant(
+        "var-patch-not-undone-first",
+        "repeated call",
+        "esmkernels/integrations/transformers_patch.py",
+        "    unpatch_transformers()\n    base = modeling_esm.EsmPreTrainedModel",
+        "    base = modeling_esm.EsmPreTrainedModel",
+        (f"{VAR_MODELS}::test_patch_twice_then_unpatch_restores_transformers_exactly",
+         VAR_MODELS, PATCH),  # fmt: skip
+        "a second patch wraps the first: unpatching restores the first patch, not transformers",
+    ),
+    Mutant(
+        "var-unpatch-keeps-state",
+        "repeated call",
+        "esmkernels/integrations/transformers_patch.py",
+        "    _patched.clear()",
+        "    pass",
+        (f"{VAR_MODELS}::test_patch_twice_then_unpatch_restores_transformers_exactly",
+         VAR_MODELS, PATCH),  # fmt: skip
+        "unpatch forgets to clear its record: a second unpatch deletes transformers' attribute",
+    ),
+    Mutant(
+        "var-accelerate-wraps-twice",
+        "repeated call",
+        "esmkernels/integrations/transformers_patch.py",
+        "    if not isinstance(module, mixin):",
+        "    if True:",
+        (f"{VAR_MODELS}::test_accelerate_twice_is_accelerate_once_and_takes_the_new_options",
+         VAR_MODELS, PATCH),  # fmt: skip
+        "no 'already swapped' check: a second accelerate wraps the fast class again",
+    ),
+    Mutant(
+        "var-accelerate-keeps-first-options",
+        "repeated call",
+        "esmkernels/integrations/transformers_patch.py",
+        'lm.__dict__["esmkernels_options"] = options',
+        'lm.__dict__.setdefault("esmkernels_options", options)',
+        (f"{VAR_MODELS}::test_accelerate_twice_is_accelerate_once_and_takes_the_new_options",
+         VAR_MODELS, PATCH),  # fmt: skip
+        "re-accelerating with another backend keeps the model's first attention options",
+    ),
+    Mutant(
+        "var-env-ignored-layer-norm",
+        "ignored flag",
+        "ops/layernorm/__init__.py",
+        'choose("layer_norm", backend, ',
+        'choose("layer_norm", backend or "auto", ',
+        (ENV, VAR_OPS, "tests/test_ops_registry.py", *LN),
+        "None read as 'auto' in one op: an env-forced 'triton' silently runs torch",
+    ),
+    Mutant(
+        "var-env-ignored-rotary",
+        "ignored flag",
+        "ops/rotary/__init__.py",
+        'choose("rotary_attention", backend, ',
+        'choose("rotary_attention", backend or "auto", ',
+        (ENV, VAR_OPS, "tests/test_ops_registry.py", *ROT),
+        "None read as 'auto' in the attention op only",
+    ),
+    Mutant(
+        "var-env-ignored-trimul",
+        "ignored flag",
+        "ops/trimul/__init__.py",
+        'choose("triangle_multiplicative_update", backend, ',
+        'choose("triangle_multiplicative_update", backend or "auto", ',
+        (ENV, VAR_OPS, "tests/test_ops_registry.py", *TM),
+        "None read as 'auto' in the triangle update only",
+    ),
+    Mutant(
+        "var-env-ignored-axial",
+        "ignored flag",
+        "ops/axial/__init__.py",
+        'choose("axial_attention", backend, ',
+        'choose("axial_attention", backend or "auto", ',
+        (ENV, VAR_OPS, "tests/test_ops_registry.py", *AX),
+        "None read as 'auto' in the axial attention only",
+    ),
+    Mutant(
+        "var-ckpt-fairesm-collision-unchecked",
+        "removed validation",
+        "esmkernels/core/fair_esm.py",
+        "        if hf in out:\n"
+        '            raise ValueError(f"{source}: two fair-esm keys map to {hf!r} (one is {raw!r})")\n',
+        "",
+        (FAIR_TWICE, *CKPT),
+        "two fair-esm names for one weight: the last one silently wins",
+    ),
+    Mutant(
+        "var-ckpt-regression-collision-unchecked",
+        "removed validation",
+        "esmkernels/core/checkpoint.py",
+        "        if hf in out:\n"
+        '            raise ValueError(f"{path}: two entries map to {hf!r} (one is {key!r})")\n',
+        "",
+        (FAIR_TWICE, *CKPT),
+        "a contact-regression file naming its weight twice: the last one silently wins",
+    ),
+    Mutant(
+        "var-ckpt-esmfold-stem-collision-unchecked",
+        "removed validation",
+        "esmkernels/core/convert_esmfold.py",
+        "            if hf in state_dict:\n"
+        '                raise ValueError(f"the stem holds two keys that map to {hf!r} (one is {key!r})")\n',
+        "",
+        (STEM_TWICE, "tests/test_checkpoint_esmfold.py"),
+        "stem keys with and without 'esm.' for one weight: the last one silently wins",
+    ),
+    Mutant(
+        "var-ckpt-esmfold-two-stems-unchecked",
+        "removed validation",
+        "esmkernels/core/convert_esmfold.py",
+        "    if stem_pair is not None:\n        if fair_stem:",
+        "    if stem_pair is not None:\n        if False:",
+        (STEM_TWICE, "tests/test_checkpoint_esmfold.py"),
+        "a stem given while the file holds one: the given one silently replaces the file's",
+    ),
+]
