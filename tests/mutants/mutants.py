@@ -882,8 +882,11 @@ MUTANTS += [
         "ops/_recorded_configs.py",
         "args = {k: v for k, v in {**named_args, **kwargs}.items() if k in autotuner.arg_names}",
         "args = {k: v for k, v in named_args.items() if k in autotuner.arg_names}",
-        (f"{VAR_MODELS}::test_recorded_key_reads_keyword_arguments", VAR_MODELS,
-         "tests/test_recorded_configs.py"),  # fmt: skip
+        (
+            f"{VAR_MODELS}::test_recorded_key_reads_keyword_arguments",
+            VAR_MODELS,
+            "tests/test_recorded_configs.py",
+        ),
         "the key built from the positional arguments only: a keyword launch never finds its row",
     ),
     Mutant(
@@ -892,8 +895,11 @@ MUTANTS += [
         "ops/_recorded_configs.py",
         'key += [str(v.dtype) for v in args.values() if hasattr(v, "dtype")]',
         'key += [str(v.dtype) for v in named_args.values() if hasattr(v, "dtype")]',
-        (f"{VAR_MODELS}::test_recorded_key_of_every_real_autotuned_kernel_reads_keywords",
-         VAR_MODELS, "tests/test_recorded_configs.py"),  # fmt: skip
+        (
+            f"{VAR_MODELS}::test_recorded_key_of_every_real_autotuned_kernel_reads_keywords",
+            VAR_MODELS,
+            "tests/test_recorded_configs.py",
+        ),
         "the dtypes of tensors passed by keyword left out of the key",
     ),
     Mutant(
@@ -902,8 +908,11 @@ MUTANTS += [
         "esmkernels/integrations/transformers_patch.py",
         "    unpatch_transformers()\n    base = modeling_esm.EsmPreTrainedModel",
         "    base = modeling_esm.EsmPreTrainedModel",
-        (f"{VAR_MODELS}::test_patch_twice_then_unpatch_restores_transformers_exactly",
-         VAR_MODELS, PATCH),  # fmt: skip
+        (
+            f"{VAR_MODELS}::test_patch_twice_then_unpatch_restores_transformers_exactly",
+            VAR_MODELS,
+            PATCH,
+        ),
         "a second patch wraps the first: unpatching restores the first patch, not transformers",
     ),
     Mutant(
@@ -912,8 +921,11 @@ MUTANTS += [
         "esmkernels/integrations/transformers_patch.py",
         "    _patched.clear()",
         "    pass",
-        (f"{VAR_MODELS}::test_patch_twice_then_unpatch_restores_transformers_exactly",
-         VAR_MODELS, PATCH),  # fmt: skip
+        (
+            f"{VAR_MODELS}::test_patch_twice_then_unpatch_restores_transformers_exactly",
+            VAR_MODELS,
+            PATCH,
+        ),
         "unpatch forgets to clear its record: a second unpatch deletes transformers' attribute",
     ),
     Mutant(
@@ -922,8 +934,11 @@ MUTANTS += [
         "esmkernels/integrations/transformers_patch.py",
         "    if not isinstance(module, mixin):",
         "    if True:",
-        (f"{VAR_MODELS}::test_accelerate_twice_is_accelerate_once_and_takes_the_new_options",
-         VAR_MODELS, PATCH),  # fmt: skip
+        (
+            f"{VAR_MODELS}::test_accelerate_twice_is_accelerate_once_and_takes_the_new_options",
+            VAR_MODELS,
+            PATCH,
+        ),
         "no 'already swapped' check: a second accelerate wraps the fast class again",
     ),
     Mutant(
@@ -932,8 +947,11 @@ MUTANTS += [
         "esmkernels/integrations/transformers_patch.py",
         'lm.__dict__["esmkernels_options"] = options',
         'lm.__dict__.setdefault("esmkernels_options", options)',
-        (f"{VAR_MODELS}::test_accelerate_twice_is_accelerate_once_and_takes_the_new_options",
-         VAR_MODELS, PATCH),  # fmt: skip
+        (
+            f"{VAR_MODELS}::test_accelerate_twice_is_accelerate_once_and_takes_the_new_options",
+            VAR_MODELS,
+            PATCH,
+        ),
         "re-accelerating with another backend keeps the model's first attention options",
     ),
     Mutant(
