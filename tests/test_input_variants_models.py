@@ -230,3 +230,27 @@ def test_accelerate_twice_is_accelerate_once_and_takes_the_new_options():
         again = model(tokens, attention_mask=mask).logits[mask.bool()]
     assert not seen.kernels, seen
     torch.testing.assert_close(again, want, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fast ESMFold: the residue mask as bool / int / float (transformers' pipelines pass float)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_esmfold_mask_dtypes_give_the_bool_masks_fold(backend):
+    """A padded batch of AlphaFold2-ordered residue ids: an int64, int32, float32 or uint8 mask
+    folds as the bool one (stem, trunk kernels and structure module all read it)."""
+    from tests.test_models_esmfold import assert_same_fold, fast_copy, tiny_model
+
+    fast = fast_copy(tiny_model(), backend)
+    fast.set_chunk_size(None)
+    g = torch.Generator().manual_seed(5)
+    aatype = torch.randint(0, 20, (2, 7), generator=g)
+    keep = torch.ones(2, 7, dtype=torch.bool)
+    keep[1, 4:] = False
+    with torch.no_grad():
+        want = fast(aatype, attention_mask=keep, num_recycles=0)
+        for dtype in (torch.int64, torch.float32, torch.uint8):
+            got = fast(aatype, attention_mask=keep.to(dtype), num_recycles=0)
+            assert_same_fold(got, want, keep, f"{backend} mask {dtype}")
