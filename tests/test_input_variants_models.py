@@ -254,3 +254,27 @@ def test_esmfold_mask_dtypes_give_the_bool_masks_fold(backend):
         for dtype in (torch.int64, torch.float32, torch.uint8):
             got = fast(aatype, attention_mask=keep.to(dtype), num_recycles=0)
             assert_same_fold(got, want, keep, f"{backend} mask {dtype}")
+
+
+@pytest.mark.parametrize("env", BACKENDS)
+def test_esmfold_without_a_backend_follows_the_environment(env, monkeypatch):
+    """backend=None (the default of `from_pretrained`): ESMKERNELS_BACKEND at each call, for the
+    stem's ops and the trunk's ops alike; an env "torch" launches no kernel at all."""
+    from esmkernels.models.esmfold import EsmForProteinFolding
+    from tests._launches import AXIAL_FWD, TRIMUL_FWD
+    from tests.test_models_esmfold import tiny_model
+
+    fast = EsmForProteinFolding(tiny_model().config)
+    fast.load_state_dict(tiny_model().state_dict())
+    fast.eval().set_chunk_size(None)
+    assert fast.backend is None
+    monkeypatch.setenv("ESMKERNELS_BACKEND", env)
+    aatype = torch.randint(0, 20, (1, 5), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), launches() as seen:
+        fast(aatype, num_recycles=0)
+    if env == "torch":
+        assert not seen.kernels and seen.fallbacks, seen
+    else:
+        seen.expect(*TRIMUL_FWD[:1], *AXIAL_FWD, *ROTARY_FWD, LAYER_NORM[0])
+        for name in ("axial_attention", "triangle_multiplicative_update", "layer_norm"):
+            assert not seen.fallbacks[name], seen

@@ -1029,4 +1029,13 @@ MUTANTS += [
         (STEM_TWICE, "tests/test_checkpoint_esmfold.py"),
         "a stem given while the file holds one: the given one silently replaces the file's",
     ),
+    Mutant(
+        "var-fold-trunk-env-ignored",
+        "ignored flag",
+        "models/esmfold.py",
+        "return op.function(*args, backend=self.backend, **kwargs)",
+        'return op.function(*args, backend=self.backend or "auto", **kwargs)',
+        (f"{VAR_MODELS}::test_esmfold_without_a_backend_follows_the_environment", *FOLD),
+        "the trunk namespace turns 'no backend' into 'auto': an env-forced 'triton' runs torch",
+    ),
 ]
