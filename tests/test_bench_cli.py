@@ -244,4 +244,5 @@ def test_rendered_figure_reads_plainly(tmp_path, monkeypatch):
         assert labels and not any("$" in t or "10^" in t or "e+" in t for t in labels), labels
         assert {"32", "128", "512"} <= {t.get_text() for t in ax.get_xticklabels()}
     assert axes[0].get_yscale() == "log" and axes[1].get_yscale() == "linear"
+    assert axes[1].get_ylim()[0] == 0  # a flat linear curve is drawn from 0, not magnified
     plt.close(fig)

@@ -185,7 +185,7 @@ def panels(records: Sequence[dict], descriptions: dict[str, str] | None = None) 
 
 def _style_axes(ax, panel: dict) -> None:
     """Plain-number ticks: x at the measured lengths (log2 spacing), y log only when the values
-    span more than a factor of 10 (ticks at 1, 2, 5 x 10^k), else linear."""
+    span more than a factor of 10 (ticks at 1, 2, 5 x 10^k), else linear from 0."""
     from matplotlib import ticker
 
     plain = ticker.FuncFormatter(lambda v, _: tick_label(v))
@@ -200,7 +200,8 @@ def _style_axes(ax, panel: dict) -> None:
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_minor_locator(ticker.NullLocator())
-    else:
+    else:  # from 0, so that a flat curve looks flat and not like noise magnified
+        ax.set_ylim(bottom=0, top=max(ys, default=1.0) * 1.08)
         ax.yaxis.set_major_locator(ticker.MaxNLocator(nbins=6))
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())

@@ -65,13 +65,22 @@ def _model_name(shape: str) -> str:
 def case_descriptions(suite: str, size: str, num_recycles: int = 0) -> dict[str, str]:
     """{case: what one timed call computes}, for the plots' panel titles."""
     if suite == "kernels":
+        k = kernels.SIZES[size]
         # describe() starts with the case's name, which the panel title already shows
-        return {case: kernels.describe(case, size).split(" ", 1)[-1] for case in kernels.CASES}
+        out = {case: kernels.describe(case, size).split(" ", 1)[-1] for case in kernels.CASES}
+        out["layer_norm"] = f"{k.ln_tokens} x {k.hidden} per call, whatever L"
+        out["rotary_attention"] = f"{k.heads}x{k.head_dim} heads, {k.attn_tokens}/L sequences of L"
+        out["rotary_attention_varlen"] = f"{k.varlen_seqs} of up to L: kernel packed, peers padded"
+        for case in ("trimul_out", "trimul_in"):
+            out[case] = f"z [1, L, L, {k.c_z}]"
+        for case in ("tri_att_start", "tri_att_end"):
+            out[case] = f"z [1, L, L, {k.c_z}], {k.tri_heads}x{k.tri_head_dim} heads"
+        return out
     if suite == "lm":
         s = lm.SIZES[size]
         return {
             "uniform": f"{s.tokens} tokens: {s.tokens}/L sequences of L",
-            "skewed": f"{s.skewed_seqs} sequences of 50..L residues, padded",
+            "skewed": f"{s.skewed_seqs} sequences of up to L residues, padded to L",
         }
     what = f"1 sequence, {num_recycles} recycles"
     return {"fold": what, "fold_peak": what}
