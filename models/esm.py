@@ -68,8 +68,9 @@ import torch
 
 from esmkernels.core.tokenization import EsmTokenizer
 from esmkernels.core.variants import score_variants as _score_variants
+from esmkernels.models import packed_cpu
 from esmkernels.ops import layer_norm, rotary_attention
-from esmkernels.ops._dispatch import check_backend
+from esmkernels.ops._dispatch import check_backend, resolve
 from esmkernels.reference import esm as ref
 from esmkernels.reference import esm_layers as ref_layers
 
@@ -222,6 +223,14 @@ def fused_attention(
     )
 
 
+def _packed_inference(core: EsmSelfAttention | None, hidden_states: torch.Tensor) -> bool:
+    """Whether the packed inference stack (`models/packed_cpu.py`) runs: no gradients wanted and
+    the torch path chosen for these tensors (the CPU, or backend="torch")."""
+    if core is None or torch.is_grad_enabled():
+        return False
+    return resolve(core.backend, hidden_states) == "torch"
+
+
 class EsmEncoder(ref_layers.EsmEncoder):
     """The reference layer stack, run on packed real tokens (see the module docstring).
 
@@ -248,6 +257,16 @@ class EsmEncoder(ref_layers.EsmEncoder):
             )
         rotary = core is not None and core.rotary_embeddings is not None
         pack = PackedBatch.from_mask(attention_mask, position_ids, rotary)
+        if _packed_inference(core, hidden_states):
+            h, hidden = packed_cpu.encoder_forward(
+                self,
+                pack.unpad(hidden_states)[0],
+                pack.cu_seqlens,
+                pack.position_ids,
+                output_hidden_states,
+            )
+            hidden = None if hidden is None else tuple(pack.pad(t[None]) for t in hidden)
+            return pack.pad(h[None]), hidden, None
         if pack.all_kept:  # nothing to remove: the padded kernel needs no mask and no gather
             return super().forward(hidden_states, None, position_ids, False, output_hidden_states)
         h, hidden, _ = super().forward(
