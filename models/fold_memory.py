@@ -56,6 +56,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from esmkernels.core.configuration import EsmConfig
+from esmkernels.models.fold_cost import parameter_count
 from esmkernels.ops._dispatch import RESOLVED as BACKENDS
 from esmkernels.ops.trimul import channel_slice
 
@@ -325,26 +326,11 @@ def predict_fold_peak_bytes(
     return peak + (model_weight_bytes(config, dtype) if include_weights else 0)
 
 
-_WEIGHTS: dict[tuple, int] = {}
-
-
 def model_weight_bytes(config: EsmConfig, dtype: torch.dtype = torch.float32) -> int:
-    """Bytes of an `EsmForProteinFolding`'s parameters and buffers in `dtype`, counted on a
-    model built on the meta device (no memory is allocated)."""
-    key = (repr(config.to_dict()), dtype)
-    if key not in _WEIGHTS:
-        from esmkernels.reference.esmfold.modeling import EsmForProteinFolding
-
-        with torch.device("meta"):
-            model = EsmForProteinFolding(config)
-        size = torch.empty((), dtype=dtype).element_size()
-        total = sum(p.numel() * size for p in model.parameters())
-        total += sum(
-            buf.numel() * (size if buf.is_floating_point() else buf.element_size())
-            for buf in model.buffers()
-        )
-        _WEIGHTS[key] = int(total)
-    return _WEIGHTS[key]
+    """Bytes of an `EsmForProteinFolding`'s parameters and buffers in `dtype`, from the
+    configuration alone (`esmkernels.models.fold_cost.parameter_count`; nothing is built)."""
+    floats, ints = parameter_count(config)
+    return floats * torch.empty((), dtype=dtype).element_size() + ints * 8
 
 
 # ------------------------------------------------------------------------------------------------

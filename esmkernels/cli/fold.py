@@ -75,7 +75,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "-i", "--fasta", dest="input", metavar="FASTA", help="the input FASTA (esm-fold's spelling)"
     )
     add_model_option(p, "ESMFold model")
-    p.add_argument("--out", "-o", "--pdb", required=True, help="output directory")
+    p.add_argument("--out", "-o", "--pdb", help="output directory (required unless --plan)")
     p.add_argument(
         "--num-recycles",
         type=int,
@@ -98,6 +98,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="fold short records together up to T padded residues per batch (default 1024)",
     )
     p.add_argument("--pae", action="store_true", help="also write NAME.pae.json per record")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print per record L, chunk, predicted peak (with and without weights), whether it "
+        "fits and FLOPs, from the FASTA and config.json only; exit 1 if some would not fit",
+    )
+    p.add_argument("--json", action="store_true", help="with --plan: one JSON object per record")
+    p.add_argument(
+        "--memory", metavar="SIZE", help="with --plan: plan for a device of SIZE (e.g. 80GiB)"
+    )
     add_input_options(p)
     add_resume_options(p)
     add_scale_options(p)
@@ -131,6 +141,25 @@ def run(args: argparse.Namespace) -> int:
         )
     fasta = args.fasta or args.input
     chunk = parse_chunk(args.chunk_size)
+    if args.plan:  # esmkernels.jobs.plan: reads the FASTA and config.json, never the weights
+        from esmkernels.jobs.plan import run_plan
+
+        try:
+            return run_plan(
+                fasta,
+                args.model,
+                as_json=args.json,
+                memory=args.memory,
+                dtype=args.dtype,
+                backend=args.backend,
+                device=cpu_only(args.device, args.cpu_only, "--cpu-only"),
+                chunk_size=chunk,
+                num_recycles=args.num_recycles,
+            )
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    if args.out is None:
+        raise UsageError("--out is required (except with --plan)")
     if args.num_recycles is not None and args.num_recycles < 0:
         raise UsageError(f"--num-recycles {args.num_recycles}: must be >= 0")
     if args.max_tokens_per_batch < 1:
