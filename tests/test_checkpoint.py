@@ -766,3 +766,13 @@ def test_classifier_from_transformers_masked_lm_matches_transformers(tmp_path, n
         want = hf(input_ids=ids, attention_mask=mask).logits
         got = ours(ids, attention_mask=mask).logits
     torch.testing.assert_close(got, want, **MODEL_FP32)
+
+
+@pytest.mark.parametrize("spec", ["fair/nope.pt", "org/model.safetensors", "a/b/c", "../x/y"])
+def test_a_missing_file_path_is_never_sent_to_the_hub(spec, monkeypatch, tmp_path):
+    """The API follows the CLI's rule: only a plain `org/name` may be downloaded (issue 18)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ckpt, "_download", lambda *a, **k: pytest.fail(f"download of {spec}"))
+    with pytest.raises(FileNotFoundError, match="no such file or directory"):
+        ckpt.resolve_path(spec)
+    assert ckpt.is_hub_id("facebook/esm2_t6_8M_UR50D") and not ckpt.is_hub_id(spec)

@@ -93,6 +93,20 @@ FORMATS = (
 )
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# A missing path with one of these endings is a file the user meant, never a Hub id.
+_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".json", ".ckpt", ".gz", ".zip")
+
+
+def is_hub_id(spec: str) -> bool:
+    """Whether `spec` is a plain Hub id `org/name` (no file suffix, no `..`).
+
+    Example:
+        >>> is_hub_id("facebook/esm2_t6_8M_UR50D"), is_hub_id("fair/nope.pt")
+        (True, False)
+    """
+    return (
+        bool(_HUB_ID.match(spec)) and ".." not in spec and not spec.lower().endswith(_FILE_SUFFIXES)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +185,8 @@ def resolve_path(
 ) -> Path:
     """A local path for `path_or_id`: itself when it exists, else a Hub download of the id.
 
-    Only a string of the form `"org/name"` that does not exist locally is treated as a Hub id.
+    Only a string of the form `"org/name"` that does not exist locally and does not end like a
+    file (`.pt`, `.safetensors`, ...; `is_hub_id`) is treated as a Hub id.
     """
     if not isinstance(path_or_id, (str, os.PathLike)):
         raise TypeError(f"expected a path or Hub id string, got {type(path_or_id).__name__}")
@@ -179,10 +194,10 @@ def resolve_path(
     if path.exists():
         return path
     text = os.fspath(path_or_id)
-    if isinstance(path_or_id, str) and _HUB_ID.match(text) and ".." not in text:
+    if isinstance(path_or_id, str) and is_hub_id(text):
         return _download(text, revision=revision, cache_dir=cache_dir)
     raise FileNotFoundError(
-        f"no checkpoint at {text!r}: not an existing file or directory (a Hub id looks like "
+        f"no checkpoint at {text!r}: no such file or directory (a Hub id looks like "
         "'facebook/esm2_t6_8M_UR50D')"
     )
 

@@ -43,11 +43,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from esmkernels.core.checkpoint import is_hub_id, resolve_path
+
 __all__ = [
     "FINGERPRINT",
     "ModelIdentity",
     "describe_model_change",
     "fingerprint_file",
+    "is_hub_id",
     "model_identity",
     "resolve_model",
     "same_model",
@@ -58,8 +61,6 @@ SMALL_FILE = 16 << 20  # files up to this size are hashed whole
 HEAD, TAIL = 1 << 20, 64 << 10
 BLOCKS, BLOCK = 256, 16 << 10
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".json", ".ckpt", ".gz", ".zip")
 # The files of an HF directory that determine a model's numbers (weights, config, vocabulary).
 _MODEL_FILES = re.compile(
     r"^(config\.json|vocab\.txt|tokenizer_config\.json|special_tokens_map\.json"
@@ -87,13 +88,6 @@ def fingerprint_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def is_hub_id(spec: str) -> bool:
-    """Whether `spec` is a plain Hub id `org/name` (no file suffix, no `..`)."""
-    return (
-        bool(_HUB_ID.match(spec)) and ".." not in spec and not spec.lower().endswith(_FILE_SUFFIXES)
-    )
-
-
 def resolve_model(spec: str | os.PathLike, revision: str | None = None) -> Path:
     """The local path of a `--model` (the rule of the module docstring); a Hub id is downloaded
     (or found in the Hub cache).
@@ -116,8 +110,6 @@ def resolve_model(spec: str | os.PathLike, revision: str | None = None) -> Path:
             f"{text}: no such file or directory (and huggingface_hub, which would download it "
             "as a Hub id, is not installed: pip install 'esmkernels[hub]')"
         ) from None
-    from esmkernels.core.checkpoint import resolve_path
-
     return resolve_path(text, revision=revision)
 
 
