@@ -218,6 +218,13 @@ def test_memory_suite_plots_and_tabulates_predicted_beside_measured():
     assert "predicted MB" not in report.table([_rec("torch", 32, 1.0)], ["torch"])
 
 
+def test_only_a_triton_row_that_ran_on_a_cpu_says_interpreted():
+    ran = _rec("triton", 32, 5.0)
+    skipped = {**_rec("triton", 64, None), "status": "unavailable: triton needs CUDA here"}
+    lines = report.table([ran, skipped], []).splitlines()[2:]
+    assert "triton (interpreted)" in lines[0] and "interpreted" not in lines[1]
+
+
 def test_rendered_figure_reads_plainly(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt

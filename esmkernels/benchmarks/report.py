@@ -121,7 +121,7 @@ def tick_label(value: float) -> str:
 
 
 def _provider_label(r: dict) -> str:
-    if r["provider"] == "triton" and r["device"] == "cpu":
+    if r["provider"] == "triton" and r["device"] == "cpu" and r["status"] == "ok":
         return "triton (interpreted)"  # a correctness tool, not a kernel speed
     return r["provider"]
 
