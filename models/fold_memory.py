@@ -20,15 +20,31 @@ pair tensor z = b * L^2 * c_z * e bytes.
   transition (eight blocks: its 4 c_z hidden layer and ReLU);
 - structure module: z, its own pair tensor, and one block of invariant point attention
   (fp32 point differences [b, R, L, H, P_qk, 3] and logits);
-- heads: z and the [b, L, L, 64] distogram, pTM logits and aligned-error probabilities (outputs
-  of the API) plus one block of softmax temporaries.
+- heads, `outputs="full"`: z and the [b, L, L, 64] distogram, pTM logits and aligned-error
+  probabilities (outputs of the API) plus one block of softmax temporaries; `outputs="lean"`:
+  z, the [b, L, L] PAE and one block of pTM logits and their softmax (the heads' outputs are
+  2.5 pair tensors at c_z = 128 in full mode, 0.01 in lean mode).
 
-`auto_chunk_size` picks the chunk: among powers of two (and None, "unchunked"), the largest
-whose predicted peak fits `free_bytes` (CUDA: free device memory; CPU: available RAM) less a
-safety margin, and stays within `LEAN_SLACK` of the smallest achievable peak: beyond that a
-bigger chunk buys no memory-bound speed (on a CPU small blocks stay in cache and are faster)
-and only spends memory. If even the smallest chunk does not fit, it raises before any work
-starts, naming L and the predicted and free bytes. A fold that still runs out of memory is
+The floor (esmfold_v1, bf16, Triton path, the best chunk; `python -m bench.fold_long_table`):
+at L = 10,000 one pair tensor z is 23.8 GiB and the fold's peak is 71.6 GiB in either output
+mode, 3.0 pair tensors: the triangle multiplication holds z, its contraction x [b, c, L, L] and
+the kernels' full [b, L, L, c_z] output before the trunk adds it into z. Every output row
+depends on every input row and z is updated in place, so some pair-sized record of the
+pre-update z (x, or LN(z)) must live beside z: 2 pair tensors (47.7 GiB at 10k) is the floor of
+that phase without host offload; the structure module also holds its own pair tensor beside z
+(2 pair tensors plus its point-attention block). So with weights (6.6 GiB) no on-device
+ESMFold fold of 10,000 residues fits in 40 GiB (the floor would be about 55 GiB), and 16,384
+(64 GiB a pair tensor) needs at least about 135 GiB even at that floor. Lean outputs lower the peak only once the triangle
+multiplication's output is accumulated into z (then the full heads' 2.5 pair tensors would
+be the largest phase); they always spare the caller holding 2.5 pair tensors after the fold.
+
+`auto_chunk_size` picks the chunk for the call's output mode: among powers of two (and None,
+"unchunked") whose predicted peak fits `free_bytes` (CUDA: free device memory; CPU: available
+RAM) less a safety margin, memory when it must and speed when it can: the largest within
+`LEAN_SLACK` of the smallest achievable peak, unless a faster one fits comfortably (within
+`COMFORT` of the budget): the largest such on the Triton path, at least `MIN_FAST_ROWS` rows per
+block on the PyTorch path (so short folds run unchunked). If even the smallest chunk does not
+fit, it raises before any work starts, naming L and the predicted and free bytes. A fold that still runs out of memory is
 retried by `infer`, alone at half the chunk size down to a floor, then raises naming L and the
 chunk sizes tried (`esmkernels.reference.esmfold.inference`); so an API user gets it too.
 
