@@ -300,6 +300,20 @@ def load_model(cls, path_or_id: str, want: str, cmd: str, *, identity=None, **kw
     return model
 
 
+def layer_numbers(values: list[int], n_layers: int, option: str = "--repr-layers") -> list[int]:
+    """fair-esm's layer numbers of `--repr-layers` values, sorted and unique: 0 = embeddings ..
+    `n_layers` = final, a negative value counting from the end (-1 = final); a value outside is
+    a UsageError naming it."""
+    layers = set()
+    for layer in values:
+        if not -(n_layers + 1) <= layer <= n_layers:
+            raise UsageError(
+                f"{option} {layer}: this model has layers 0..{n_layers} (or -1..-{n_layers + 1})"
+            )
+        layers.add(layer % (n_layers + 1))
+    return sorted(layers)
+
+
 def tokenizer_for(path_or_id: str):
     from esmkernels.core.tokenization import EsmTokenizer
 

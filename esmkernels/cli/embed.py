@@ -40,6 +40,7 @@ from esmkernels.cli._common import (
     check_output_dir,
     command_parser,
     cpu_only,
+    layer_numbers,
     load_model,
     log,
     model_identity,
@@ -151,15 +152,7 @@ def run(args: argparse.Namespace) -> int:
     )
     tokenizer = tokenizer_for(str(identity.path))
     config = model.config
-    n_layers = config.num_hidden_layers
-    layers = []
-    for layer in args.repr_layers:
-        if not -(n_layers + 1) <= layer <= n_layers:
-            raise UsageError(
-                f"--repr-layers {layer}: this model has layers 0..{n_layers} (or -1..-{n_layers + 1})"
-            )
-        layers.append(layer % (n_layers + 1))
-    layers = sorted(set(layers))
+    layers = layer_numbers(args.repr_layers, config.num_hidden_layers)
     include = [p for p in ("mean", "per_tok", "bos", "contacts") if p in args.include]
     limit = model_limit(config)
     if args.truncation_seq_length is not None:

@@ -34,6 +34,7 @@ from esmkernels.cli._common import (
     check_output_dir,
     command_parser,
     cpu_only,
+    layer_numbers,
     load_model,
     log,
     model_identity,
@@ -153,15 +154,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         backend=args.backend,
     )
-    n_layers = model.config.num_hidden_layers
-    layers = []
-    for layer in args.repr_layers:
-        if not -(n_layers + 1) <= layer <= n_layers:
-            raise UsageError(
-                f"--repr_layers {layer}: this model has layers 0..{n_layers} "
-                f"(or -1..-{n_layers + 1})"
-            )
-        layers.append(layer % (n_layers + 1))
+    layers = layer_numbers(args.repr_layers, model.config.num_hidden_layers, "--repr_layers")
     limit = model_limit(model.config)
     if limit is not None and args.truncation_seq_length > limit:
         raise UsageError(
@@ -179,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
             out,
             items,
             settings,
-            layers=sorted(set(layers)),
+            layers=layers,
             include=include,
             truncation=args.truncation_seq_length,
             max_tokens=args.toks_per_batch,
