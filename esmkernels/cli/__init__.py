@@ -1,6 +1,7 @@
 """The `esmkernels` command line (also `python -m esmkernels`, and under torchrun).
 
     esmkernels embed   FASTA --model M --out DIR    embeddings (sharded safetensors + index)
+    esmkernels extract MODEL FASTA OUTDIR           fair-esm esm-extract's .pt per record
     esmkernels fold    FASTA --model M --out DIR    ESMFold structures (PDB, summary.tsv, PAE)
     esmkernels score   --model M --sequence S ...   ESM-1v variant effect scores (CSV)
     esmkernels convert IN.pt OUT_DIR                 fair-esm .pt -> HF directory
