@@ -299,6 +299,8 @@ def predict_fold_memory(
     rest = lddt + sm_out + 2 * b * L * d.c_s * e
     if outputs == "full":
         temps = max(3 * block(DISTOGRAM_BINS) + block(d.c_z), 2 * block(DISTOGRAM_BINS))
+        # Unchunked, chunk_rows returns the one block itself: no assembled copy beside it.
+        temps = temps if chunked else block(DISTOGRAM_BINS)
         phases["heads"] = z + 3 * head + pair(1) + temps + rest
     else:
         phases["heads"] = z + pair(1) + 2 * block(DISTOGRAM_BINS) + 2 * block(1) + rest

@@ -107,6 +107,22 @@ def test_lean_prediction_within_15_percent_of_measured(c_s, c_z, length, chunk, 
     }
 
 
+@pytest.mark.parametrize("outputs", ["full", "lean"])
+@pytest.mark.parametrize(("length", "chunk"), [(200, 16), (120, None)])
+def test_heads_phase_within_15_percent(outputs, length, chunk):
+    """The heads alone (the running peak reset when the trunk returns), in both modes."""
+    model = fold_model(64, 32, torch.float32)
+    model.set_chunk_size(chunk)
+    with torch.no_grad(), fm.track_peak_bytes() as tracker:
+        hook = model.trunk.register_forward_hook(
+            lambda *a: setattr(tracker, "peak", tracker.current)
+        )
+        model(torch.randint(0, 20, (1, length)), num_recycles=0, outputs=outputs)
+        hook.remove()
+    want = fm.predict_fold_memory(model.config, length, chunk_size=chunk, outputs=outputs)
+    assert 0.85 <= want["heads"] / tracker.peak <= 1.15, (want["heads"], tracker.peak)
+
+
 def test_lean_outputs_lower_the_measured_peak_where_heads_dominate():
     model = fold_model(64, 32, torch.float32)
     full, lean = (measured_peak(model, 200, 16, outputs=o) for o in ("full", "lean"))
