@@ -68,7 +68,7 @@ import torch
 
 from esmkernels.core.tokenization import EsmTokenizer
 from esmkernels.core.variants import score_variants as _score_variants
-from esmkernels.models import packed_cpu
+from esmkernels.models import packed_cpu, quantize
 from esmkernels.ops import layer_norm, rotary_attention
 from esmkernels.ops._dispatch import check_backend, resolve
 from esmkernels.reference import esm as ref
@@ -290,9 +290,25 @@ class _FastMixin:
     def from_pretrained(cls, path_or_id, *args, backend: str | None = None, **kwargs):
         """`PreTrainedMixin.from_pretrained`, plus `backend` for the loaded model."""
         check_backend(backend)
+        quantize.check_method(kwargs.get("quantize"))
         model = super().from_pretrained(path_or_id, *args, **kwargs)
         model.backend = backend
         return model
+
+    def quantize_for_inference(self, method: str = "int8"):
+        """Quantize this model in place for CPU inference (`models/quantize.py`); returns it.
+        Afterwards `.train()` and `requires_grad_(True)` raise RuntimeError."""
+        return quantize.quantize_for_inference(self, method)
+
+    def train(self, mode: bool = True):
+        if mode:
+            quantize.refuse_training(self, "train()")
+        return super().train(mode)
+
+    def requires_grad_(self, requires_grad: bool = True):
+        if requires_grad:
+            quantize.refuse_training(self, "requires_grad_(True)")
+        return super().requires_grad_(requires_grad)
 
     def activation_checkpointing_enable(
         self,

@@ -194,6 +194,7 @@ class PreTrainedMixin(KeyFitting):
         stem: Any = None,
         torch_dtype: torch.dtype | str | None = None,
         device_map: Any = None,
+        quantize: str | None = None,
         **config_overrides: Any,
     ):
         """Build `cls(config)` without initialising it and load a checkpoint of any format into it.
@@ -219,6 +220,9 @@ class PreTrainedMixin(KeyFitting):
             stem: for a fair-esm ESMFold `.pt` (trunk weights only): the ESM-2 stem's
                 checkpoint, e.g. `"esm2_t36_3B_UR50D.pt"` or `"facebook/esm2_t36_3B_UR50D"`
                 (see `load_checkpoint`).
+            quantize: None, or "int8" for inference with int8 linear layers, where the class
+                provides it (`quantize_for_inference`: the fast language models, on the CPU);
+                the model then refuses training.
             **config_overrides: configuration keys to change, e.g. `num_labels=3`,
                 `token_dropout=False`.
 
@@ -239,6 +243,8 @@ class PreTrainedMixin(KeyFitting):
         """
         if config is not None:
             cls._make_config(config, {})  # type check before any file is read
+        if quantize is not None and not hasattr(cls, "quantize_for_inference"):
+            raise ValueError(f"quantize={quantize!r}: {cls.__name__} has no quantized inference")
         if torch_dtype is not None:
             if dtype is not None and resolve_dtype(dtype) != resolve_dtype(torch_dtype):
                 raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree")
@@ -297,7 +303,10 @@ class PreTrainedMixin(KeyFitting):
                 model.load_state_dict(loadable, strict=False)
             model.tie_weights()
         model.to_device_dtype(device=target_device, dtype=target_dtype)
-        return model.eval()
+        model.eval()
+        if quantize is not None:  # the model class's hook: core knows no quantizer
+            model.quantize_for_inference(quantize)
+        return model
 
     @classmethod
     def _make_config(cls, config: Any, overrides: dict[str, Any]):
