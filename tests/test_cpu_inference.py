@@ -1,0 +1,141 @@
+"""The packed CPU inference stack (models/packed_cpu.py): equal to the reference, run only when
+it should, bf16 within the tolerance rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from esmkernels import EsmConfig
+from esmkernels.models import packed_cpu
+from esmkernels.models.esm import EsmForMaskedLM
+from esmkernels.reference import esm as ref
+from tests.tolerances import MODEL_FP32, assert_within_rule
+
+
+def config(rotary: bool = True) -> EsmConfig:
+    return EsmConfig(
+        vocab_size=33, pad_token_id=1, mask_token_id=32, hidden_size=48, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=96,
+        position_embedding_type="rotary" if rotary else "absolute",
+        token_dropout=rotary, emb_layer_norm_before=not rotary, max_position_embeddings=64,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+
+
+def skewed_batch(lengths=(19, 3, 1, 11)):
+    """<cls> residues <eos>, right padded (a one-residue row included)."""
+    g = torch.Generator().manual_seed(0)
+    width = max(lengths) + 2
+    ids = torch.full((len(lengths), width), 1)
+    for b, n in enumerate(lengths):
+        ids[b, 0], ids[b, n + 1] = 0, 2
+        ids[b, 1 : n + 1] = torch.randint(4, 24, (n,), generator=g)
+    ids[1, 2] = 32  # a <mask>
+    return ids, ids.ne(1).long()
+
+
+def pair(rotary: bool = True):
+    torch.manual_seed(0)
+    reference = ref.EsmForMaskedLM(config(rotary)).eval()
+    fast = EsmForMaskedLM(config(rotary), backend="torch").eval()
+    fast.load_state_dict(reference.state_dict())
+    return reference, fast
+
+
+class Spy:
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        real = packed_cpu.layer_forward
+
+        def counted(*args):
+            self.calls += 1
+            return real(*args)
+
+        monkeypatch.setattr(packed_cpu, "layer_forward", counted)
+
+
+@pytest.mark.parametrize("rotary", [True, False])
+def test_packed_equals_reference_and_ran(monkeypatch, rotary):
+    reference, fast = pair(rotary)
+    ids, mask = skewed_batch()
+    spy = Spy(monkeypatch)
+    with torch.no_grad():
+        want = reference(ids, attention_mask=mask, output_hidden_states=True)
+        got = fast(ids, attention_mask=mask, output_hidden_states=True)
+    assert spy.calls == 2  # one per layer: the packed stack ran
+    keep = mask.bool()
+    torch.testing.assert_close(got.logits[keep], want.logits[keep], **MODEL_FP32)
+    for g, w in zip(got.hidden_states, want.hidden_states):
+        torch.testing.assert_close(g[keep], w[keep], **MODEL_FP32)
+        assert g[~keep].abs().max() == 0  # zeros at padding
+
+
+def test_batch_invariance():
+    _, fast = pair()
+    ids, mask = skewed_batch()
+    with torch.inference_mode():
+        batch = fast(ids, attention_mask=mask).logits
+        alone = fast(ids[:1], attention_mask=mask[:1]).logits
+    torch.testing.assert_close(batch[0], alone[0], **MODEL_FP32)
+
+
+def test_grad_enabled_uses_layer_modules(monkeypatch):
+    """With gradients wanted the reference layers run (the packed stack has no backward)."""
+    _, fast = pair()
+    ids, mask = skewed_batch()
+    spy = Spy(monkeypatch)
+    fast(ids, attention_mask=mask).logits.sum().backward()
+    assert spy.calls == 0
+    assert fast.esm.encoder.layer[0].attention.self.query.weight.grad is not None
+
+
+def test_fused_qkv_cache_follows_weights():
+    reference, fast = pair()
+    ids, mask = skewed_batch()
+    with torch.no_grad():
+        fast(ids, attention_mask=mask)
+        for model in (reference, fast):  # in-place change after the cache was built
+            model.esm.encoder.layer[0].attention.self.key.weight.mul_(1.5)
+        want, got = reference(ids, attention_mask=mask), fast(ids, attention_mask=mask)
+    keep = mask.bool()
+    torch.testing.assert_close(got.logits[keep], want.logits[keep], **MODEL_FP32)
+
+
+def test_wrapped_linear_is_called_as_module():
+    """A projection that is not a plain nn.Linear (LoRA, int8) is called, not bypassed."""
+    reference, fast = pair()
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.inner(x)
+
+    core = fast.esm.encoder.layer[1].attention.self
+    core.value = Wrapped(core.value)
+    ids, mask = skewed_batch()
+    with torch.no_grad():
+        want, got = reference(ids, attention_mask=mask), fast(ids, attention_mask=mask)
+    assert core.value.calls == 1
+    keep = mask.bool()
+    torch.testing.assert_close(got.logits[keep], want.logits[keep], **MODEL_FP32)
+
+
+def test_bf16_within_tolerance_rule():
+    reference, fast = pair()
+    ids, mask = skewed_batch()
+    ref_bf16 = ref.EsmForMaskedLM(config()).eval()
+    ref_bf16.load_state_dict(reference.state_dict())
+    ref_bf16.to_device_dtype(dtype=torch.bfloat16)
+    fast.to_device_dtype(dtype=torch.bfloat16)
+    keep = mask.bool()
+    with torch.inference_mode():
+        want = reference(ids, attention_mask=mask).logits[keep]
+        torch_at_dtype = ref_bf16(ids, attention_mask=mask).logits[keep]
+        got = fast(ids, attention_mask=mask).logits[keep]
+    assert got.dtype == torch.bfloat16
+    assert_within_rule(got, torch_at_dtype, want, torch.bfloat16, name="bf16 logits")
