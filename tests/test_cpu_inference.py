@@ -139,3 +139,24 @@ def test_bf16_within_tolerance_rule():
         got = fast(ids, attention_mask=mask).logits[keep]
     assert got.dtype == torch.bfloat16
     assert_within_rule(got, torch_at_dtype, want, torch.bfloat16, name="bf16 logits")
+
+
+def test_cli_embed_quantize_int8(tmp_path):
+    from esmkernels import open_embeddings
+    from tests._cli import fasta, lm_checkpoint, run
+
+    ckpt = lm_checkpoint(tmp_path / "ckpt")
+    fa = fasta(tmp_path / "in.fasta", [("a", "MKTAYIAKQRQISFVKSHFSRQ"), ("b", "MVLSPADKTNV")])
+    args = ("embed", fa, "-m", ckpt, "--device", "cpu", "-q")
+    assert run(*args, "-o", tmp_path / "fp32") == 0
+    assert run(*args, "-o", tmp_path / "int8", "--quantize", "int8") == 0
+    fp32, int8 = open_embeddings(tmp_path / "fp32"), open_embeddings(tmp_path / "int8")
+    for name in ("a", "b"):
+        want = fp32[name]["mean_representations"]
+        got = int8[name]["mean_representations"]
+        layer = max(want)
+        assert not torch.equal(got[layer], want[layer])  # quantization did happen ...
+        cos = torch.nn.functional.cosine_similarity(got[layer], want[layer], dim=0)
+        assert cos > 0.99  # ... and stays close
+    bad = run(*args, "-o", tmp_path / "bad", "--quantize", "int8", "--dtype", "bfloat16")
+    assert bad == 2

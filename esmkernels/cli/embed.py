@@ -121,6 +121,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_resume_options(p)
     add_scale_options(p)
     add_run_options(p)
+    p.add_argument(
+        "--quantize",
+        default=None,
+        choices=("int8",),
+        help="int8 linear layers for CPU inference (float32 model on the CPU only; default: off)",
+    )
     p.add_argument("--nogpu", action="store_true", help="run on the CPU (as --device cpu)")
     return p
 
@@ -149,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=device,
         backend=args.backend,
+        quantize=args.quantize,
     )
     tokenizer = tokenizer_for(str(identity.path))
     config = model.config
@@ -167,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
         "backend": args.backend or "auto",
     }
+    if args.quantize:  # absent when off, so runs from before the option still resume
+        settings["quantize"] = args.quantize
     try:
         job = EmbedJob(
             out,

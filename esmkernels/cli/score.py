@@ -95,6 +95,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "before any model loads, naming the row)",
     )
     add_run_options(p)
+    p.add_argument(
+        "--quantize",
+        default=None,
+        choices=("int8",),
+        help="int8 linear layers for CPU inference (float32 model on the CPU only; default: off)",
+    )
     return p
 
 
@@ -212,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             device=device,
             backend=args.backend,
+            quantize=args.quantize,
         )
         preflight(partial(score_preflight, model, tokenizer, device), spec, device, args.backend)
         log(f"scoring {len(valid)} mutation(s) with {spec} ({args.scoring_strategy})")
