@@ -157,3 +157,10 @@ def test_tiny_model_plans(tmp_path):
     assert fc.parameter_count(got) == fc.parameter_count(tiny_model().config)
     with pytest.raises(ValueError, match="config.json"):
         load_config(tmp_path / "nowhere")
+
+
+def test_out_is_required_without_plan(tmp_path, capsys):
+    model = fold_checkpoint(tmp_path)
+    path = fasta(tmp_path / "in.fasta", [("a", "MKV")])
+    assert run("fold", path, "--model", model) == 2
+    assert "--out is required" in capsys.readouterr().err
