@@ -22,6 +22,12 @@ from padding there, which mean nothing); heads run on the re-padded states, so l
 are the head applied to zeros. Losses are unaffected when padding labels are -100, as data
 collators make them.
 
+CPU inference. Without gradients (`torch.no_grad` / `torch.inference_mode`) on the torch path,
+the packed layers run in `esmkernels.models.packed_cpu` (per-sequence attention, no FLOP on
+padding in the layers; fused QKV GEMM), in fp32 or bf16 (AMX matmuls where the CPU has them).
+`from_pretrained(..., quantize="int8")` (or `quantize_for_inference("int8")`) makes the layers'
+linears int8 for CPU inference (`esmkernels.models.quantize`); such a model refuses training.
+
 Exact path. A call with `output_attentions=True` (also `predict_contacts`) runs padded through the
 reference attention (`reference.functional.rotary_attention`), for that call only, so the
 returned probability maps are the reference's. So does training with attention dropout > 0
