@@ -14,8 +14,8 @@ pair tensor z = b * L^2 * c_z * e bytes.
 - pass input: z, the recycled distogram bins (int64) and three blocks of embeddings;
 - per block, with z alive: the sequence attention (its [b, H_s, L, L] pair bias and two blocks of
   fp32 logits), sequence->pair (two blocks), both triangle multiplications (torch: x in the
-  contraction dtype plus three channel slices [b, h, L, L]; Triton: x, a and b slices and the
-  [b, L, L, c_z] output), both triangle attentions (their [b, L, L, H] bias, q, k, v, gate and
+  contraction dtype plus three channel slices [b, h, L, L]; Triton: x, a and b slices, then
+  one block of output rows at a time, added into z), both triangle attentions (their [b, L, L, H] bias, q, k, v, gate and
   the output for R rows, the torch path's two [b, R, H, R, L] fp32 logits) and the pair
   transition (eight blocks: its 4 c_z hidden layer and ReLU);
 - structure module: z, its own pair tensor, and one block of invariant point attention
@@ -26,17 +26,16 @@ pair tensor z = b * L^2 * c_z * e bytes.
   2.5 pair tensors at c_z = 128 in full mode, 0.01 in lean mode).
 
 The floor (esmfold_v1, bf16, Triton path, the best chunk; `python -m bench.fold_long_table`):
-at L = 10,000 one pair tensor z is 23.8 GiB and the fold's peak is 71.6 GiB in either output
-mode, 3.0 pair tensors: the triangle multiplication holds z, its contraction x [b, c, L, L] and
-the kernels' full [b, L, L, c_z] output before the trunk adds it into z. Every output row
-depends on every input row and z is updated in place, so some pair-sized record of the
-pre-update z (x, or LN(z)) must live beside z: 2 pair tensors (47.7 GiB at 10k) is the floor of
-that phase without host offload; the structure module also holds its own pair tensor beside z
-(2 pair tensors plus its point-attention block). So with weights (6.6 GiB) no on-device
-ESMFold fold of 10,000 residues fits in 40 GiB (the floor would be about 55 GiB), and 16,384
-(64 GiB a pair tensor) needs at least about 135 GiB even at that floor. Lean outputs lower the peak only once the triangle
-multiplication's output is accumulated into z (then the full heads' 2.5 pair tensors would
-be the largest phase); they always spare the caller holding 2.5 pair tensors after the fold.
+at L = 10,000 one pair tensor z is 23.8 GiB. With lean outputs the peak is 50.7 GiB (2.1 pair
+tensors), the triangle multiplication: z, its contraction x [b, c, L, L] and a | b channel
+slices (1/8 of a pair); its update is added into z a row block at a time. Every output row
+depends on every input row and z is updated in place, so a pair-sized record of the pre-update
+z (x, or LN(z)) must live beside z: 2 pair tensors (47.7 GiB at 10k) is that phase's floor
+without host offload. The structure module holds its own pair tensor beside z (2 pair tensors
+plus a point-attention block, 48.7 GiB). Full outputs add 1.5 pair tensors of head outputs
+beside z (60.6 GiB). So with the weights (6.6 GiB) no on-device fold of 10,000 residues fits
+in 40 GiB (floor about 55 GiB; predicted 57.3), and 16,384 (64 GiB a pair tensor) needs at
+least about 135 GiB (predicted 142.7).
 
 `auto_chunk_size` picks the chunk for the call's output mode: among powers of two (and None,
 "unchunked") whose predicted peak fits `free_bytes` (CUDA: free device memory; CPU: available
@@ -260,8 +259,8 @@ def predict_fold_memory(
         output = max(block(d.c_z) + layer_norm(d.c_z if d.xe == e else 2 * d.c_z), 3 * block(d.c_z))
         output += 0 if d.xe == e else block(d.c_z)  # the update is not written over an fp32 x
         phases["tri_mul"] = z + x + max(project, contract, output) + single
-    else:  # kernels: x, a and b slices, then the [b, L, L, c_z] output
-        phases["tri_mul"] = z + x + max(2 * plane, z) + single
+    else:  # kernels: x, a and b slices, then one block of output rows added into z
+        phases["tri_mul"] = z + x + max(2 * plane, block(d.c_z)) + single
 
     # Triangle attention: its bias [b, L, L, H] (one block at a time), then per block of R rows
     # the layer norm and q, k, v, gate, the attention and the output projection (ending node:

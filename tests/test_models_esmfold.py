@@ -80,11 +80,13 @@ def test_fast_matches_reference(backend, recycles):
 def test_triton_backend_runs_the_kernels(monkeypatch):
     """The "triton" fast model launches both trunk kernels (no silent fallback to torch)."""
     from esmkernels.ops.axial import op as axial_op
+    from esmkernels.ops.trimul import forward as trimul_forward
     from esmkernels.ops.trimul import op as trimul_op
 
     launches = Counter()
     for module, name in (
-        (trimul_op, "trimul_fwd"),
+        (trimul_op, "trimul_fwd"),  # through the custom op
+        (trimul_forward, "trimul_fwd"),  # inference, added into z (`add_into`)
         (axial_op, "axial_attention_fwd"),
     ):
         original = getattr(module, name)

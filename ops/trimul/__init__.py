@@ -27,7 +27,7 @@ import torch
 
 from esmkernels.ops._dispatch import choose
 from esmkernels.ops.registry import Op
-from esmkernels.ops.trimul import torch_path
+from esmkernels.ops.trimul import forward, torch_path
 from esmkernels.ops.trimul.forward import PARAM_NAMES, channel_slice
 from esmkernels.ops.trimul.op import _trimul_fwd_op
 from esmkernels.reference.esmfold import trunk_functional as ref
@@ -94,6 +94,7 @@ def triangle_multiplicative_update(
     eps: float = 1e-5,
     chunk_size: int | None = None,
     backend: str | None = None,
+    add_into: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fused triangle multiplicative update (outgoing = Algorithm 11, incoming = Algorithm 12).
 
@@ -113,8 +114,14 @@ def triangle_multiplicative_update(
             `esmkernels.ops._dispatch`'s). The kernels take C, Ch <= 256: "auto" sends wider
             inputs to the torch path, a forced "triton" raises ValueError.
 
+        add_into: [B, L, L, C] tensor (z itself in the inference trunk) the update is added
+            into, in place, which is then returned. Without gradients the kernels then add
+            their output `chunk_size` rows at a time and never hold a full update (the pair
+            floor of this op goes from 3 pair tensors to 2: z and the contraction).
+
     Returns:
-        [B, L, L, C] in z.dtype: the update (the caller adds the residual and dropout).
+        [B, L, L, C] in z.dtype: the update (the caller adds the residual and dropout), or
+        `add_into` with the update added.
 
     Example:
         >>> C = 16
@@ -137,19 +144,32 @@ def triangle_multiplicative_update(
         "out_gate_weight": out_gate_weight, "out_gate_bias": out_gate_bias,
     }  # fmt: skip
     _check_args(z, mask, params, chunk_size)
+    if add_into is not None and (add_into.shape != z.shape or add_into.dtype != z.dtype):
+        raise ValueError(
+            "triangle_multiplicative_update: add_into must have z's shape and dtype "
+            f"{tuple(z.shape)} {z.dtype}, got {tuple(add_into.shape)} {add_into.dtype}"
+        )
     tensors = (z, mask, *params.values())
     problem = _unsupported(z, mask, **params)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if choose("triangle_multiplicative_update", backend, tensors, problem) == "torch":
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            return ref.triangle_multiplicative_update(
+        if grad:
+            update = ref.triangle_multiplicative_update(
                 z, mask, **params, outgoing=outgoing, eps=eps, chunk_size=chunk_size
             )
-        with torch.no_grad():  # nothing to differentiate: the lean path writes into buffers
-            return torch_path.lean_update(
-                z, mask, **params, outgoing=outgoing, eps=eps, chunk_size=chunk_size
-            )
+        else:
+            with torch.no_grad():  # nothing to differentiate: the lean path writes into buffers
+                update = torch_path.lean_update(
+                    z, mask, **params, outgoing=outgoing, eps=eps, chunk_size=chunk_size
+                )
+        return update if add_into is None else add_into.add_(update)
     ordered = [params[n] for n in PARAM_NAMES]
-    return _trimul_fwd_op(z, mask, ordered, bool(outgoing), float(eps), chunk_size)
+    if add_into is not None and not grad and add_into.is_contiguous():
+        with torch.no_grad():  # inference: the kernels add their output into add_into by rows
+            p = dict(zip(PARAM_NAMES, ordered))
+            return forward.trimul_fwd(z, mask, p, bool(outgoing), float(eps), chunk_size, add_into)
+    update = _trimul_fwd_op(z, mask, ordered, bool(outgoing), float(eps), chunk_size)
+    return update if add_into is None else add_into.add_(update)
 
 
 def _unsupported(z, mask=None, **params) -> str | None:

@@ -166,6 +166,7 @@ def triangle_multiplicative_update(
     outgoing: bool,
     eps: float = 1e-5,
     chunk_size: int | None = None,
+    add_into: Tensor | None = None,
 ) -> Tensor:
     """Triangle multiplicative update (outgoing = Algorithm 11, incoming = Algorithm 12).
 
@@ -181,6 +182,7 @@ def triangle_multiplicative_update(
             x[i,j] = sum_k a[k,i] b[k,j].
         eps: LayerNorm epsilon (openfold / ESMFold: 1e-5).
         chunk_size: compute the output in blocks of this many rows i (b is computed once).
+        add_into: a tensor of z's shape the update is added into (in place) and returned.
 
     Returns:
         [B, L, L, C] in z.dtype: the update only; the caller adds the residual (and dropout).
@@ -215,7 +217,7 @@ def triangle_multiplicative_update(
         "out_proj_weight": out_proj_weight, "out_proj_bias": out_proj_bias,
         "out_gate_weight": out_gate_weight, "out_gate_bias": out_gate_bias,
     }  # fmt: skip
-    return chunk_rows(
+    update = chunk_rows(
         triangle_update_rows,
         zn,
         zt,
@@ -226,6 +228,7 @@ def triangle_multiplicative_update(
         params=params,
         eps=eps,
     )
+    return update if add_into is None else add_into.add_(update)
 
 
 def contraction_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -137,8 +137,9 @@ class EsmFoldTriangleMultiplicativeUpdate(nn.Module):
             outgoing=self._outgoing,
             eps=self.layer_norm_in.eps,
             chunk_size=chunk_size,
+            add_into=add_into,  # the op adds it (the kernels without a full update tensor)
         )
-        return update if add_into is None else add_into.add_(update)
+        return update
 
 
 class EsmFoldAttention(nn.Module):
