@@ -583,8 +583,8 @@ MUTANTS: list[Mutant] = [
         "cli-fold-chunk-size-ignored",
         "ignored flag",
         "esmkernels/cli/fold.py",
-        "            chunk_size=chunk,\n",
-        '            chunk_size="auto",\n',
+        "            model,\n            chunk_size=chunk,\n",
+        '            model,\n            chunk_size="auto",\n',
         CLI_FOLD,
         "--chunk-size parsed but the fold always chunks automatically",
     ),
@@ -601,9 +601,9 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "cli-embed-repr-layers-ignored",
         "ignored flag",
-        "esmkernels/cli/embed.py",
-        "layers.append(layer % (n_layers + 1))",
-        "layers.append(n_layers)",
+        "esmkernels/cli/_common.py",
+        "layers.add(layer % (n_layers + 1))",
+        "layers.add(n_layers)",
         CLI_EMBED,
         "--repr-layers validated but the last layer is always stored",
     ),
@@ -691,17 +691,10 @@ MUTANTS: list[Mutant] = [
         "a retried record's batch companions keep the numbers they got apart from it after the "
         "failure: the healed store differs from an uninterrupted run's",
     ),
-    Mutant(
-        "job-fold-heal-writes-failed-only",
-        "state leak",
-        "esmkernels/jobs/fold.py",
-        "            if any(i in self.retried for i in batch):\n                self.todo[b] = list(batch)",
-        "            if any(i in self.retried for i in batch):\n"
-        "                self.todo[b] = [i for i in batch if i in self.retried]",
-        ("tests/test_cli_heal.py",),
-        "the refolded batch writes the failed record only; its companions keep the structures "
-        "folded apart from it",
-    ),
+    # Equivalent, left out: "the refolded batch writes the failed record only" (jobs/fold.py
+    # todo = retried records only). On CPU a fold's outputs do not depend on its batch
+    # companions, bit for bit (unlike embed's), so the companions' files folded apart are the
+    # same bytes; the full run of 2026-12-03 showed it surviving tests/test_cli_heal.py.
     Mutant(
         "job-identity-by-path",
         "wrong key",
