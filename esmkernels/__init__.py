@@ -10,19 +10,14 @@ Importing this package never touches CUDA; kernels compile on first use.
 """
 
 from esmkernels.core.checkpoint import FORMATS, load_checkpoint
-from esmkernels.core.hf_checkpoint import save_checkpoint
-from esmkernels.core.configuration import EsmConfig, EsmFoldConfig, StructureModuleConfig, TrunkConfig
-from esmkernels.jobs.embeddings import EmbeddingStore, open_embeddings
-from esmkernels.jobs.fasta import read_fasta, write_fasta
-from esmkernels.integrations import accelerate, patch_transformers, unpatch_transformers
-from esmkernels.core.modeling_utils import PreTrainedMixin
-from esmkernels.models.esm import (
-    EsmForMaskedLM,
-    EsmForSequenceClassification,
-    EsmForTokenClassification,
-    EsmModel,
+from esmkernels.core.configuration import (
+    EsmConfig,
+    EsmFoldConfig,
+    StructureModuleConfig,
+    TrunkConfig,
 )
-from esmkernels.models.esmfold import EsmForProteinFolding
+from esmkernels.core.hf_checkpoint import save_checkpoint
+from esmkernels.core.modeling_utils import PreTrainedMixin
 from esmkernels.core.outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
@@ -30,9 +25,19 @@ from esmkernels.core.outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from esmkernels.reference.esmfold.modeling import EsmForProteinFoldingOutput
 from esmkernels.core.tokenization import BatchEncoding, EsmTokenizer
 from esmkernels.core.variants import score_variants
+from esmkernels.integrations import accelerate, patch_transformers, unpatch_transformers
+from esmkernels.jobs.embeddings import EmbeddingStore, open_embeddings
+from esmkernels.jobs.fasta import read_fasta, write_fasta
+from esmkernels.models.esm import (
+    EsmForMaskedLM,
+    EsmForSequenceClassification,
+    EsmForTokenClassification,
+    EsmModel,
+)
+from esmkernels.models.esmfold import EsmForProteinFolding
+from esmkernels.reference.esmfold.modeling import EsmForProteinFoldingOutput
 
 __version__ = "0.1.0"
 

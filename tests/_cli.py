@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from esmkernels.cli import main
+from esmkernels.core.tokenization import EsmTokenizer
 from esmkernels.jobs.fasta import write_fasta
 from esmkernels.reference import esm as ref
-from esmkernels.core.tokenization import EsmTokenizer
 from tests._configs import tiny_lm_config
 
 _DIRS: dict[tuple, Path] = {}

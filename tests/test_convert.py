@@ -88,4 +88,6 @@ def _imports(name: str) -> set[str]:
 def test_checkpoint_readers_import_in_one_direction():
     assert "esmkernels.core.convert_esmfold" in _imports("checkpoint")
     assert "esmkernels.core.checkpoint" not in _imports("convert_esmfold")
-    assert not {"esmkernels.core.checkpoint", "esmkernels.core.convert_esmfold"} & _imports("fair_esm")
+    assert not {"esmkernels.core.checkpoint", "esmkernels.core.convert_esmfold"} & _imports(
+        "fair_esm"
+    )

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from esmkernels.core.configuration import EsmConfig
-from esmkernels.models import esm as fast
-from esmkernels.reference import esm as ref
 from esmkernels.core.tokenization import EsmTokenizer
 from esmkernels.core.variants import METHODS, parse_mutations, score_variants
+from esmkernels.models import esm as fast
+from esmkernels.reference import esm as ref
 
 SEQUENCE = "MKTAYIAKQRQISFVKSH"
 MUTATIONS = ["K2A", "T3G:A4C", "H18W", "M1M", "A7L:K8R:Q9E"]

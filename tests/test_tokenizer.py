@@ -82,7 +82,10 @@ def test_lower_case_becomes_unk_with_one_warning_naming_the_count():
     with pytest.warns(UserWarning, match=r"3 lower-case letter\(s\) became <unk>") as seen:
         ids = TOK(["mkT<mask>", "a"], padding=True)["input_ids"]
     assert len(seen) == 1  # once per call, not per sequence
-    assert ids == [[CLS, UNK, UNK, 11, MASK, EOS], [CLS, UNK, EOS, PAD, PAD, PAD]]  # as transformers
+    assert ids == [
+        [CLS, UNK, UNK, 11, MASK, EOS],
+        [CLS, UNK, EOS, PAD, PAD, PAD],
+    ]  # as transformers
 
 
 def test_inline_tokens_and_upper_case_do_not_warn(recwarn):
