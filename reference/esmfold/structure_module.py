@@ -38,7 +38,7 @@ from esmkernels.reference.esmfold.geometry import (
     torsion_angles_to_frames,
 )
 from esmkernels.reference.esmfold.rigid import Rigid, Rotation
-from esmkernels.reference.esmfold.trunk_functional import chunk_rows
+from esmkernels.reference.esmfold.trunk_functional import RowMap, chunk_rows
 
 # softplus^-1(1): IPA head weights start at softplus(w) = 1 (AF2 supplement 1.11.4).
 _SOFTPLUS_INV_1 = math.log(math.e - 1.0)
@@ -108,7 +108,7 @@ class InvariantPointAttention(nn.Module):
     def forward(
         self,
         s: torch.Tensor,
-        z: torch.Tensor,
+        z: torch.Tensor | RowMap,
         r: Rigid,
         mask: torch.Tensor,
         chunk_size: int | None = None,
@@ -116,7 +116,8 @@ class InvariantPointAttention(nn.Module):
         """
         Args:
             s: `[B, N, c_s]` single representation.
-            z: `[B, N, N, c_z]` pair representation.
+            z: `[B, N, N, c_z]` pair representation, or a `RowMap` of it (each block of query
+               rows is then computed when the block runs).
             r: backbone frames, batch shape `[B, N]` (translations in nm-like units: the
                structure module divides Angstrom by `trans_scale_factor`).
             mask: `[B, N]` residue mask, 1 = keep.
@@ -352,12 +353,17 @@ class StructureModule(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """
         Args:
-            evoformer_output_dict: `{"single": [B, N, c_s], "pair": [B, N, N, c_z]}`.
+            evoformer_output_dict: `{"single": [B, N, c_s], "pair": [B, N, N, c_z]}`; "pair"
+                may be a `RowMap` (rows made on demand, e.g. the trunk's projection of its own
+                pair state): its LayerNorm is then applied to each block of rows when IPA reads
+                it, at every block of the module, and no [B, N, N, c_z] tensor is made.
             aatype: `[B, N]` long, AlphaFold residue types 0..20.
             mask: `[B, N]` float residue mask, 1 = keep (all ones when None).
             chunk_size: rows per block of the pair LayerNorm and of IPA's queries (None: all).
-            inplace: normalise "pair" in place (inference only; the caller's tensor is
-                overwritten), so no second pair tensor is allocated.
+                With the same chunk_size a RowMap pair gives bitwise the same result as the
+                tensor it maps (the same row blocks are computed).
+            inplace: normalise a tensor "pair" in place (inference only; the caller's tensor is
+                overwritten), so no second pair tensor is allocated. A RowMap is never written.
 
         Returns:
             dict, stacked over the `n_blocks = config.num_blocks` iterations:
@@ -369,7 +375,7 @@ class StructureModule(nn.Module):
             - `single` `[B, N, c_s]` final single representation
         """
         s, z = evoformer_output_dict["single"], evoformer_output_dict["pair"]
-        if s.dim() != 3 or z.dim() != 4 or z.shape[:3] != (s.shape[0], s.shape[1], s.shape[1]):
+        if s.dim() != 3 or len(z.shape) != 4 or z.shape[:3] != (s.shape[0], s.shape[1], s.shape[1]):
             raise ValueError(
                 f"StructureModule: single must be [B, N, c_s] and pair [B, N, N, c_z], got "
                 f"{tuple(s.shape)} and {tuple(z.shape)}"
@@ -383,7 +389,10 @@ class StructureModule(nn.Module):
         cfg = self.config
 
         s = self.layer_norm_s(s)
-        z = chunk_rows(self.layer_norm_z, z, chunk_size=chunk_size, out=z if inplace else None)
+        if isinstance(z, RowMap):
+            z = z.then(self.layer_norm_z)
+        else:
+            z = chunk_rows(self.layer_norm_z, z, chunk_size=chunk_size, out=z if inplace else None)
         s_initial = s
         s = self.linear_in(s)
         rigids = Rigid.identity(s.shape[:-1], s.dtype, s.device, fmt="quat")

@@ -44,7 +44,7 @@ from torch import nn
 
 from esmkernels.core.configuration import TrunkConfig
 from esmkernels.reference.esmfold.structure_module import StructureModule
-from esmkernels.reference.esmfold.trunk_functional import chunk_rows
+from esmkernels.reference.esmfold.trunk_functional import RowMap, chunk_rows
 from esmkernels.reference.esmfold.trunk_layers import (
     EsmFoldAttention,
     EsmFoldDropout,
@@ -171,6 +171,10 @@ class EsmFoldingTrunk(nn.Module):
         self.trunk2sm_z = nn.Linear(c_z, sm.pairwise_dim)
         self.chunk_size = config.chunk_size
 
+    # Chunked inference hands the structure module its pair input as a RowMap of z (see
+    # `forward`); tests set False to compare with the materialised tensor.
+    _lazy_sm_pair = True
+
     def set_chunk_size(self, chunk_size: int | None) -> None:
         """Chunk the axial ops over rows (memory ~O(L) per chunk); None disables chunking."""
         if chunk_size is not None and (
@@ -245,7 +249,12 @@ class EsmFoldingTrunk(nn.Module):
                 for block in self.blocks:
                     s, z = block(s, z, mask=block_mask, chunk_size=chunk, inplace=inplace)
 
-                sm_pair = chunk_rows(self.trunk2sm_z, z, chunk_size=chunk)
+                if inplace and chunk is not None and self._lazy_sm_pair:
+                    # The structure module reads its pair input one block of query rows at a
+                    # time: make those rows from z when read instead of a second pair tensor.
+                    sm_pair = RowMap(z, self.trunk2sm_z)
+                else:
+                    sm_pair = chunk_rows(self.trunk2sm_z, z, chunk_size=chunk)
                 structure = self.structure_module(
                     {"single": self.trunk2sm_s(s), "pair": sm_pair},
                     true_aa,

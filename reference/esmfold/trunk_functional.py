@@ -37,7 +37,9 @@ the transposed pair tensor: callers pass `x.transpose(1, 2)` views.
 `chunk_utils.chunk_layer`, much smaller): apply a function to blocks of rows and reassemble, or
 add the blocks into an existing tensor (the inference-time residual update in place);
 chunked == unchunked up to the rounding of the matmuls, since the rows it is used on are
-independent.
+independent. A row argument may also be a `RowMap`, rows computed from another tensor only when
+a block asks for them: the structure module reads its pair input that way in inference, so no
+second [B, L, L, C] tensor is made beside the trunk's.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from esmkernels.reference.functional import layer_norm
 Tensor = torch.Tensor
 
 __all__ = [
+    "RowMap",
     "axial_attention",
     "chunk_rows",
     "contraction_dtype",
@@ -61,9 +64,69 @@ __all__ = [
 ]
 
 
+class RowMap:
+    """Rows of `fn(base)`, computed one block at a time when they are asked for.
+
+    `fn` must map rows to rows: `fn(base.narrow(dim, i, n))` are rows i..i+n of the mapped
+    tensor (a linear or a LayerNorm over the last dim, say). `chunk_rows` accepts a RowMap as a
+    row argument and materialises only the block it passes to its function, so a mapped pair
+    tensor is never alive whole; every read recomputes its rows. `shape`, `dtype` and `device`
+    are those of `fn(base)`, found by mapping no rows.
+
+    Args:
+        base: the tensor whose rows are mapped, e.g. the pair state [B, L, L, C].
+        fn: rows of base [B, n, L, C] -> rows of the result [B, n, L, C'].
+        dim: the row dim of base and of the result.
+
+    Example:
+        >>> z = torch.randn(1, 6, 6, 4)
+        >>> lin = torch.nn.Linear(4, 3)
+        >>> lazy = RowMap(z, lin)
+        >>> lazy.shape
+        torch.Size([1, 6, 6, 3])
+        >>> torch.equal(lazy.narrow(1, 2, 3), lin(z.narrow(1, 2, 3)))
+        True
+        >>> chunk_rows(lambda t: t.sum(-1), lazy, chunk_size=4).shape  # 4 rows at a time
+        torch.Size([1, 6, 6])
+    """
+
+    def __init__(self, base: Tensor, fn: Callable[[Tensor], Tensor], dim: int = 1) -> None:
+        if not isinstance(base, Tensor):
+            raise TypeError(f"RowMap: base must be a tensor, got {type(base).__name__}")
+        if not -base.dim() <= dim < base.dim():
+            raise ValueError(f"RowMap: dim {dim} out of range for base {tuple(base.shape)}")
+        self.base, self.fn, self.row_dim = base, fn, dim % base.dim()
+        empty = fn(base.narrow(self.row_dim, 0, 0))
+        if empty.dim() != base.dim():
+            raise ValueError(
+                f"RowMap: fn must keep the rank of base {tuple(base.shape)}, got {tuple(empty.shape)}"
+            )
+        shape = list(empty.shape)
+        shape[self.row_dim] = base.shape[self.row_dim]
+        self.shape = torch.Size(shape)
+        self.dtype, self.device = empty.dtype, empty.device
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def narrow(self, dim: int, start: int, length: int) -> Tensor:
+        """Rows start..start+length, computed now: a new tensor (not a view of anything)."""
+        if dim % self.dim() != self.row_dim:
+            raise ValueError(f"RowMap: rows are along dim {self.row_dim}, cannot narrow dim {dim}")
+        return self.fn(self.base.narrow(dim, start, length))
+
+    def then(self, fn: Callable[[Tensor], Tensor]) -> RowMap:
+        """The RowMap of `fn(self.fn(base))` (fn must map rows to rows too)."""
+        first = self.fn
+        return RowMap(self.base, lambda rows: fn(first(rows)), self.row_dim)
+
+    def __repr__(self) -> str:
+        return f"RowMap(shape={tuple(self.shape)}, dtype={self.dtype}, dim={self.row_dim})"
+
+
 def chunk_rows(
     fn: Callable[..., Tensor],
-    *row_args: Tensor | None,
+    *row_args: Tensor | RowMap | None,
     chunk_size: int | None,
     dim: int = 1,
     out: Tensor | None = None,
@@ -72,8 +135,9 @@ def chunk_rows(
 ) -> Tensor:
     """Apply `fn` to blocks of at most `chunk_size` rows along `dim` and reassemble.
 
-    Every tensor in `row_args` is sliced along `dim` (None passes through as None); `shared`
-    keyword arguments are passed whole to every call. `fn` must return a tensor whose `dim`
+    Every tensor in `row_args` is sliced along `dim` (None passes through as None; a `RowMap`
+    passes each block's rows, computed for that block); `shared` keyword arguments are passed
+    whole to every call. `fn` must return a tensor whose `dim`
     indexes the same rows. `chunk_size=None` (or >= the row count) calls `fn` once.
 
     `out`: write the rows into this tensor (returned) instead of a new one; with
@@ -110,7 +174,8 @@ def chunk_rows(
     if accumulate and out is None:
         raise ValueError("chunk_rows: accumulate=True needs an `out` tensor to add into")
     if out is None and (chunk_size is None or chunk_size >= rows):
-        return fn(*row_args, **shared)
+        return fn(*(t.narrow(dim, 0, rows) if isinstance(t, RowMap) else t for t in row_args),
+                  **shared)  # fmt: skip
     step = rows if chunk_size is None else chunk_size
     for start in range(0, rows, step):
         n = min(step, rows - start)
