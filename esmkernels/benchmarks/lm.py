@@ -28,6 +28,8 @@ PAD, CLS, EOS, MASK = 1, 0, 2, 32
 # Published ESM-2 configurations (facebook/esm2_t*): hidden, layers, heads, intermediate.
 SHAPES = {
     "esm2_8M": (320, 6, 20, 1280),
+    "esm2_35M": (480, 12, 20, 1920),
+    "esm2_150M": (640, 30, 20, 2560),
     "esm2_650M": (1280, 33, 20, 5120),
     "esm2_3B": (2560, 36, 40, 10240),
     "tiny": (32, 2, 2, 64),
@@ -114,12 +116,17 @@ class Models:
         from esmkernels.core.memory import free_memory
 
         free_memory(self.device)
-        with torch.device(self.device):
-            model = self._build(provider)
+        model = self.build(provider)
         self._current = (provider, model)
         return model
 
-    def _build(self, provider: str) -> torch.nn.Module:
+    def build(self, provider: str, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        """A new model of `provider` with the shared weights, in `dtype` (default: the
+        instance's), in eval mode; not cached. Raises Unavailable (transformers absent, ...)."""
+        with torch.device(self.device):
+            return self._build(provider, self.dtype if dtype is None else dtype)
+
+    def _build(self, provider: str, dtype: torch.dtype) -> torch.nn.Module:
         from esmkernels.core.configuration import EsmConfig
 
         config = EsmConfig(**config_kwargs(self.shape))
@@ -129,7 +136,7 @@ class Models:
             hf_config._attn_implementation = "sdpa"
             model = transformers.EsmForMaskedLM(hf_config)
             model.load_state_dict(self.state(), strict=False)
-            return model.to(self.device, self.dtype).eval()
+            return model.to(self.device, dtype).eval()
         if provider == "reference":
             from esmkernels.reference.esm import EsmForMaskedLM
 
@@ -141,7 +148,7 @@ class Models:
                 check_triton(self.device)
             model = EsmForMaskedLM(config, backend=provider)
         model.load_state_dict(self.state())
-        return model.to_device_dtype(device=self.device, dtype=self.dtype).eval()
+        return model.to_device_dtype(device=self.device, dtype=dtype).eval()
 
 
 def build(case: str, provider: str, length: int, *, models: Models, size: str) -> Workload:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from esmkernels.benchmarks import environment, fold, kernels, lm, memory, report
+from esmkernels.benchmarks import environment, fold, kernels, lm, lm_cpu, memory, report
 from esmkernels.benchmarks.timing import measure
 from esmkernels.benchmarks.workloads import MODES, Unavailable
 from esmkernels.core.memory import free_memory, is_oom
@@ -249,17 +249,26 @@ def suite_dtype(suite: str, device: torch.device, name: str = "auto") -> torch.d
 @dataclass
 class BenchRun:
     """What `run_benchmarks` did: the records, the environment, what was left out and why,
-    and the files written (bench.json first, then one PNG per suite)."""
+    the lm suite's CPU inference table (`lm_cpu.run_table`, on a CPU only), and the files
+    written (bench.json first, then one PNG per suite and the table's markdown)."""
 
     environment: dict
     size: str
     records: list[dict]
     left_out: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
+    cpu_table: dict | None = None
 
     @property
     def failed(self) -> list[dict]:
-        return [r for r in self.records if r["status"].startswith("error")]
+        """Records that failed, and the CPU table's failed cases in the same form."""
+        out = [r for r in self.records if r["status"].startswith("error")]
+        for row in (self.cpu_table or {}).get("rows", ()):
+            if row["status"].startswith("error"):
+                case = f"cpu table {row['shape']} {row['case']} x {row['batch']}"
+                out.append({"suite": "lm", "case": case, "provider": "all",
+                            "length": row["L"], "status": row["status"]})  # fmt: skip
+        return out
 
     def lines(self, peers: Sequence[str]) -> list[str]:
         """The report a terminal shows: environment, table, what was left out, files, errors."""
@@ -269,12 +278,30 @@ class BenchRun:
             f"transformers {env['transformers']} | commit {env['commit'][:10]} | size {self.size}",
             report.table(self.records, peers),
         ]
+        if self.cpu_table is not None:
+            out += ["", lm_cpu.markdown(self.cpu_table), ""]
         out += [f"left out: {line}" for line in self.left_out]
         out += [f"wrote {path}" for path in self.written]
         for r in self.failed:
             where = f"{r['suite']}/{r['case']}/{r['provider']} L={r['length']}"
             out.append(f"error: {where}: {r['status']}")
         return out
+
+
+def _cpu_table(size: str, providers: Sequence[str], kwargs: dict, notes: list[str]) -> dict:
+    """The lm suite's CPU inference table at `size`, kept to the run's lengths and cases."""
+    table = lm_cpu.run_table(
+        size,
+        lengths=kwargs.get("lengths"),
+        cases=kwargs.get("cases"),
+        with_hf="hf" in providers,
+        deadline=kwargs.get("deadline"),
+    )
+    if table["meta"]["transformers_missing"]:
+        notes.append(f"lm CPU table: {table['meta']['transformers_missing']}")
+    if not table["rows"]:
+        notes.append(f"lm CPU table: no {size} case at the lengths / cases asked for")
+    return table
 
 
 def run_benchmarks(
@@ -318,6 +345,9 @@ def run_benchmarks(
             **kwargs,
         )
         run.records += found
+        if suite == "lm" and device.type == "cpu":
+            run.cpu_table = _cpu_table(size, providers, kwargs, notes)
+            run.written.append(lm_cpu.write_markdown(run.cpu_table, out / lm_cpu.MARKDOWN_NAME))
         if not plot:
             continue
         threads = env["torch_threads"]
@@ -346,5 +376,7 @@ def run_benchmarks(
         "records": run.records,
         "left_out": run.left_out,
     }
+    if run.cpu_table is not None:
+        payload["lm_cpu"] = run.cpu_table
     run.written.insert(0, report.write_json(out / report.JSON_NAME, payload))
     return run

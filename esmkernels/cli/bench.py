@@ -77,7 +77,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-recycles", type=int, default=0, help="fold: recycles per call")
     p.add_argument("--chunk-size", type=int, default=None, help="fold: trunk chunk size")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (1 gives steadier CPU timings on a busy machine)")  # fmt: skip
+                   help="torch CPU threads (default: torch's, at most the physical cores we may use; "
+                   "1 gives steadier CPU timings on a busy machine)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="output directory")
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
     p.set_defaults(func=run)
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from esmkernels.benchmarks import environment, runner
+    from esmkernels.jobs.threads import set_threads
 
     device = torch.device(args.device) if args.device else environment.default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -109,8 +111,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     arguments = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     arguments.pop("func", None)
     result = runner.run_benchmarks(

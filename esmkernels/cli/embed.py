@@ -127,6 +127,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         choices=("int8",),
         help="int8 linear layers for CPU inference (float32 model on the CPU only; default: off)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads (default: torch's, at most the physical cores we may use)",
+    )
     p.add_argument("--nogpu", action="store_true", help="run on the CPU (as --device cpu)")
     return p
 
@@ -134,13 +141,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from esmkernels.jobs.embed import EmbedJob, model_limit
     from esmkernels.jobs.progress import residue_bar
+    from esmkernels.jobs.threads import set_threads
     from esmkernels.models.esm import EsmModel
 
-    for name in ("max_tokens_per_batch", "records_per_shard", "truncation_seq_length"):
+    for name in ("max_tokens_per_batch", "records_per_shard", "truncation_seq_length", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} {value}: must be >= 1")
     device_name = cpu_only(args.device, args.nogpu, "--nogpu")
+    set_threads(args.threads)
     records, rejected = read_input(args.fasta, multimer=False, skip_invalid=args.skip_invalid)
     part = Part(args.shard)
     out = check_output_dir(args.out)

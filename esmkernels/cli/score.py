@@ -101,6 +101,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         choices=("int8",),
         help="int8 linear layers for CPU inference (float32 model on the CPU only; default: off)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads (default: torch's, at most the physical cores we may use)",
+    )
     return p
 
 
@@ -149,10 +156,14 @@ def run(args: argparse.Namespace) -> int:
         score_mutants,
     )
     from esmkernels.jobs.score import preflight as score_preflight
+    from esmkernels.jobs.threads import set_threads
     from esmkernels.models.esm import EsmForMaskedLM
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads {args.threads}: must be >= 1")
+    set_threads(args.threads)
     if args.fasta:
         records, _ = read_input(args.fasta, multimer=False, skip_invalid=False)
         if len(records) != 1:
