@@ -25,7 +25,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     set_threads(args.threads)
     table = lm_cpu.run_table(
-        args.size, repeats=args.repeats, on_row=lambda r: print(r["shape"], r["case"], r["L"], r["status"])
+        args.size,
+        repeats=args.repeats,
+        on_row=lambda r: print(r["shape"], r["case"], r["L"], r["status"]),
     )
     env = environment.environment("cpu")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
