@@ -398,6 +398,14 @@ class EsmForMaskedLM(_FastTaskMixin, ref.EsmForMaskedLM):
     """Fast `EsmForMaskedLM`; API as `esmkernels.reference.esm.EsmForMaskedLM`, plus
     `score_variants` (ESM-1v scoring)."""
 
+    def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The LM head [B, L, C] -> [B, L, V]; in packed CPU inference on the real rows only
+        (`packed_cpu.rows_head`: padding rows, all zero, get the head of zeros as before)."""
+        layers = self.esm.encoder.layer
+        if _packed_inference(layers[0].attention.self if len(layers) else None, hidden_states):
+            return packed_cpu.rows_head(self.lm_head, hidden_states)
+        return super().head(hidden_states)
+
     def score_variants(
         self,
         sequence: str,

@@ -22,6 +22,11 @@ What makes it faster than running the reference layers on the packed tokens:
   (one copy, one fused multiply-add) instead of `rotate_half`'s chunk / negate / concatenate.
 * `F.gelu` (exact erf, one kernel) instead of the reference's five elementwise ops; residuals
   are added in place.
+* The final LayerNorm runs on the packed tokens; the masked-LM head (`rows_head`) runs on the
+  real rows only, padding rows get the head of a zero row, computed once (what they held
+  before). The embeddings still run padded: elementwise work only (no matmul), 0.2% of a 35M
+  forward on a skewed batch of 8 at L = 1,024 (12 ms of 6.7 s, 1 thread), below what a gather
+  and scatter around them would save.
 
 Precision: LayerNorm statistics are fp32 (PyTorch's CPU kernel accumulates bf16 input in fp32);
 rotary is applied in fp32 and cast back; SDPA runs at the input dtype with fp32 softmax
@@ -120,6 +125,21 @@ def layer_forward(layer: nn.Module, x: torch.Tensor, bounds: list[int], rope) ->
     h = _linear(layer.attention.output.dense, ctx).add_(x)
     up = F.gelu(_linear(layer.intermediate.dense, _layer_norm(layer.LayerNorm, h)))
     return _linear(layer.output.dense, up).add_(h)
+
+
+def rows_head(head: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """head(h) computed on the rows of h [..., C] that are not all zero; the all-zero rows
+    (padding, in the fast models' hidden states) get head(zeros [1, C]), computed once. Equal to
+    head(h) for any h, up to GEMM rounding. Returns [..., V]."""
+    flat = h.reshape(-1, h.shape[-1])
+    rows = flat.ne(0).any(-1).nonzero().squeeze(1)
+    if rows.numel() == flat.shape[0]:
+        return head(h)
+    fill = head(flat.new_zeros(1, flat.shape[-1]))  # [1, V]
+    out = fill.expand(flat.shape[0], -1).clone()
+    if rows.numel():
+        out.index_copy_(0, rows, head(flat.index_select(0, rows)))
+    return out.view(*h.shape[:-1], out.shape[-1])
 
 
 def encoder_forward(

@@ -160,3 +160,21 @@ def test_cli_embed_quantize_int8(tmp_path):
         assert cos > 0.99  # ... and stays close
     bad = run(*args, "-o", tmp_path / "bad", "--quantize", "int8", "--dtype", "bfloat16")
     assert bad == 2
+
+
+def test_lm_head_runs_on_real_rows_only():
+    """Packed inference: the LM head's GEMMs see the real tokens (plus one zero row for the
+    padding value), and padding logits are still the head applied to zeros."""
+    reference, fast = pair()
+    ids, mask = skewed_batch()
+    seen = []
+    fast.lm_head.dense.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    with torch.inference_mode():
+        got = fast(ids, attention_mask=mask).logits
+        rows = sorted(s[0] for s in seen)
+        want = reference(ids, attention_mask=mask).logits
+        at_zero = fast.lm_head(torch.zeros(1, fast.config.hidden_size))[0]
+    keep = mask.bool()
+    assert rows == [1, int(keep.sum())]
+    torch.testing.assert_close(got[keep], want[keep], **MODEL_FP32)
+    torch.testing.assert_close(got[~keep], at_zero.expand(int((~keep).sum()), -1), **MODEL_FP32)
