@@ -11,7 +11,11 @@ suite (time and memory vs length, one line per provider) under
 `bench/results/<date>-<device>-<commit>/` unless `--out` says otherwise. transformers (`hf`) and
 matplotlib (plots) are optional: without them the table still prints and the run says what it
 left out. On a CPU the default sizes are small (`--size cpu`: ESM-2 8M, L up to 512) and
-`triton` runs only under TRITON_INTERPRET=1 (interpreted times are not kernel speeds).
+`triton` runs only under TRITON_INTERPRET=1 (interpreted times are not kernel speeds); `--suite
+lm` on a CPU then adds the CPU inference table (transformers fp32 / ours fp32 / bf16 / int8 at
+the ESM-2 35M and 150M shapes, L up to 1,024: time ratios, residues/s, int8 quality; about 15
+minutes at 1 thread; `lm_cpu.md`). `--threads` default: torch's count, capped at the physical
+cores this process may use.
 """
 
 from __future__ import annotations
