@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -41,9 +42,13 @@ from esmkernels.reference.esmfold import modeling as ref
 
 
 def _bound(op: registry.Op):
-    """A method calling `op.function` with the namespace's backend."""
+    """A method calling `op.function` with the namespace's backend (and, for an op that takes
+    `offload`, the namespace's `offload` on its in-place inference calls)."""
+    takes_offload = "offload" in inspect.signature(op.function).parameters
 
     def call(self, *args: Any, **kwargs: Any):
+        if takes_offload and self.offload and kwargs.get("add_into") is not None:
+            kwargs["offload"] = True
         return op.function(*args, backend=self.backend, **kwargs)
 
     call.__name__ = call.__qualname__ = op.name
@@ -56,11 +61,12 @@ class KernelTrunkOps:
     (`esmkernels.ops.registry`), called with this namespace's `backend` (picklable: it holds
     only the backend). Each op dispatches and chunks itself (`chunk_size` in rows of the pair)."""
 
-    def __init__(self, backend: str | None = None):
+    def __init__(self, backend: str | None = None, offload: bool = False):
         self.backend = check_backend(backend)
+        self.offload = bool(offload)
 
     def __repr__(self) -> str:
-        return f"KernelTrunkOps(backend={self.backend!r})"
+        return f"KernelTrunkOps(backend={self.backend!r}, offload={self.offload})"
 
 
 for _op in registry.ops():
@@ -79,15 +85,23 @@ class EsmForProteinFolding(_FastMixin, ref.EsmForProteinFolding):
             attribute set it too.
         chunk_size: "auto" (default: chosen per forward by the memory model), rows per block,
             or None (unchunked); see `set_chunk_size`.
+        offload: "auto" (default), True or False: keep the triangle multiplication's
+            contraction in host memory during inference; see `set_offload`.
 
     Attributes:
         last_chunk_size: the chunk size the last forward used (None before any, or unchunked).
+        last_offload: whether the last forward offloaded.
     """
 
     stem_cls = EsmModel
 
     def __init__(
-        self, config, *, backend: str | None = None, chunk_size: int | str | None = "auto"
+        self,
+        config,
+        *,
+        backend: str | None = None,
+        chunk_size: int | str | None = "auto",
+        offload: bool | str = "auto",
     ):
         # Read by the reference constructor when it builds the trunk; per instance so that two
         # models can use different backends.
@@ -95,7 +109,9 @@ class EsmForProteinFolding(_FastMixin, ref.EsmForProteinFolding):
         super().__init__(config)
         self._init_backend(backend)
         self.last_chunk_size: int | None = None
+        self.last_offload = False
         self.set_chunk_size(chunk_size)
+        self.set_offload(offload)
 
     @property
     def chunk_size(self) -> int | str | None:
@@ -111,26 +127,50 @@ class EsmForProteinFolding(_FastMixin, ref.EsmForProteinFolding):
         self.trunk.set_chunk_size(chunk_size)  # validates
         self._chunk_setting = self.trunk.chunk_size
 
-    def forward(self, input_ids: torch.Tensor, *args: Any, **kwargs: Any):
-        """As the reference's; with chunk_size "auto", the chunk is chosen first for the call's
-        `outputs` mode (and a fold that cannot fit raises `MemoryError` before any work)."""
-        if self._chunk_setting == "auto" and torch.is_tensor(input_ids) and input_ids.dim() == 2:
-            B, L = input_ids.shape
-            dtype = self.esm_s_combine.dtype
-            backend = resolve(self.backend, self.esm_s_combine, op="EsmForProteinFolding")
-            outputs = ref.check_outputs(kwargs.get("outputs", "full"))
-            self.trunk.set_chunk_size(
-                fold_memory.auto_chunk_size(
-                    self.config,
-                    L,
-                    batch=B,
-                    dtype=dtype,
-                    backend=backend,
-                    device=self.device,
-                    outputs=outputs,
-                )
+    @property
+    def offload(self) -> bool | str:
+        """The offload setting: "auto", True or False."""
+        return self._offload_setting
+
+    def set_offload(self, offload: bool | str) -> None:
+        """Where the triangle multiplication keeps its pair-sized contraction in inference.
+
+        False: on the device (2 pair tensors there at that op's peak). True: in host memory
+        (pinned on CUDA), copied back a row block at a time: about one pair tensor on the device,
+        for two pair-sized host transfers per triangle multiplication. "auto" (default): with
+        chunk_size "auto", offload only when the fold would not fit a GPU otherwise
+        (`fold_memory.auto_fold_plan`); never on a CPU, where host and device are one memory.
+        Outputs do not change.
+        """
+        if offload not in fold_memory.OFFLOAD_MODES:
+            raise ValueError(
+                f"set_offload: offload={offload!r} must be one of {fold_memory.OFFLOAD_MODES}"
             )
+        self._offload_setting = offload
+
+    def forward(self, input_ids: torch.Tensor, *args: Any, **kwargs: Any):
+        """As the reference's; with chunk_size "auto", the chunk (and, with offload "auto", the
+        offload) is chosen first for the call's `outputs` mode, and a fold that cannot fit
+        raises `MemoryError` before any work."""
+        offload = self._offload_setting is True
+        if torch.is_tensor(input_ids) and input_ids.dim() == 2:
+            B, L = input_ids.shape
+            backend = resolve(self.backend, self.esm_s_combine, op="EsmForProteinFolding")
+            chunk, offload = fold_memory.auto_fold_plan(
+                self.config,
+                L,
+                batch=B,
+                dtype=self.esm_s_combine.dtype,
+                backend=backend,
+                device=self.device,
+                outputs=ref.check_outputs(kwargs.get("outputs", "full")),
+                offload=self._offload_setting,
+                chunk_size=self._chunk_setting,
+            )
+            self.trunk.set_chunk_size(chunk)
+        self.__dict__["_trunk_ops"].offload = offload
         self.last_chunk_size = self.trunk.chunk_size
+        self.last_offload = offload
         return super().forward(input_ids, *args, **kwargs)
 
     @property

@@ -10,32 +10,35 @@ per chunk (min(chunk_size, L), L when unchunked), "block(c)" = b * R * L * c ele
 pair tensor z = b * L^2 * c_z * e bytes.
 
 - stem: the ESM-2 hidden states of every layer, twice (the stem's tuple and their stack), plus
-  one layer's feed-forward and attention temporaries;
+  one layer's feed-forward and attention temporaries (flash attention: no [H, L, L] scores);
 - pass input: z, the recycled distogram bins (int64) and three blocks of embeddings;
 - per block, with z alive: the sequence attention (its [b, H_s, L, L] pair bias and two blocks of
   fp32 logits), sequence->pair (two blocks), both triangle multiplications (torch: x in the
   contraction dtype plus three channel slices [b, h, L, L]; Triton: x, a and b slices, then
-  one block of output rows at a time, added into z), both triangle attentions (their [b, L, L, H] bias, q, k, v, gate and
-  the output for R rows, the torch path's two [b, R, H, R, L] fp32 logits) and the pair
+  one block of output rows at a time, added into z; offloaded, x is on the host and one row
+  block of it on the device), both triangle attentions (their [b, L, L, H] bias, q, k, v, gate
+  and the output for R rows, the torch path's two [b, R, H, R, L] fp32 logits) and the pair
   transition (eight blocks: its 4 c_z hidden layer and ReLU);
-- structure module: z, its own pair tensor, and one block of invariant point attention
-  (fp32 point differences [b, R, L, H, P_qk, 3] and logits);
+- structure module: z, its own pair tensor (chunked: one block of its rows, made from z per
+  block of queries), and one block of invariant point attention (fp32 point differences
+  [b, R, L, H, P_qk, 3] and logits);
 - heads, `outputs="full"`: z and the [b, L, L, 64] distogram, pTM logits and aligned-error
   probabilities (outputs of the API) plus one block of softmax temporaries; `outputs="lean"`:
   z, the [b, L, L] PAE and one block of pTM logits and their softmax (the heads' outputs are
   2.5 pair tensors at c_z = 128 in full mode, 0.01 in lean mode).
 
 The floor (esmfold_v1, bf16, Triton path, the best chunk; `python -m bench.fold_long_table`):
-at L = 10,000 one pair tensor z is 23.8 GiB. With lean outputs the peak is 50.7 GiB (2.1 pair
-tensors), the triangle multiplication: z, its contraction x [b, c, L, L] and a | b channel
-slices (1/8 of a pair); its update is added into z a row block at a time. Every output row
-depends on every input row and z is updated in place, so a pair-sized record of the pre-update
-z (x, or LN(z)) must live beside z: 2 pair tensors (47.7 GiB at 10k) is that phase's floor
-without host offload. The structure module holds its own pair tensor beside z (2 pair tensors
-plus a point-attention block, 48.7 GiB). Full outputs add 1.5 pair tensors of head outputs
-beside z (60.6 GiB). So with the weights (6.6 GiB) no on-device fold of 10,000 residues fits
-in 40 GiB (floor about 55 GiB; predicted 57.3), and 16,384 (64 GiB a pair tensor) needs at
-least about 135 GiB (predicted 142.7).
+at L = 10,000 one pair tensor z is 23.8 GiB. On the device alone the lean peak is 50.7 GiB
+(2.1 pair tensors), the triangle multiplication: z, its contraction x [b, c, L, L] and a | b
+channel slices (1/8 of a pair); its update is added into z a row block at a time. Every output
+row depends on every input row and z is updated in place, so a pair-sized record of the
+pre-update z must live beside z: 2 pair tensors is that phase's floor on the device. With
+`offload=True` x lives in host memory (`predict_host_bytes`) and comes back a row block at a
+time: the op holds z and 3/16 of a pair, and the peak moves to the sequence attention (z and
+its [b, L, L, H_s] bias, 30.1 GiB): 36.6 GiB with the weights at 10k, 86.9 GiB at 16,384. The
+structure module's own pair tensor is made one block of rows at a time from z in chunked
+inference (`RowMap`), so no phase holds two pair tensors then. Full outputs add 1.5 pair
+tensors of head outputs beside z (60.6 GiB).
 
 `auto_chunk_size` picks the chunk for the call's output mode: among powers of two (and None,
 "unchunked") whose predicted peak fits `free_bytes` (CUDA: free device memory; CPU: available
@@ -52,6 +55,7 @@ under it (a `TorchDispatchMode` that counts each new storage until it is freed),
 
 Example:
     >>> from esmkernels.core.configuration import EsmConfig
+from esmkernels.core.tracking import TrackedBytes, track_peak_bytes
     >>> cfg = esmfold_v1_config()
     >>> predict_fold_peak_bytes(cfg, 1024, dtype=torch.bfloat16, chunk_size=64) > 0
     True
@@ -59,18 +63,14 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from esmkernels.core.configuration import EsmConfig
+from esmkernels.core.tracking import TrackedBytes, track_peak_bytes
 from esmkernels.models.fold_cost import parameter_count
 from esmkernels.ops._dispatch import RESOLVED as BACKENDS
 from esmkernels.ops.trimul import channel_slice
@@ -95,15 +95,18 @@ __all__ = [
     "COMFORT",
     "LEAN_SLACK",
     "MIN_FAST_ROWS",
+    "OFFLOAD_MODES",
     "OUTPUT_MODES",
     "SAFETY_MARGIN",
     "TrackedBytes",
     "auto_chunk_size",
+    "auto_fold_plan",
     "esmfold_v1_config",
     "free_memory_bytes",
     "model_weight_bytes",
     "predict_fold_memory",
     "predict_fold_peak_bytes",
+    "predict_host_bytes",
     "track_peak_bytes",
 ]
 
@@ -197,10 +200,13 @@ def predict_fold_memory(
     backend: str = "torch",
     chunk_size: int | None = None,
     outputs: str = "full",
+    offload: bool = False,
 ) -> dict[str, int]:
     """Predicted high-water mark (bytes) of each phase of a fold; see the module docstring.
 
     `outputs` is the `forward` output mode, "full" or "lean"; it changes the "heads" phase.
+    `offload`: the triangle multiplication keeps its contraction in host memory (device bytes
+    only are predicted here; `predict_host_bytes` gives the host's).
 
     Returns a dict phase -> bytes ("stem", "input", "seq_attention", "seq_to_pair",
     "tri_mul", "tri_att", "pair_mlp", "structure", "heads").
@@ -230,9 +236,14 @@ def predict_fold_memory(
     phases: dict[str, int] = {}
 
     # Stem: all hidden states twice (the stem's tuple and their stack), one layer's temporaries.
+    # Its attention never holds [H, L, L] scores: the packed path calls SDPA per sequence (its
+    # flash kernel, on CPU and CUDA) and the Triton path is a flash kernel.
     tokens = b * (L + 2)
     hidden = tokens * (d.stem_layers + 1) * d.stem_c * e
-    layer = tokens * (2 * d.stem_ffn + 6 * d.stem_c) * e + b * d.stem_heads * (L + 2) ** 2 * f * 2
+    # A layer: q | k | v and the output, and q | k in fp32 for rotary (three copies; four with
+    # the cast from bf16); or the feed-forward's hidden layer and its GELU.
+    attention = tokens * d.stem_c * (4 * e + 2 * f * (4 if d.low else 3))
+    layer = max(attention, tokens * (2 * d.stem_ffn + 2 * d.stem_c) * e)
     phases["stem"] = 2 * hidden + layer
 
     # Pass input: z, the int64 recycling bins, three blocks of embeddings and int64 indices.
@@ -257,8 +268,16 @@ def predict_fold_memory(
         project = 2 * plane + max(layer_norm(d.c_z), block(d.c_z) + 3 * block(2 * n))
         contract = 3 * plane + (3 * b * L * L * n * f if d.xe != e else 0)
         output = max(block(d.c_z) + layer_norm(d.c_z if d.xe == e else 2 * d.c_z), 3 * block(d.c_z))
-        output += 0 if d.xe == e else block(d.c_z)  # the update is not written over an fp32 x
-        phases["tri_mul"] = z + x + max(project, contract, output) + single
+        if offload:  # x on the host; its row block copied back, the update added into z
+            output += block(d.c_z, d.xe)
+            phases["tri_mul"] = z + max(project, contract, output) + single
+        else:
+            output += 0 if d.xe == e else block(d.c_z)  # the update is not written over fp32 x
+            phases["tri_mul"] = z + x + max(project, contract, output) + single
+    elif offload:  # kernels: a, b and x slices (x copied out), then x's row block and output
+        phases["tri_mul"] = (
+            z + max(2 * plane + b * L * L * n * d.xe, block(d.c_z, d.xe) + block(d.c_z)) + single
+        )
     else:  # kernels: x, a and b slices, then one block of output rows added into z
         phases["tri_mul"] = z + x + max(2 * plane, block(d.c_z)) + single
 
@@ -279,9 +298,11 @@ def predict_fold_memory(
     # Pair transition: 4 c_z hidden channels and their ReLU.
     phases["pair_mlp"] = z + 8 * block(d.c_z) + single
 
-    # Structure module: z, its own pair tensor, one block of invariant point attention: fp32
-    # query-key point differences and their squares [b, R, L, H, P, 3], logits and softmax.
-    sm_pair = pair(d.sm_z)
+    # Structure module: z, its own pair tensor (chunked inference: one block of its rows, made
+    # from z when a block of queries needs it, `RowMap`), one block of invariant point
+    # attention: fp32 query-key point differences and their squares [b, R, L, H, P, 3],
+    # logits and softmax.
+    sm_pair = block(d.sm_z) if chunked else pair(d.sm_z)
     h = d.ipa_h
     ipa = 2 * block(3 * h * d.ipa_pq, f) + 3 * block(h, f) + block(h)
     ipa = max(ipa, block(h * d.ipa_pq, f) * 2 + 2 * block(h, f), block(d.sm_z) + block(d.sm_z, f))
@@ -316,9 +337,10 @@ def predict_fold_peak_bytes(
     chunk_size: int | None = None,
     include_weights: bool = False,
     outputs: str = "full",
+    offload: bool = False,
 ) -> int:
-    """Predicted peak bytes of the tensors one fold allocates (the largest phase of
-    `predict_fold_memory`), plus the model's parameters when `include_weights`.
+    """Predicted peak bytes of the tensors one fold allocates on its device (the largest phase
+    of `predict_fold_memory`), plus the model's parameters when `include_weights`.
 
     Args:
         config: an ESMFold `EsmConfig`.
@@ -329,6 +351,7 @@ def predict_fold_peak_bytes(
         chunk_size: the model's chunk size (None: unchunked).
         include_weights: add `model_weight_bytes(config, dtype)`.
         outputs: the output mode, "full" or "lean" (`EsmForProteinFolding.forward`).
+        offload: the triangle multiplication's contraction lives in host memory.
     """
     phases = predict_fold_memory(
         config,
@@ -338,9 +361,25 @@ def predict_fold_peak_bytes(
         backend=backend,
         chunk_size=chunk_size,
         outputs=outputs,
+        offload=offload,
     )
     peak = max(phases.values())
     return peak + (model_weight_bytes(config, dtype) if include_weights else 0)
+
+
+def predict_host_bytes(
+    config: EsmConfig,
+    length: int,
+    *,
+    batch: int = 1,
+    dtype: torch.dtype = torch.float32,
+    offload: bool = True,
+) -> int:
+    """Host memory an offloaded fold holds beside the model: the triangle multiplication's
+    contraction [b, L, L, c_z] (fp32 for fp16 models); 0 without offload."""
+    _check(config, length, batch, dtype, "torch", None)
+    d = _Dims.of(config, length, batch, dtype)
+    return d.b * d.L * d.L * d.c_z * d.xe if offload else 0
 
 
 def model_weight_bytes(config: EsmConfig, dtype: torch.dtype = torch.float32) -> int:
@@ -391,6 +430,7 @@ def auto_chunk_size(
     free_bytes: int | None = None,
     margin: float = SAFETY_MARGIN,
     outputs: str = "full",
+    offload: bool = False,
 ) -> int | None:
     """The chunk size a fold of `batch` x `length` residues should use (None: unchunked).
 
@@ -406,7 +446,7 @@ def auto_chunk_size(
        smaller blocks while on a CPU big blocks fall out of cache.
 
     Args:
-        config, length, batch, dtype, backend, outputs: as `predict_fold_peak_bytes`.
+        config, length, batch, dtype, backend, outputs, offload: as `predict_fold_peak_bytes`.
         device: where the fold runs, for `free_memory_bytes` when `free_bytes` is None.
         free_bytes: the memory the fold may use (the model already loaded); default the
             device's free memory.
@@ -434,6 +474,7 @@ def auto_chunk_size(
             backend=backend,
             chunk_size=c,
             outputs=outputs,
+            offload=offload,
         )
         for c in _candidates(length)
     }
@@ -441,7 +482,7 @@ def auto_chunk_size(
     if floor > budget:
         raise MemoryError(
             f"ESMFold: a fold of L={length} (batch {batch}, {dtype}, backend {backend}, "
-            f"{outputs} outputs) needs about {floor / 2**30:.2f} GiB ({floor} bytes) even at the "
+            f"{outputs} outputs{', offload' if offload else ''}) needs about {floor / 2**30:.2f} GiB ({floor} bytes) even at the "
             f"smallest chunk size, but only {free_bytes / 2**30:.2f} GiB ({free_bytes} bytes) are "
             f"free ({margin:.0%} kept as margin)"
         )
@@ -459,61 +500,73 @@ def auto_chunk_size(
     return chosen
 
 
-# ------------------------------------------------------------------------------------------------
-# Measuring
-# ------------------------------------------------------------------------------------------------
+OFFLOAD_MODES = (False, True, "auto")
 
 
-class TrackedBytes(TorchDispatchMode):
-    """Counts the bytes of tensor storages created under it, until each is freed.
+def auto_fold_plan(
+    config: EsmConfig,
+    length: int,
+    *,
+    batch: int = 1,
+    dtype: torch.dtype = torch.float32,
+    backend: str = "torch",
+    device: torch.device | str | None = None,
+    free_bytes: int | None = None,
+    host_free_bytes: int | None = None,
+    margin: float = SAFETY_MARGIN,
+    outputs: str = "full",
+    offload: bool | str = "auto",
+    chunk_size: int | str | None = "auto",
+) -> tuple[int | None, bool]:
+    """(chunk size, offload) for a fold: `auto_chunk_size` without offload when the fold fits
+    so; else, with `offload="auto"` on a GPU, with the triangle contraction offloaded to the
+    host, if the host has room for it (`predict_host_bytes`). With a given `chunk_size` (an
+    int or None) that chunk is kept and only the offload is chosen, without raising (the
+    out-of-memory retry of `infer` sets the chunk itself).
 
-    `current` and `peak` are in bytes. Views, in-place results and tensors that existed before
-    the mode (weights) are not counted; every new storage an op returns is, on any device.
-    """
+    Offload only moves bytes off a GPU: on a CPU host and device are one memory, so "auto"
+    never offloads there (True still does: it exercises the path). `free_bytes` given without
+    a device plans for a GPU that is not at hand (`fold --plan --memory`).
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.current = 0
-        self.peak = 0
-        self._live: dict[int, int] = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        inputs = {
-            t.untyped_storage().data_ptr()
-            for t in tree_leaves((args, kwargs))
-            if isinstance(t, torch.Tensor) and t.device.type != "meta"
-        }
-        for t in tree_leaves(out):
-            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
-                continue
-            storage = t.untyped_storage()
-            ptr, size = storage.data_ptr(), storage.nbytes()
-            if size == 0 or ptr in inputs or ptr in self._live:
-                continue
-            self._live[ptr] = size
-            self.current += size
-            self.peak = max(self.peak, self.current)
-            weakref.finalize(storage, self._free, ptr)
-        return out
-
-    def _free(self, ptr: int) -> None:
-        self.current -= self._live.pop(ptr, 0)
-
-
-@contextlib.contextmanager
-def track_peak_bytes() -> Iterator[TrackedBytes]:
-    """Context manager yielding a `TrackedBytes` whose `peak` is read after the block.
+    Raises:
+        MemoryError: before any work, when the fold fits neither way; the message names L and
+            the predicted device and host bytes.
 
     Example:
-        >>> with track_peak_bytes() as t:
-        ...     y = torch.ones(1000) * 2
-        >>> t.peak
-        8000
+        >>> auto_fold_plan(esmfold_v1_config(), 64, free_bytes=2**40)
+        (None, False)
     """
-    with TrackedBytes() as tracker:
-        yield tracker
+    if offload not in OFFLOAD_MODES:
+        raise ValueError(f"fold memory: offload={offload!r} is not one of {OFFLOAD_MODES}")
+    kwargs = dict(batch=batch, dtype=dtype, backend=backend, device=device,
+                  free_bytes=free_bytes, margin=margin, outputs=outputs)  # fmt: skip
+    on_gpu = torch.device("cuda" if device is None and free_bytes is not None else device or "cpu")
+    if chunk_size != "auto":
+        if offload != "auto" or on_gpu.type != "cuda":
+            return chunk_size, bool(offload is True)
+        free = free_memory_bytes(device) if free_bytes is None else free_bytes
+        peak = predict_fold_peak_bytes(
+            config, length, batch=batch, dtype=dtype, backend=backend, chunk_size=chunk_size,
+            outputs=outputs,
+        )  # fmt: skip
+        return chunk_size, peak > free * (1.0 - margin)
+    if offload is True:
+        return auto_chunk_size(config, length, **kwargs, offload=True), True
+    try:
+        return auto_chunk_size(config, length, **kwargs), False
+    except MemoryError:
+        if offload is False or on_gpu.type != "cuda":
+            raise
+    chunk = auto_chunk_size(config, length, **kwargs, offload=True)
+    host = predict_host_bytes(config, length, batch=batch, dtype=dtype)
+    host_free = free_memory_bytes("cpu") if host_free_bytes is None else host_free_bytes
+    if host > host_free * (1.0 - margin):
+        raise MemoryError(
+            f"ESMFold: a fold of L={length} fits the device only with its triangle "
+            f"contraction offloaded, which needs {host / 2**30:.2f} GiB of host memory, but only "
+            f"{host_free / 2**30:.2f} GiB are free ({margin:.0%} kept as margin)"
+        )
+    return chunk, True
 
 
 def esmfold_v1_config(num_blocks: int = 48) -> EsmConfig:

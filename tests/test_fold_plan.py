@@ -63,31 +63,44 @@ def test_flops_formula():
         fc.predict_fold_flops(cfg, 10, num_recycles=-1)
 
 
-def test_plan_matches_auto_chunk_size():
-    """Fits iff auto_chunk_size accepts the record with the memory left after the weights,
-    and then at the chunk it picks."""
+@pytest.mark.parametrize("offload", ["auto", False])
+def test_plan_matches_auto_chunk_size(offload):
+    """Fits iff the model's automatic plan (auto_chunk_size, then offload on a GPU) accepts the
+    record with the memory left after the weights, and then at the chunk and offload it picks;
+    with offload off, exactly auto_chunk_size's verdicts."""
     from esmkernels.jobs.plan import plan_fold
 
     cfg = esmfold_v1_config()
     records = [(f"r{n}", "A" * n) for n in LENGTHS]
+    kw = dict(dtype=torch.bfloat16, backend="triton", outputs="lean")
+    offloaded = 0
     for memory in (24e9, 48e9, 80 * 2**30, 141e9):
-        plans = plan_fold(cfg, records, dtype="bfloat16", memory_bytes=int(memory))
+        plans = plan_fold(
+            cfg, records, dtype="bfloat16", memory_bytes=int(memory), offload=offload
+        )
         free = int(memory) - fm.model_weight_bytes(cfg, torch.bfloat16)
         for plan in plans:
             try:
-                want = fm.auto_chunk_size(
-                    cfg, plan.length, dtype=torch.bfloat16, backend="triton",
-                    free_bytes=free, outputs="lean",
-                )  # fmt: skip
+                if offload is False:
+                    want = fm.auto_chunk_size(cfg, plan.length, free_bytes=free, **kw), False
+                else:
+                    want = fm.auto_fold_plan(
+                        cfg, plan.length, free_bytes=free, host_free_bytes=2**62, **kw
+                    )
             except MemoryError:
                 assert not plan.fits, plan
             else:
-                assert plan.fits and plan.chunk_size == want, plan
+                assert plan.fits and (plan.chunk_size, plan.offload) == want, plan
                 assert plan.peak_bytes == fm.predict_fold_peak_bytes(
-                    cfg, plan.length, dtype=torch.bfloat16, backend="triton",
-                    chunk_size=want, outputs="lean",
+                    cfg, plan.length, chunk_size=want[0], offload=want[1], **kw
+                )
+                assert plan.host_bytes == (
+                    fm.predict_host_bytes(cfg, plan.length, dtype=torch.bfloat16)
+                    if plan.offload else 0
                 )  # fmt: skip
+                offloaded += plan.offload
         assert [p.fits for p in plans] == sorted((p.fits for p in plans), reverse=True)
+    assert (offloaded > 0) == (offload == "auto")
     assert plans[0].peak_bytes_with_weights - plans[0].peak_bytes == fm.model_weight_bytes(
         cfg, torch.bfloat16
     )

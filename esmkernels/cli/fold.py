@@ -104,6 +104,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="print per record L, chunk, predicted peak (with and without weights), whether it "
         "fits and FLOPs, from the FASTA and config.json only; exit 1 if some would not fit",
     )
+    p.add_argument(
+        "--offload",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="keep the triangle multiplication's pair-sized contraction in host memory: 'auto' "
+        "(default) only on a GPU where a fold fits no other way; same results, slower",
+    )
     p.add_argument("--json", action="store_true", help="with --plan: one JSON object per record")
     p.add_argument(
         "--memory", metavar="SIZE", help="with --plan: plan for a device of SIZE (e.g. 80GiB)"
@@ -141,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         )
     fasta = args.fasta or args.input
     chunk = parse_chunk(args.chunk_size)
+    offload = {"auto": "auto", "on": True, "off": False}[args.offload]
     if args.plan:  # esmkernels.jobs.plan: reads the FASTA and config.json, never the weights
         from esmkernels.jobs.plan import run_plan
 
@@ -155,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
                 device=cpu_only(args.device, args.cpu_only, "--cpu-only"),
                 chunk_size=chunk,
                 num_recycles=args.num_recycles,
+                offload=offload,
             )
         except ValueError as err:
             raise UsageError(str(err)) from None
@@ -180,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         backend=args.backend,
     )
+    if hasattr(model, "set_offload"):
+        model.set_offload(offload)
     items = {r.order: (r.id, r.sequence, None) for r in records}
     items.update({r.order: (r.id, r.sequence, r.reason) for r in rejected})
     settings = {

@@ -14,6 +14,13 @@ What counts (`is_oom`):
   other backends raise plain RuntimeErrors: "CUDA error: out of memory", "MPS backend out of
   memory", "DefaultCPUAllocator: not enough memory").
 
+Host offload (`host_empty`): a pair-sized buffer a fold keeps in host memory instead of on
+the device (the triangle multiplication's contraction, `offload=True`). It is allocated outside
+any `TorchDispatchMode`, so a device-memory tracker (`esmkernels.models.fold_memory.
+track_peak_bytes`) never counts it, and its bytes are counted here instead (`host_bytes`):
+on a CPU, where host and device are the same memory, that is how the device peak of an
+offloaded fold is checked against the memory model.
+
 Example:
     >>> try:
     ...     raise RuntimeError("CUDA error: out of memory")
@@ -25,9 +32,11 @@ Example:
 from __future__ import annotations
 
 import gc
+import threading
+import weakref
 from typing import Any
 
-__all__ = ["free_memory", "is_oom"]
+__all__ = ["free_memory", "host_bytes", "host_empty", "is_oom"]
 
 _MESSAGES = ("out of memory", "not enough memory")
 
@@ -62,3 +71,48 @@ def free_memory(device: Any = None) -> None:
         cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
+
+
+_host = {"live": 0, "peak": 0}
+_host_lock = threading.Lock()
+
+
+def _host_freed(nbytes: int) -> None:
+    with _host_lock:
+        _host["live"] -= nbytes
+
+
+def host_empty(shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
+    """An uninitialised host tensor for data offloaded from `device`.
+
+    Pinned (page-locked, for fast asynchronous copies) when `device` is CUDA, ordinary CPU
+    memory otherwise. Allocated outside any `TorchDispatchMode` (see the module docstring) and
+    counted by `host_bytes` while it lives.
+
+    Example:
+        >>> import torch
+        >>> t = host_empty((2, 3), torch.float32, "cpu")
+        >>> t.shape, t.device.type, host_bytes()[0] >= 24
+        (torch.Size([2, 3]), 'cpu', True)
+    """
+    import torch
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    pin = torch.device(device).type == "cuda"
+    with _disable_current_modes():
+        t = torch.empty(shape, dtype=dtype, device="cpu", pin_memory=pin)
+    nbytes = t.untyped_storage().nbytes()
+    with _host_lock:
+        _host["live"] += nbytes
+        _host["peak"] = max(_host["peak"], _host["live"])
+    weakref.finalize(t.untyped_storage(), _host_freed, nbytes)
+    return t
+
+
+def host_bytes(reset_peak: bool = False) -> tuple[int, int]:
+    """(live, peak) bytes of the `host_empty` buffers; `reset_peak` first sets the peak to the
+    live bytes, to measure the peak of what follows."""
+    with _host_lock:
+        if reset_peak:
+            _host["peak"] = _host["live"]
+        return _host["live"], _host["peak"]

@@ -7,8 +7,11 @@ peak is the memory model's, `esmkernels.models.fold_memory`). A FASTA with lengt
 plans in well under a second.
 
 The verdict is the one `chunk_size="auto"` gives when the model folds the record alone:
-`auto_chunk_size` with the memory the fold may use, i.e. the memory where it runs (CUDA free
+`auto_fold_plan` with the memory the fold may use, i.e. the memory where it runs (CUDA free
 memory, the CPU's available RAM, or `memory_bytes` for a device not at hand) less the weights.
+On a GPU (or one planned with `memory_bytes`) a record that fits only with the triangle
+contraction offloaded to the host gets `offload` and the host bytes it needs (`host_bytes`;
+this machine's available RAM must hold them, or `host_memory_bytes` for a host not at hand).
 A record it refuses does not fit; its chunk is then None and its peak the smallest achievable.
 
 Example:
@@ -55,6 +58,8 @@ class FoldPlan:
     fits: bool
     flops: int
     memory_bytes: int  # the memory the plan was made for (weights included)
+    offload: bool = False  # the triangle contraction in host memory (`set_offload`)
+    host_bytes: int = 0  # host memory the offload holds
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -111,6 +116,8 @@ def plan_fold(
     outputs: str = "lean",
     num_recycles: int | None = None,
     chain_linker: str = DEFAULT_LINKER,
+    offload: bool | str = "auto",
+    host_memory_bytes: int | None = None,
 ) -> list[FoldPlan]:
     """Plan each record folded alone; see the module docstring.
 
@@ -127,6 +134,11 @@ def plan_fold(
         outputs: "lean" (what `fold` writes) or "full".
         num_recycles: as `forward` (None: the model's `max_recycles` passes), for the FLOPs.
         chain_linker: the multimer linker (its residues count in L).
+        offload: "auto" (offload where a GPU fold fits only so), True or False, as
+            `EsmForProteinFolding.set_offload`.
+        host_memory_bytes: the host's free memory for offload (default: this machine's
+            available RAM; with `memory_bytes`, a host not at hand, assumed large enough, and
+            the plan says how much it needs).
 
     Returns:
         `[len(records)]` `FoldPlan`s in input order.
@@ -135,45 +147,59 @@ def plan_fold(
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"plan: dtype={dtype!r} is not float32, bfloat16 or float16")
         dtype = getattr(torch, dtype)
+    named_cpu = device is not None and torch.device(device).type == "cpu"
     if device is None:
         device = "cuda" if memory_bytes is None and torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    gpu = device.type == "cuda" or (memory_bytes is not None and not named_cpu)
     if backend in (None, "auto"):
-        gpu = device.type == "cuda" or memory_bytes is not None
         backend = "triton" if gpu else "torch"
     weights = fm.model_weight_bytes(config, dtype)
     total = fm.free_memory_bytes(device) + weights if memory_bytes is None else memory_bytes
     free = max(total - weights, 0)
     plans = []
+    # The device the plan is for: a GPU with memory_bytes unless the CPU was named.
+    where = torch.device("cuda") if gpu else device
+    if host_memory_bytes is None and memory_bytes is not None:
+        host_memory_bytes = 2**62
     for rid, seq in records:
         L = positions(seq, chain_linker)
         kw = dict(dtype=dtype, backend=backend, outputs=outputs)
-        if chunk_size == "auto":
-            try:
-                chunk = fm.auto_chunk_size(config, L, free_bytes=free, **kw)
-                fits = True
-            except MemoryError:
-                chunk, fits = None, False
-            sizes = [chunk] if fits else fm._candidates(L)
-            peak = min(fm.predict_fold_peak_bytes(config, L, chunk_size=c, **kw) for c in sizes)
-        else:
-            chunk = chunk_size
-            peak = fm.predict_fold_peak_bytes(config, L, chunk_size=chunk, **kw)
+        try:
+            chunk, off = fm.auto_fold_plan(
+                config, L, **kw, device=where, free_bytes=free, offload=offload,
+                chunk_size=chunk_size, host_free_bytes=host_memory_bytes,
+            )  # fmt: skip
+            fits = True
+        except MemoryError:
+            chunk, off, fits = None, gpu, False
+        off = bool(off and offload is not False)
+        sizes = [chunk] if fits else fm._candidates(L)
+        peak = min(
+            fm.predict_fold_peak_bytes(config, L, chunk_size=c, offload=off, **kw) for c in sizes
+        )
+        if chunk_size != "auto":
             fits = peak <= free * (1 - fm.SAFETY_MARGIN)
+        host = fm.predict_host_bytes(config, L, dtype=dtype, offload=off)
         flops = predict_fold_flops(config, L, num_recycles=num_recycles, outputs=outputs)
-        plans.append(FoldPlan(rid, L, chunk, peak, peak + weights, fits, flops, total))
+        plans.append(FoldPlan(rid, L, chunk, peak, peak + weights, fits, flops, total, off, host))
     return plans
 
 
 def format_plans(plans: Sequence[FoldPlan]) -> str:
-    """A table: id, L, chunk, peak and peak with weights (GiB), fits, TFLOPs."""
-    head = f"{'id':<24} {'L':>7} {'chunk':>6} {'peak GiB':>9} {'+weights':>9} {'fits':>5} {'TFLOP':>10}"
+    """A table: id, L, chunk, device peak and peak with weights (GiB), offload's host GiB (or
+    -), fits, TFLOPs."""
+    head = (
+        f"{'id':<24} {'L':>7} {'chunk':>6} {'peak GiB':>9} {'+weights':>9} {'host GiB':>9} "
+        f"{'fits':>5} {'TFLOP':>10}"
+    )
     rows = [head]
     for p in plans:
         chunk = "none" if p.chunk_size is None else str(p.chunk_size)
+        host = f"{p.host_bytes / 2**30:.2f}" if p.offload else "-"
         rows.append(
             f"{p.id[:24]:<24} {p.length:>7} {chunk:>6} {p.peak_bytes / 2**30:>9.2f} "
-            f"{p.peak_bytes_with_weights / 2**30:>9.2f} {'yes' if p.fits else 'NO':>5} "
+            f"{p.peak_bytes_with_weights / 2**30:>9.2f} {host:>9} {'yes' if p.fits else 'NO':>5} "
             f"{p.flops / 1e12:>10.1f}"
         )
     return "\n".join(rows)

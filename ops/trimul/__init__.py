@@ -95,6 +95,7 @@ def triangle_multiplicative_update(
     chunk_size: int | None = None,
     backend: str | None = None,
     add_into: torch.Tensor | None = None,
+    offload: bool = False,
 ) -> torch.Tensor:
     """Fused triangle multiplicative update (outgoing = Algorithm 11, incoming = Algorithm 12).
 
@@ -118,6 +119,10 @@ def triangle_multiplicative_update(
             into, in place, which is then returned. Without gradients the kernels then add
             their output `chunk_size` rows at a time and never hold a full update (the pair
             floor of this op goes from 3 pair tensors to 2: z and the contraction).
+        offload: inference with `add_into` only: keep the contraction x ([B, L, L, Ch]) in host
+            memory (pinned on CUDA) and bring it back a row block at a time; the op's device
+            floor goes from 2 pair tensors to about 1.1, for two pair-sized host transfers.
+            Same results. `EsmForProteinFolding` turns it on when a fold fits only that way.
 
     Returns:
         [B, L, L, C] in z.dtype: the update (the caller adds the residual and dropout), or
@@ -152,7 +157,18 @@ def triangle_multiplicative_update(
     tensors = (z, mask, *params.values())
     problem = _unsupported(z, mask, **params)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if offload and (grad or add_into is None or not add_into.is_contiguous()):
+        raise ValueError(
+            "triangle_multiplicative_update: offload=True is for inference into a contiguous "
+            "add_into (no gradients)"
+        )
     if choose("triangle_multiplicative_update", backend, tensors, problem) == "torch":
+        if offload:
+            with torch.no_grad():
+                return torch_path.lean_update(
+                    z, mask, **params, outgoing=outgoing, eps=eps, chunk_size=chunk_size,
+                    add_into=add_into, offload=True,
+                )  # fmt: skip
         if grad:
             update = ref.triangle_multiplicative_update(
                 z, mask, **params, outgoing=outgoing, eps=eps, chunk_size=chunk_size
@@ -167,7 +183,9 @@ def triangle_multiplicative_update(
     if add_into is not None and not grad and add_into.is_contiguous():
         with torch.no_grad():  # inference: the kernels add their output into add_into by rows
             p = dict(zip(PARAM_NAMES, ordered))
-            return forward.trimul_fwd(z, mask, p, bool(outgoing), float(eps), chunk_size, add_into)
+            return forward.trimul_fwd(
+                z, mask, p, bool(outgoing), float(eps), chunk_size, add_into, offload=offload
+            )
     update = _trimul_fwd_op(z, mask, ordered, bool(outgoing), float(eps), chunk_size)
     return update if add_into is None else add_into.add_(update)
 

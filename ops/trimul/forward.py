@@ -43,6 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
+from esmkernels.core.memory import host_empty
 from esmkernels.ops._dispatch import interpreting, poison_empty
 from esmkernels.ops._tuning import dot, tuning
 from esmkernels.reference.esmfold import trunk_functional as ref
@@ -360,17 +361,19 @@ def trimul_output(
     p: dict[str, torch.Tensor],
     eps: float,
     rows: tuple[int, int] | None = None,
+    x_row0: int = 0,
 ) -> torch.Tensor:
     """sigmoid(LN_in(z) Wg^T + bg) * (LN_out(x) Wz^T + bz) for output rows [r0, r1) (default
-    all): [B, r1 - r0, L, C] contiguous, z.dtype. x: [B, Ch, L, L] with contiguous (i, j)."""
+    all): [B, r1 - r0, L, C] contiguous, z.dtype. x: [B, Ch, I, L] with contiguous (i, j), holding
+    rows x_row0 .. x_row0 + I of the contraction (all of them by default)."""
     B, L, _, C = z.shape
     ch = x.shape[1]
     r0, r1 = (0, L) if rows is None else rows
     out = poison_empty(B, r1 - r0, L, C, dtype=z.dtype, device=z.device)
     n_pixels = (r1 - r0) * L
     grid = lambda meta: (triton.cdiv(n_pixels, meta["BLOCK_P"]), B)
-    # Row block views: z[:, r0:] and x's pixels from r0 * L on (x is pixel-contiguous per channel).
-    z_rows, x_rows = z[:, r0:], x.flatten(2)[:, :, r0 * L :]
+    # Row block views: z[:, r0:] and x's pixels from row r0 on (x is pixel-contiguous per channel).
+    z_rows, x_rows = z[:, r0:], x.flatten(2)[:, :, (r0 - x_row0) * L :]
     _trimul_out_kernel[grid](
         x_rows, z_rows, p["ln_in_weight"], p["ln_in_bias"], p["ln_out_weight"], p["ln_out_bias"],
         p["out_proj_weight"], p["out_proj_bias"], p["out_gate_weight"], p["out_gate_bias"], out,
@@ -407,9 +410,15 @@ def trimul_fwd(
     eps: float,
     chunk_size: int | None,
     add_into: torch.Tensor | None = None,
+    offload: bool = False,
 ) -> torch.Tensor:
     """The whole forward: projection and contraction in slices of hidden channels, as many as
     `channel_slice` gives for `chunk_size` rows (None: all channels at once).
+
+    With `offload` (needs `add_into`) x lives in host memory (`core.memory.host_empty`): each
+    slice is contracted into a device buffer of the slice's channels and copied out, and the
+    output copies x back one row block [B, Ch, R, L] at a time. Same bits, about one pair
+    tensor less on the device.
 
     With `add_into` (inference; z itself or a tensor of z's shape and dtype) the update is
     added into it `chunk_size` rows at a time and `add_into` is returned: no full [B, L, L, C]
@@ -423,20 +432,37 @@ def trimul_fwd(
     p = {name: t.contiguous() for name, t in p.items()}
     if mask is not None and mask.dtype == torch.bool:
         mask = mask.view(torch.uint8)
+    if offload and add_into is None:
+        raise ValueError("triangle_multiplicative_update: offload=True needs add_into")
     step = channel_slice(chunk_size, L, ch)
-    x = poison_empty(B, ch, L, L, dtype=ref.contraction_dtype(z.dtype), device=z.device)
-    a = b = None
+    x_dtype = ref.contraction_dtype(z.dtype)
+    if offload:
+        x = host_empty((B, ch, L, L), x_dtype, z.device)
+    else:
+        x = poison_empty(B, ch, L, L, dtype=x_dtype, device=z.device)
+    a = b = x_slice = None
     for h_off in range(0, ch, step):
         h_chunk = min(step, ch - h_off)
         if a is None or a.shape[1] != h_chunk:
-            a = b = None  # the last, smaller chunk gets its own buffers
+            a = b = x_slice = None  # the last, smaller chunk gets its own buffers
         a, b = trimul_project(z, mask, p, h_off, h_chunk, eps, a=a, b=b)
-        trimul_contract(a, b, x, h_off, outgoing)
-    del a, b
+        if offload:
+            if x_slice is None:
+                x_slice = poison_empty(B, h_chunk, L, L, dtype=x_dtype, device=z.device)
+            trimul_contract(a, b, x_slice, 0, outgoing)
+            x[:, h_off : h_off + h_chunk].copy_(x_slice)
+        else:
+            trimul_contract(a, b, x, h_off, outgoing)
+    del a, b, x_slice
     if add_into is None:
         return trimul_output(x, z, p, eps)
     step = L if chunk_size is None else min(chunk_size, L)
     for r0 in range(0, L, step):
         rows = (r0, min(r0 + step, L))
-        add_into[:, rows[0] : rows[1]] += trimul_output(x, z, p, eps, rows)
+        if offload:  # this row block of x back on the device
+            x_rows = poison_empty(B, ch, rows[1] - r0, L, dtype=x_dtype, device=z.device)
+            x_rows.copy_(x[:, :, r0 : rows[1]])
+            add_into[:, r0 : rows[1]] += trimul_output(x_rows, z, p, eps, rows, x_row0=r0)
+        else:
+            add_into[:, r0 : rows[1]] += trimul_output(x, z, p, eps, rows)
     return add_into

@@ -17,6 +17,12 @@ channel slices ([B, h, L, L]: a, b and their product) + one row block's temporar
 matmul runs in z.dtype with BLAS's fp32 accumulation (upcast to fp32 for fp16, whose range x
 outgrows), so results equal the reference's up to summation order.
 
+Offload (`offload=True`, with `add_into`): x lives in host memory (`esmkernels.core.memory.
+host_empty`, pinned on CUDA); each channel slice's product is copied out as it is made, and the
+output phase copies x back one row block at a time, adding the update into `add_into`. On the
+device the op then holds z, the slices and one row block: about one pair tensor instead of
+two, paid for with two pair-sized host transfers. Results are the same bits as without it.
+
 Not differentiable (it writes into buffers): the op runs it only with autograd off; with
 autograd on it runs the reference. The Triton path chunks the same hidden channels
 (`channel_slice`), see `esmkernels.ops.trimul.forward`.
@@ -27,6 +33,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from esmkernels.core.memory import host_empty
 from esmkernels.ops.trimul.forward import channel_slice
 from esmkernels.reference.esmfold.trunk_functional import (
     chunk_rows,
@@ -61,6 +68,8 @@ def lean_update(
     outgoing: bool,
     eps: float = 1e-5,
     chunk_size: int | None = None,
+    add_into: Tensor | None = None,
+    offload: bool = False,
 ) -> Tensor:
     """Triangle multiplicative update, inference only; arguments as the reference's.
 
@@ -68,9 +77,14 @@ def lean_update(
         z: [B, L, L, C]; mask: [B, L, L] (1 = keep) or None.
         chunk_size: rows per block of the projections and of the output; the hidden channels
             go `channel_slice(chunk_size, L, Ch)` at a time.
+        add_into: [B, L, L, C] (z itself in the trunk): the update is added into it, a row
+            block at a time, and it is returned.
+        offload: keep the contraction x in host memory (needs `add_into`); see the module
+            docstring.
 
     Returns:
-        [B, L, L, C] update in z.dtype (possibly sharing storage with no input).
+        [B, L, L, C] update in z.dtype (possibly sharing storage with no input), or `add_into`
+        with the update added.
 
     Example:
         >>> C = 8
@@ -98,8 +112,13 @@ def lean_update(
         raise ValueError(
             f"triangle_multiplicative_update: mask must be {(B, L, L)}, got {tuple(mask.shape)}"
         )
+    if offload and add_into is None:
+        raise ValueError("triangle_multiplicative_update: offload=True needs add_into")
     x_dtype = contraction_dtype(z.dtype)
-    x = z.new_empty(B, L, L, ch, dtype=x_dtype)
+    if offload:
+        x = host_empty((B, L, L, ch), x_dtype, z.device)
+    else:
+        x = z.new_empty(B, L, L, ch, dtype=x_dtype)
     step = channel_slice(chunk_size, L, ch)
     for h0 in range(0, ch, step):
         h = slice(h0, min(h0 + step, ch))
@@ -132,6 +151,21 @@ def lean_update(
         del a, b, ab
         x[..., h].copy_(prod.permute(0, 2, 3, 1))
         del prod
+    out = dict(
+        ln_in=(ln_in_weight, ln_in_bias),
+        ln_out=(ln_out_weight, ln_out_bias),
+        out_w=(out_proj_weight, out_proj_bias, out_gate_weight, out_gate_bias),
+        eps=eps,
+    )
+    if add_into is not None:
+        step = L if chunk_size is None else min(chunk_size, L)
+        for r0 in range(0, L, step):
+            r = slice(r0, min(r0 + step, L))
+            x_rows = x[:, r]
+            if offload:  # one row block back on the device
+                x_rows = torch.empty(x_rows.shape, dtype=x_dtype, device=z.device).copy_(x_rows)
+            add_into[:, r] += _output_rows(z[:, r], x_rows, **out)
+        return add_into
     in_place = ch == C and x_dtype == z.dtype
     return chunk_rows(
         _output_rows,
@@ -139,10 +173,7 @@ def lean_update(
         x,
         chunk_size=chunk_size,
         out=x if in_place else None,
-        ln_in=(ln_in_weight, ln_in_bias),
-        ln_out=(ln_out_weight, ln_out_bias),
-        out_w=(out_proj_weight, out_proj_bias, out_gate_weight, out_gate_bias),
-        eps=eps,
+        **out,
     )
 
 
