@@ -24,6 +24,7 @@ import argparse
 from pathlib import Path
 
 from esmkernels.cli._common import EXIT_FAILED, EXIT_OK, UsageError, command_parser
+from esmkernels.jobs.threads import add_option as add_threads_option
 
 SUITE_CHOICES = ("kernels", "lm", "fold", "memory", "all")
 
@@ -80,9 +81,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-time", type=float, default=1.0, help="seconds per measurement")
     p.add_argument("--num-recycles", type=int, default=0, help="fold: recycles per call")
     p.add_argument("--chunk-size", type=int, default=None, help="fold: trunk chunk size")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's, at most the physical cores we may use; "
-                   "1 gives steadier CPU timings on a busy machine)")  # fmt: skip
+    add_threads_option(p, "; 1 gives steadier timings on a busy machine")
     p.add_argument("--out", type=Path, default=None, help="output directory")
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
     p.set_defaults(func=run)
@@ -103,8 +102,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--compare {bad or args.compare}: choose from {runner.PROVIDERS}")
     if args.max_time <= 0:
         raise UsageError(f"--max-time {args.max_time} must be > 0")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads {args.threads} must be >= 1")
     suites = runner.SUITES if args.suite == "all" else (args.suite,)
     if args.cases and len(suites) > 1:
         raise UsageError("--cases needs a single --suite")

@@ -50,6 +50,7 @@ from esmkernels.cli._common import (
     report_failures,
     tokenizer_for,
 )
+from esmkernels.jobs.threads import add_option as add_threads_option
 
 EXAMPLE = """
 esmkernels embed proteins.fasta --model facebook/esm2_t33_650M_UR50D --out emb/ \\
@@ -127,13 +128,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         choices=("int8",),
         help="int8 linear layers for CPU inference (float32 model on the CPU only; default: off)",
     )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="torch CPU threads (default: torch's, at most the physical cores we may use)",
-    )
+    add_threads_option(p)
     p.add_argument("--nogpu", action="store_true", help="run on the CPU (as --device cpu)")
     return p
 
@@ -144,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     from esmkernels.jobs.threads import set_threads
     from esmkernels.models.esm import EsmModel
 
-    for name in ("max_tokens_per_batch", "records_per_shard", "truncation_seq_length", "threads"):
+    for name in ("max_tokens_per_batch", "records_per_shard", "truncation_seq_length"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} {value}: must be >= 1")

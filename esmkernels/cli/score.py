@@ -47,6 +47,7 @@ from esmkernels.cli._common import (
     report_failures,
     tokenizer_for,
 )
+from esmkernels.jobs.threads import add_option as add_threads_option
 
 EXAMPLE = """
 esmkernels score --model facebook/esm1v_t33_650M_UR90S_1 --model facebook/esm1v_t33_650M_UR90S_2 \\
@@ -101,13 +102,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         choices=("int8",),
         help="int8 linear layers for CPU inference (float32 model on the CPU only; default: off)",
     )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="torch CPU threads (default: torch's, at most the physical cores we may use)",
-    )
+    add_threads_option(p)
     return p
 
 
@@ -161,8 +156,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads {args.threads}: must be >= 1")
     set_threads(args.threads)
     if args.fasta:
         records, _ = read_input(args.fasta, multimer=False, skip_invalid=False)

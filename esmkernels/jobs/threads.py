@@ -11,6 +11,7 @@ several times slower; one thread per SMT sibling adds contention, not matmul uni
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from pathlib import Path
@@ -48,6 +49,27 @@ def physical_cores() -> int:
     count = len(cores) or 1
     quota = _quota()
     return max(1, min(count, quota) if quota else count)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads {text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--threads {value}: must be >= 1")
+    return value
+
+
+def add_option(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """The commands' `--threads N` option (>= 1; default None: see `set_threads`)."""
+    parser.add_argument(
+        "--threads",
+        type=_count,
+        default=None,
+        metavar="N",
+        help=f"torch CPU threads (default: torch's, at most the physical cores we may use{note})",
+    )
 
 
 def set_threads(requested: int | None) -> int:
