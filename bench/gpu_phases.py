@@ -243,11 +243,16 @@ def phase_fold_probe(ph: Phase) -> int:
 
     from esmkernels.benchmarks import fold
 
-    on_gpu, device, name, size = _bench_setup()
-    lengths = [1024, 1536, 2048, 3072, 4096, 6144, 8192] if on_gpu else [8, 16]
-    models = fold.Models(size, device, torch.float32)
+    on_gpu, device, name, _size = _bench_setup()
+    # esmfold_v1's trunk width with 2 blocks (the peak is one block's; time scales with the
+    # blocks), bf16, lean outputs, chunk and offload chosen by the memory model.
+    size, dtype = ("wide", torch.bfloat16) if on_gpu else ("tiny", torch.float32)
+    lengths = [1024, 2048, 4096, 6144, 8192, 10240, 12288, 14336, 16384] if on_gpu else [8, 16]
+    models = fold.Models(size, device, dtype, chunk_size="auto")
     emit = lambda row: ph.emit({"kind": "probe", "device_name": name, "provider": "triton", **row})
-    fold.longest_fold("triton", lengths, models=models, deadline=ph.deadline, on_result=emit)
+    fold.longest_fold(
+        "triton", lengths, models=models, deadline=ph.deadline, outputs="lean", on_result=emit
+    )
     _snapshot(ph, on_gpu)
     return 0
 

@@ -118,6 +118,11 @@ def longest_fold(records: list[dict]) -> dict:
     best = max(ok, key=lambda r: r["length"]) if ok else None
     stop = next((r for r in probes if r["status"] != "ok"), None)
     measured = "-" if best is None else f"L={best['length']} in {best['seconds']:.1f} s"
+    if best is not None and best.get("peak_mb") and best.get("predicted_mb"):
+        measured += (
+            f"; peak {best['peak_mb']:.0f} MB, predicted {best['predicted_mb']:.0f} MB "
+            f"({best['predicted_mb'] / best['peak_mb']:.2f}x)"
+        )
     note = (
         "not measured: no probe ran"
         if not probes

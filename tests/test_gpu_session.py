@@ -180,6 +180,10 @@ def test_longest_fold_row():
     ]
     row = targets.longest_fold(probes)
     assert row["measured"] == "L=2048 in 9.5 s" and "L=3072 oom" in row["verdict"]
+    probes[1]["predicted_mb"] = 5500.0
+    assert targets.longest_fold(probes)["measured"] == (
+        "L=2048 in 9.5 s; peak 5000 MB, predicted 5500 MB (1.10x)"
+    )
     assert targets.longest_fold([])["verdict"] == "not measured: no probe ran"
 
 
@@ -269,7 +273,7 @@ def test_longest_fold_stops_at_the_first_out_of_memory():
 
     calls = []
 
-    def fake_model(ids, attention_mask, num_recycles):
+    def fake_model(ids, attention_mask, num_recycles, outputs="full"):
         calls.append(ids.shape[1])
         if ids.shape[1] >= 16:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
@@ -293,3 +297,26 @@ def test_commit_of_a_copied_tree_comes_from_the_environment(tmp_path, monkeypatc
     assert environment.git_commit(short=True) == "0123456789"
     monkeypatch.delenv("ESMKERNELS_COMMIT")
     assert environment.git_commit() == "unknown"
+
+
+def test_longest_fold_records_the_prediction_beside_the_fold():
+    """An esmkernels model's row carries the chunk and offload it used and the memory model's
+    device peak for them (the GPU session compares it with max_memory_allocated)."""
+    import time
+
+    import torch
+
+    from esmkernels.benchmarks import fold
+    from esmkernels.models import fold_memory
+
+    models = fold.Models("tiny", "cpu", torch.float32, chunk_size="auto")
+    (row,) = fold.longest_fold(
+        "torch", [12], models=models, deadline=time.monotonic() + 60, outputs="lean"
+    )
+    model = models.get("torch")
+    assert row["status"] == "ok" and row["chunk_size"] == model.last_chunk_size
+    assert row["offload"] is False
+    want = fold_memory.predict_fold_peak_bytes(
+        model.config, 12, chunk_size=model.last_chunk_size, outputs="lean"
+    )
+    assert row["predicted_mb"] == want / 2**20 > 0

@@ -172,15 +172,24 @@ def sequence(length: int, device, seed: int = 0):
 
 
 def build(
-    case: str, provider: str, length: int, *, models: Models, num_recycles: int = 0
+    case: str,
+    provider: str,
+    length: int,
+    *,
+    models: Models,
+    num_recycles: int = 0,
+    outputs: str | None = None,
 ) -> Workload:
+    """One fold of `length` random residues; `outputs` ("full" / "lean", esmkernels providers
+    only; None: the model's default) is passed to the forward."""
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; choose from {PROVIDERS}")
     model = models.get(provider)
     ids, mask = sequence(length, models.device)
+    extra = {} if outputs is None else {"outputs": outputs}
 
     def forward():
-        return model(ids, attention_mask=mask, num_recycles=num_recycles).positions
+        return model(ids, attention_mask=mask, num_recycles=num_recycles, **extra).positions
 
     chunk = getattr(getattr(model, "trunk", None), "chunk_size", models.chunk_size)
     meta = {"num_recycles": num_recycles, "chunk_size": chunk, "size": models.size}
@@ -194,11 +203,17 @@ def longest_fold(
     models: Models,
     deadline: float,
     num_recycles: int = 0,
+    outputs: str | None = None,
     on_result=None,
 ) -> list[dict]:
     """Fold at each length in increasing order until one runs out of memory, fails, or the
     next would pass `deadline` (time.monotonic(); the estimate scales the last fold by the
-    cube of the length ratio, the trunk's cost). One call per length, no warm-up."""
+    cube of the length ratio, the trunk's cost). One call per length, no warm-up.
+
+    Each row: length, status, seconds, the chunk (and offload) the fold used; on CUDA
+    `peak_mb`, the fold's own `max_memory_allocated` above what was allocated before it (the
+    weights), beside `predicted_mb`, the memory model's device peak for that chunk, output mode
+    and offload (esmkernels models)."""
     results, last = [], None
     for L in sorted(lengths):
         if last is not None:
@@ -211,20 +226,23 @@ def longest_fold(
         elif time.monotonic() >= deadline:
             break
         try:
-            work = build("fold", provider, L, models=models, num_recycles=num_recycles)
+            work = build(
+                "fold", provider, L, models=models, num_recycles=num_recycles, outputs=outputs
+            )
             device = torch.device(models.device)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
+                before = torch.cuda.memory_allocated(device)
             t0 = time.monotonic()
             with torch.no_grad():
                 work.forward()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             row = {"length": L, "status": "ok", "seconds": time.monotonic() - t0}
-            row["chunk_size"] = work.meta["chunk_size"]
+            row.update(_used(models.get(provider), L, work.meta["chunk_size"], outputs))
             if device.type == "cuda":
-                row["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+                row["peak_mb"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
         except Unavailable:
             raise
         except Exception as e:  # noqa: BLE001 - the probe records how each length ended
@@ -237,3 +255,20 @@ def longest_fold(
             break
         last = row
     return results
+
+
+def _used(model, length: int, chunk, outputs: str | None) -> dict:
+    """The chunk and offload a fold ran with and, for an esmkernels model, the memory model's
+    predicted device peak (MiB) for them."""
+    if not hasattr(model, "last_offload"):
+        return {"chunk_size": chunk}
+    from esmkernels.models import fold_memory
+    from esmkernels.ops._dispatch import resolve
+
+    chunk, offload = model.last_chunk_size, model.last_offload
+    predicted = fold_memory.predict_fold_peak_bytes(
+        model.config, length, dtype=model.esm_s_combine.dtype,
+        backend=resolve(model.backend, model.esm_s_combine), chunk_size=chunk,
+        outputs=outputs or "full", offload=offload,
+    )  # fmt: skip
+    return {"chunk_size": chunk, "offload": offload, "predicted_mb": predicted / 2**20}
