@@ -318,7 +318,9 @@ def run_benchmarks(
 ) -> BenchRun:
     """Run `suites` in order into `out`: every record (`run_suite`, with `kwargs`: lengths,
     cases, modes, max_time, num_recycles, chunk_size), one PNG per suite when `plot` and
-    matplotlib allow, and `bench.json` (environment, size, `arguments`, records, left out).
+    matplotlib allow, and `bench.json` (environment, size, `arguments`, records, left out). On
+    a CPU the lm suite adds its inference table (`lm_cpu.run_table` at `size`, narrowed by the
+    lengths and cases; `lm_cpu.md`, and `lm_cpu` in bench.json).
 
     Args:
         size: "real", "cpu", "tiny" or "auto" (`default_size`: real on CUDA, cpu on a CPU).
