@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from esmkernels.benchmarks import environment, lm_cpu, report
+from esmkernels.jobs.threads import add_option as add_threads_option
 from esmkernels.jobs.threads import set_threads
 
 
@@ -20,7 +21,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="cpu", choices=tuple(lm_cpu.CASES))
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (see jobs/threads)")
+    add_threads_option(p)
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     args = p.parse_args(argv)
     set_threads(args.threads)
