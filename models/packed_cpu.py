@@ -142,10 +142,13 @@ def rows_head(head: nn.Module, h: torch.Tensor) -> torch.Tensor:
     rows = flat.ne(0).any(-1).nonzero().squeeze(1)
     if rows.numel() == flat.shape[0]:
         return head(h)
-    fill = head(flat.new_zeros(1, flat.shape[-1]))  # [1, V]
-    out = fill.expand(flat.shape[0], -1).clone()
-    if rows.numel():
-        out.index_copy_(0, rows, head(flat.index_select(0, rows)))
+    # The zero row rides in the same GEMM as the real rows: a one-row product takes BLAS's
+    # matrix-vector path, whose rounding can depend on the weight's alignment (memory-mapped
+    # checkpoints are not 64-byte aligned).
+    picked = torch.cat([flat.index_select(0, rows), flat.new_zeros(1, flat.shape[-1])])
+    done = head(picked)  # [n + 1, V]
+    out = done[-1:].expand(flat.shape[0], -1).clone()
+    out.index_copy_(0, rows, done[:-1])
     return out.view(*h.shape[:-1], out.shape[-1])
 
 
