@@ -47,7 +47,7 @@ def _bound(op: registry.Op):
     takes_offload = "offload" in inspect.signature(op.function).parameters
 
     def call(self, *args: Any, **kwargs: Any):
-        if takes_offload and self.offload and kwargs.get("add_into") is not None:
+        if takes_offload and getattr(self, "offload", False) and kwargs.get("add_into") is not None:
             kwargs["offload"] = True
         return op.function(*args, backend=self.backend, **kwargs)
 
