@@ -75,9 +75,7 @@ def test_plan_matches_auto_chunk_size(offload):
     kw = dict(dtype=torch.bfloat16, backend="triton", outputs="lean")
     offloaded = 0
     for memory in (24e9, 48e9, 80 * 2**30, 141e9):
-        plans = plan_fold(
-            cfg, records, dtype="bfloat16", memory_bytes=int(memory), offload=offload
-        )
+        plans = plan_fold(cfg, records, dtype="bfloat16", memory_bytes=int(memory), offload=offload)
         free = int(memory) - fm.model_weight_bytes(cfg, torch.bfloat16)
         for plan in plans:
             try:
