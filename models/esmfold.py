@@ -137,9 +137,10 @@ class EsmForProteinFolding(_FastMixin, ref.EsmForProteinFolding):
 
         False: on the device (2 pair tensors there at that op's peak). True: in host memory
         (pinned on CUDA), copied back a row block at a time: about one pair tensor on the device,
-        for two pair-sized host transfers per triangle multiplication. "auto" (default): with
-        chunk_size "auto", offload only when the fold would not fit a GPU otherwise
-        (`fold_memory.auto_fold_plan`); never on a CPU, where host and device are one memory.
+        for two pair-sized host transfers per triangle multiplication. "auto" (default): offload
+        only when the fold (at the chunk "auto" picks, or at the chunk set) would not fit a GPU
+        otherwise (`fold_memory.auto_fold_plan`); never on a CPU, where host and device are one
+        memory.
         Outputs do not change.
         """
         if offload not in fold_memory.OFFLOAD_MODES:
