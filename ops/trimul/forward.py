@@ -417,7 +417,7 @@ def trimul_fwd(
 
     With `offload` (needs `add_into`) x lives in host memory (`core.memory.host_empty`): each
     slice is contracted into a device buffer of the slice's channels and copied out, and the
-    output copies x back one row block [B, Ch, R, L] at a time. Same bits, about one pair
+    output copies x back one row block [B, Ch, R, L] at a time. Same math, about one pair
     tensor less on the device.
 
     With `add_into` (inference; z itself or a tensor of z's shape and dtype) the update is

@@ -21,7 +21,7 @@ Offload (`offload=True`, with `add_into`): x lives in host memory (`esmkernels.c
 host_empty`, pinned on CUDA); each channel slice's product is copied out as it is made, and the
 output phase copies x back one row block at a time, adding the update into `add_into`. On the
 device the op then holds z, the slices and one row block: about one pair tensor instead of
-two, paid for with two pair-sized host transfers. Results are the same bits as without it.
+two, paid for with two pair-sized host transfers. Same math as without it.
 
 Not differentiable (it writes into buffers): the op runs it only with autograd off; with
 autograd on it runs the reference. The Triton path chunks the same hidden channels
