@@ -24,7 +24,8 @@ collators make them.
 
 CPU inference. Without gradients (`torch.no_grad` / `torch.inference_mode`) on the torch path,
 the packed layers run in `esmkernels.models.packed_cpu` (per-sequence attention, no FLOP on
-padding in the layers; fused QKV GEMM), in fp32 or bf16 (AMX matmuls where the CPU has them).
+padding in the layers; fused QKV GEMM; oneDNN matmuls, AMX or AVX-512 BF16 where the CPU has
+them), in fp32 or bf16.
 `from_pretrained(..., quantize="int8")` (or `quantize_for_inference("int8")`) makes the layers'
 linears int8 for CPU inference (`esmkernels.models.quantize`); such a model refuses training.
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from esmkernels import EsmConfig
 from esmkernels.models import packed_cpu
 from esmkernels.models.esm import EsmForMaskedLM
 from esmkernels.reference import esm as ref
-from tests.tolerances import MODEL_FP32, assert_within_rule
+from tests.tolerances import FP32, MODEL_FP32, assert_within_rule
 
 
 def config(rotary: bool = True) -> EsmConfig:
@@ -35,9 +36,16 @@ def skewed_batch(lengths=(19, 3, 1, 11)):
     return ids, ids.ne(1).long()
 
 
-def pair(rotary: bool = True):
+def pair(rotary: bool = True, ffn_gain: float = 1.0):
+    """(reference, fast) with equal weights; ffn_gain scales the feed-forward projections (up by
+    ffn_gain, down by 2 * ffn_gain) so that GELU sees O(1) inputs and its output matters (at the
+    default init GELU is nearly linear and a tanh approximation goes unseen)."""
     torch.manual_seed(0)
     reference = ref.EsmForMaskedLM(config(rotary)).eval()
+    with torch.no_grad():
+        for layer in reference.esm.encoder.layer:
+            layer.intermediate.dense.weight.mul_(ffn_gain)
+            layer.output.dense.weight.mul_(2 * ffn_gain)
     fast = EsmForMaskedLM(config(rotary), backend="torch").eval()
     fast.load_state_dict(reference.state_dict())
     return reference, fast
@@ -178,3 +186,79 @@ def test_lm_head_runs_on_real_rows_only():
     assert rows == [int(keep.sum()) + 1]
     torch.testing.assert_close(got[keep], want[keep], **MODEL_FP32)
     torch.testing.assert_close(got[~keep], at_zero.expand(int((~keep).sum()), -1), **MODEL_FP32)
+
+
+def test_feed_forward_in_uneven_blocks_equals_reference(monkeypatch):
+    """A block budget of 5 rows splits the 38 packed tokens into 8 blocks (the last one short);
+    every block is computed (a skipped or misplaced block breaks the reference comparison)."""
+    reference, fast = pair(ffn_gain=7.0)
+    ids, mask = skewed_batch()
+    tokens = int(mask.sum())
+    monkeypatch.setattr(packed_cpu, "FFN_BLOCK_BYTES", 4 * fast.config.intermediate_size * 5)
+    ups = []
+    real = packed_cpu._affine
+
+    def counted(x, w, b, gelu=False):
+        if gelu:
+            ups.append(x.shape[0])
+        return real(x, w, b, gelu)
+
+    monkeypatch.setattr(packed_cpu, "_affine", counted)
+    with torch.inference_mode():
+        want = reference(ids, attention_mask=mask).logits
+        got = fast(ids, attention_mask=mask).logits
+    layers = fast.config.num_hidden_layers
+    assert len(ups) == layers * -(-tokens // 5) and sum(ups) == layers * tokens
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], want[keep], **MODEL_FP32)
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_onednn_and_plain_linear_paths_equal_reference(monkeypatch, onednn):
+    """The oneDNN projections (gelu fused into the up-projection) run when PyTorch has them, and
+    the F.linear fallback gives the same results."""
+    if onednn and packed_cpu.ONEDNN_LINEAR is None:
+        pytest.skip("this PyTorch build has no torch.ops.mkldnn._linear_pointwise")
+    calls = []
+    if onednn:
+        real = packed_cpu.ONEDNN_LINEAR
+
+        def counted(x, w, b, attr, scalars, algorithm):
+            calls.append(attr)
+            return real(x, w, b, attr, scalars, algorithm)
+
+        monkeypatch.setattr(packed_cpu, "ONEDNN_LINEAR", counted)
+    else:
+        monkeypatch.setattr(packed_cpu, "ONEDNN_LINEAR", None)
+    reference, fast = pair(ffn_gain=7.0)
+    ids, mask = skewed_batch()
+    with torch.inference_mode():
+        want = reference(ids, attention_mask=mask).logits
+        got = fast(ids, attention_mask=mask).logits
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], want[keep], **MODEL_FP32)
+    if onednn:  # per layer: QKV, W_o, W_1 (+ gelu), W_2
+        assert calls == ["none", "none", "gelu", "none"] * fast.config.num_hidden_layers
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+@pytest.mark.parametrize("gelu", [True, False])
+def test_affine_is_linear_then_exact_gelu(monkeypatch, onednn, gelu):
+    """`_affine` on either path equals F.linear (+ exact-erf GELU) at fp32 precision, on inputs
+    where the tanh approximation is off by ~1e-4 and more."""
+    if onednn and packed_cpu.ONEDNN_LINEAR is None:
+        pytest.skip("this PyTorch build has no torch.ops.mkldnn._linear_pointwise")
+    if not onednn:
+        monkeypatch.setattr(packed_cpu, "ONEDNN_LINEAR", None)
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (
+        torch.randn(37, 24, generator=g),
+        torch.randn(40, 24, generator=g) / 5,
+        torch.randn(40),
+    )
+    want = F.linear(x, w, b)
+    want = F.gelu(want) if gelu else want
+    got = packed_cpu._affine(x, w, b, gelu)
+    torch.testing.assert_close(got, want, **FP32)
+    if gelu:
+        assert (F.gelu(F.linear(x, w, b), approximate="tanh") - want).abs().max() > 1e-4

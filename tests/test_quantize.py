@@ -169,3 +169,22 @@ def test_quantized_model_refuses_training(fp32_model):
         model.requires_grad_(True)
     model.eval()  # eval stays allowed
     assert not model.training
+
+
+def test_int8_weights_packed_for_onednn_engine_restored(monkeypatch):
+    """Weights are packed while the oneDNN engine is selected (where PyTorch has it), and the
+    process-wide engine is what it was afterwards."""
+    ao = torch.ao.quantization
+    seen = []
+    real = ao.quantize_dynamic
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.quantized.engine)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ao, "quantize_dynamic", spy)
+    before = torch.backends.quantized.engine
+    trained_like_model().quantize_for_inference("int8")
+    assert torch.backends.quantized.engine == before
+    want = quant.ENGINE if quant.ENGINE in torch.backends.quantized.supported_engines else before
+    assert seen and set(seen) == {want}
