@@ -266,6 +266,13 @@ def markdown(table: dict) -> str:
                 f"| {_num(r['ratio_to_hf_fp32'][p], '.2f')} | {to_bf16} "
                 f"| {r['residues_per_s'][p]:,.0f} | {quality} |"
             )
+    lines += [
+        "",
+        "int8 quality here is against ours fp32 on these random weights, whose masked-LM logits "
+        "are nearly flat (argmax flips easily); the quality gates (cosine >= 0.99, argmax "
+        "agreement >= 97 %, Spearman >= 0.98) run on a trained-like model in "
+        "tests/test_quantize.py.",
+    ]
     return "\n".join(lines)
 
 
