@@ -36,16 +36,19 @@ def skewed_batch(lengths=(19, 3, 1, 11)):
     return ids, ids.ne(1).long()
 
 
-def pair(rotary: bool = True, ffn_gain: float = 1.0):
+def pair(rotary: bool = True, ffn_gain: float = 1.0, attn_gain: float = 1.0):
     """(reference, fast) with equal weights; ffn_gain scales the feed-forward projections (up by
     ffn_gain, down by 2 * ffn_gain) so that GELU sees O(1) inputs and its output matters (at the
-    default init GELU is nearly linear and a tanh approximation goes unseen)."""
+    default init GELU is nearly linear and a tanh approximation goes unseen); attn_gain scales
+    the query and key projections so that attention is sharp and rotary errors show."""
     torch.manual_seed(0)
     reference = ref.EsmForMaskedLM(config(rotary)).eval()
     with torch.no_grad():
         for layer in reference.esm.encoder.layer:
             layer.intermediate.dense.weight.mul_(ffn_gain)
             layer.output.dense.weight.mul_(2 * ffn_gain)
+            for lin in (layer.attention.self.query, layer.attention.self.key):
+                lin.weight.mul_(attn_gain)
     fast = EsmForMaskedLM(config(rotary), backend="torch").eval()
     fast.load_state_dict(reference.state_dict())
     return reference, fast
@@ -262,3 +265,28 @@ def test_affine_is_linear_then_exact_gelu(monkeypatch, onednn, gelu):
     torch.testing.assert_close(got, want, **FP32)
     if gelu:
         assert (F.gelu(F.linear(x, w, b), approximate="tanh") - want).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_with_sharp_attention(monkeypatch, dtype):
+    """With sharp attention, the packed rotary (bf16: tables expanded over heads) matches the
+    reference, and leaving rotary out would not (the test can see rotary errors)."""
+    reference, fast = pair(attn_gain=12.0)
+    ids, mask = skewed_batch()
+    keep = mask.bool()
+    ref_low = ref.EsmForMaskedLM(config()).eval()
+    ref_low.load_state_dict(reference.state_dict())
+    ref_low.to_device_dtype(dtype=dtype)
+    fast.to_device_dtype(dtype=dtype)
+    with torch.inference_mode():
+        want = reference(ids, attention_mask=mask).logits[keep]
+        torch_at_dtype = ref_low(ids, attention_mask=mask).logits[keep]
+        got = fast(ids, attention_mask=mask).logits[keep]
+        monkeypatch.setattr(packed_cpu, "rotate", lambda x, cos, sin: x)
+        unrotated = fast(ids, attention_mask=mask).logits[keep]
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, **MODEL_FP32)
+    else:
+        assert_within_rule(got, torch_at_dtype, want, dtype, name="bf16 logits")
+    with pytest.raises(AssertionError):
+        assert_within_rule(unrotated, torch_at_dtype, want, torch.bfloat16, name="no rotary")
