@@ -73,10 +73,17 @@ def _onednn_linear():
 ONEDNN_LINEAR = _onednn_linear()
 
 
+def _gelu_(x: torch.Tensor) -> torch.Tensor:
+    """Exact GELU in place on a fresh projection output (same bits as F.gelu). Measured on the
+    int8 35M model, skewed 8 x 512, 2 threads: forward 0.49 -> 0.35 s (median of 7,
+    alternating): one [rows, 4C] fp32 tensor a block fewer, and steadier times."""
+    return torch.ops.aten.gelu_(x)
+
+
 def _affine(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool = False):
     """x @ w.T + b, then exact gelu when asked. fp32 / bf16 on the CPU run as one oneDNN call
     with gelu fused (fp32: ~2x the throughput of F.linear's BLAS GEMM, measured on a 2-core AMD
-    EPYC); elsewhere F.linear (+ F.gelu)."""
+    EPYC); elsewhere F.linear (+ exact GELU in place)."""
     if (
         ONEDNN_LINEAR is not None
         and w.device.type == "cpu"
@@ -85,7 +92,7 @@ def _affine(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool
     ):
         return ONEDNN_LINEAR(x, w, b, *(("gelu", [], "none") if gelu else ("none", [], "")))
     out = F.linear(x, w, b)
-    return F.gelu(out) if gelu else out
+    return _gelu_(out) if gelu else out
 
 
 def _linear(module: nn.Module, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
@@ -94,7 +101,7 @@ def _linear(module: nn.Module, x: torch.Tensor, gelu: bool = False) -> torch.Ten
     if type(module) is nn.Linear:
         return _affine(x, module.weight, module.bias, gelu)
     out = module(x)
-    return F.gelu(out) if gelu else out
+    return _gelu_(out) if gelu else out
 
 
 def _layer_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
