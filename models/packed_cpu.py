@@ -70,7 +70,21 @@ def _onednn_linear():
         return None
 
 
+def _onednn_dtypes() -> frozenset:
+    """The dtypes `_affine` sends to oneDNN: fp32, and bf16 where oneDNN runs bf16 on this CPU
+    (`torch.ops.mkldnn._is_mkldnn_bf16_supported`: AVX-512 BW/VL/DQ or better on x86, BF16 on
+    Arm; elsewhere its bf16 linear raises or emulates, and F.linear serves)."""
+    if ONEDNN_LINEAR is None:
+        return frozenset()
+    try:
+        bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        bf16 = False
+    return frozenset({torch.float32, torch.bfloat16} if bf16 else {torch.float32})
+
+
 ONEDNN_LINEAR = _onednn_linear()
+ONEDNN_DTYPES = _onednn_dtypes()
 
 
 def _gelu_(x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +101,7 @@ def _affine(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool
     if (
         ONEDNN_LINEAR is not None
         and w.device.type == "cpu"
-        and w.dtype in (torch.float32, torch.bfloat16)
+        and w.dtype in ONEDNN_DTYPES
         and x.dtype == w.dtype
     ):
         return ONEDNN_LINEAR(x, w, b, *(("gelu", [], "none") if gelu else ("none", [], "")))

@@ -290,3 +290,32 @@ def test_rotary_with_sharp_attention(monkeypatch, dtype):
         assert_within_rule(got, torch_at_dtype, want, dtype, name="bf16 logits")
     with pytest.raises(AssertionError):
         assert_within_rule(unrotated, torch_at_dtype, want, torch.bfloat16, name="no rotary")
+
+
+def test_bf16_without_onednn_bf16_uses_plain_linear(monkeypatch):
+    """Where oneDNN has no bf16 on this CPU (ONEDNN_DTYPES without bf16), bf16 projections go
+    through F.linear and stay within the tolerance rule."""
+    if packed_cpu.ONEDNN_LINEAR is None:
+        pytest.skip("this PyTorch build has no torch.ops.mkldnn._linear_pointwise")
+    calls = []
+    real = packed_cpu.ONEDNN_LINEAR
+
+    def counted(x, *args):
+        calls.append(x.dtype)
+        return real(x, *args)
+
+    monkeypatch.setattr(packed_cpu, "ONEDNN_LINEAR", counted)
+    monkeypatch.setattr(packed_cpu, "ONEDNN_DTYPES", frozenset({torch.float32}))
+    reference, fast = pair(ffn_gain=7.0)
+    ids, mask = skewed_batch()
+    ref_bf16 = ref.EsmForMaskedLM(config()).eval()
+    ref_bf16.load_state_dict(reference.state_dict())
+    ref_bf16.to_device_dtype(dtype=torch.bfloat16)
+    fast.to_device_dtype(dtype=torch.bfloat16)
+    keep = mask.bool()
+    with torch.inference_mode():
+        want = reference(ids, attention_mask=mask).logits[keep]
+        torch_at_dtype = ref_bf16(ids, attention_mask=mask).logits[keep]
+        got = fast(ids, attention_mask=mask).logits[keep]
+    assert calls == []
+    assert_within_rule(got, torch_at_dtype, want, torch.bfloat16, name="bf16 logits, F.linear")
