@@ -54,6 +54,19 @@ def pair(rotary: bool = True, ffn_gain: float = 1.0, attn_gain: float = 1.0):
     return reference, fast
 
 
+def at_dtype(reference, fast, dtype):
+    """Logits at real tokens of the skewed batch: (reference fp32, reference run at dtype, fast
+    model at dtype); `fast` is cast to dtype in place."""
+    ids, mask = skewed_batch()
+    keep = mask.bool()
+    low = ref.EsmForMaskedLM(reference.config).eval()
+    low.load_state_dict(reference.state_dict())
+    low.to_device_dtype(dtype=dtype)
+    fast.to_device_dtype(dtype=dtype)
+    with torch.inference_mode():
+        return tuple(m(ids, attention_mask=mask).logits[keep] for m in (reference, low, fast))
+
+
 class Spy:
     def __init__(self, monkeypatch):
         self.calls = 0
@@ -137,17 +150,7 @@ def test_wrapped_linear_is_called_as_module():
 
 
 def test_bf16_within_tolerance_rule():
-    reference, fast = pair()
-    ids, mask = skewed_batch()
-    ref_bf16 = ref.EsmForMaskedLM(config()).eval()
-    ref_bf16.load_state_dict(reference.state_dict())
-    ref_bf16.to_device_dtype(dtype=torch.bfloat16)
-    fast.to_device_dtype(dtype=torch.bfloat16)
-    keep = mask.bool()
-    with torch.inference_mode():
-        want = reference(ids, attention_mask=mask).logits[keep]
-        torch_at_dtype = ref_bf16(ids, attention_mask=mask).logits[keep]
-        got = fast(ids, attention_mask=mask).logits[keep]
+    want, torch_at_dtype, got = at_dtype(*pair(), torch.bfloat16)
     assert got.dtype == torch.bfloat16
     assert_within_rule(got, torch_at_dtype, want, torch.bfloat16, name="bf16 logits")
 
@@ -272,18 +275,11 @@ def test_rotary_with_sharp_attention(monkeypatch, dtype):
     """With sharp attention, the packed rotary (bf16: tables expanded over heads) matches the
     reference, and leaving rotary out would not (the test can see rotary errors)."""
     reference, fast = pair(attn_gain=12.0)
+    want, torch_at_dtype, got = at_dtype(reference, fast, dtype)
     ids, mask = skewed_batch()
-    keep = mask.bool()
-    ref_low = ref.EsmForMaskedLM(config()).eval()
-    ref_low.load_state_dict(reference.state_dict())
-    ref_low.to_device_dtype(dtype=dtype)
-    fast.to_device_dtype(dtype=dtype)
+    monkeypatch.setattr(packed_cpu, "rotate", lambda x, cos, sin: x)
     with torch.inference_mode():
-        want = reference(ids, attention_mask=mask).logits[keep]
-        torch_at_dtype = ref_low(ids, attention_mask=mask).logits[keep]
-        got = fast(ids, attention_mask=mask).logits[keep]
-        monkeypatch.setattr(packed_cpu, "rotate", lambda x, cos, sin: x)
-        unrotated = fast(ids, attention_mask=mask).logits[keep]
+        unrotated = fast(ids, attention_mask=mask).logits[mask.bool()]
     if dtype == torch.float32:
         torch.testing.assert_close(got, want, **MODEL_FP32)
     else:
@@ -306,16 +302,6 @@ def test_bf16_without_onednn_bf16_uses_plain_linear(monkeypatch):
 
     monkeypatch.setattr(packed_cpu, "ONEDNN_LINEAR", counted)
     monkeypatch.setattr(packed_cpu, "ONEDNN_DTYPES", frozenset({torch.float32}))
-    reference, fast = pair(ffn_gain=7.0)
-    ids, mask = skewed_batch()
-    ref_bf16 = ref.EsmForMaskedLM(config()).eval()
-    ref_bf16.load_state_dict(reference.state_dict())
-    ref_bf16.to_device_dtype(dtype=torch.bfloat16)
-    fast.to_device_dtype(dtype=torch.bfloat16)
-    keep = mask.bool()
-    with torch.inference_mode():
-        want = reference(ids, attention_mask=mask).logits[keep]
-        torch_at_dtype = ref_bf16(ids, attention_mask=mask).logits[keep]
-        got = fast(ids, attention_mask=mask).logits[keep]
+    want, torch_at_dtype, got = at_dtype(*pair(ffn_gain=7.0), torch.bfloat16)
     assert calls == []
     assert_within_rule(got, torch_at_dtype, want, torch.bfloat16, name="bf16 logits, F.linear")
