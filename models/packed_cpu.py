@@ -23,8 +23,8 @@ What makes it faster than running the reference layers on the packed tokens:
   the hidden dtype) instead of `rotate_half`'s chunk / negate / concatenate. In bf16 this took
   the 150M shape's rotary from ~0.2 s to ~0.03 s of a ~0.9 s forward (skewed 8 x 256, 2 threads).
 * fp32 and bf16 projections run as oneDNN calls (`torch.ops.mkldnn._linear_pointwise`, the
-  op inductor uses on the CPU) with the exact GELU fused into the up-projection; F.linear where
-  that op is missing. The int8 (and fallback) up-projections take the exact GELU in place. On the 2-core AMD EPYC (AVX-512, no AMX) of our CI, F.linear's fp32 GEMM
+  op inductor uses on the CPU) with the exact GELU fused into the up-projection (bf16 only where
+  oneDNN runs bf16 on the CPU, `ONEDNN_DTYPES`); F.linear where that op is missing. The int8 (and fallback) up-projections take the exact GELU in place. On the 2-core AMD EPYC (AVX-512, no AMX) of our CI, F.linear's fp32 GEMM
   (MKL) reached 100-170 GFLOP/s on the layer shapes and oneDNN 235-400. With the two items
   around this one, ESM-2 35M, skewed 8 x 256, fp32 forward: 0.61 -> 0.35 s (A/B alternating in
   one process, 2 threads, load 0.5 -> 0.8). Residuals are added in place.
