@@ -24,10 +24,12 @@ What makes it faster than running the reference layers on the packed tokens:
   the 150M shape's rotary from ~0.2 s to ~0.03 s of a ~0.9 s forward (skewed 8 x 256, 2 threads).
 * fp32 and bf16 projections run as oneDNN calls (`torch.ops.mkldnn._linear_pointwise`, the
   op inductor uses on the CPU) with the exact GELU fused into the up-projection (bf16 only where
-  oneDNN runs bf16 on the CPU, `ONEDNN_DTYPES`); F.linear where that op is missing. The int8 (and fallback) up-projections take the exact GELU in place. On the 2-core AMD EPYC (AVX-512, no AMX) of our CI, F.linear's fp32 GEMM
-  (MKL) reached 100-170 GFLOP/s on the layer shapes and oneDNN 235-400. With the two items
-  around this one, ESM-2 35M, skewed 8 x 256, fp32 forward: 0.61 -> 0.35 s (A/B alternating in
-  one process, 2 threads, load 0.5 -> 0.8). Residuals are added in place.
+  oneDNN runs bf16 on the CPU, `ONEDNN_DTYPES`); F.linear where that op is missing. The int8
+  (and fallback) up-projections take the exact GELU in place. On the 2-core AMD EPYC (AVX-512,
+  no AMX) of our CI, F.linear's fp32 GEMM (MKL) reached 100-170 GFLOP/s on the layer shapes and
+  oneDNN 235-400. With the two items around this one, ESM-2 35M, skewed 8 x 256, fp32 forward:
+  0.61 -> 0.35 s (A/B alternating in one process, 2 threads, load 0.5 -> 0.8). Residuals are
+  added in place.
 * The feed-forward runs on blocks of rows (equal blocks, each [rows, 4C] intermediate within
   FFN_BLOCK_BYTES): a fresh fp32 tensor above glibc's 32 MiB mmap threshold page-faults on every
   call (skewed 8 x 1,024 at 35M: [4,672, 1,920] fp32 is 36 MB), and smaller blocks stay in cache.
@@ -45,11 +47,12 @@ bf16 (skewed 8 x 256, uniform 4 x 256, skewed 8 x 1,024), after a first call tha
 5-30 s. The GEMMs (MKL / oneDNN in both) dominate; there is nothing to ship.
 
 Precision: LayerNorm statistics are fp32 (PyTorch's CPU kernel accumulates bf16 input in fp32);
-rotary is applied at the hidden dtype (bf16: cos / sin rounded to bf16, as transformers does); oneDNN's fp32 GEMMs compute in fp32 (unless the user
-lowers `torch.backends.mkldnn`'s fp32 matmul precision); SDPA runs at the input dtype with fp32
-softmax statistics (the CPU flash kernel's accumulators are fp32). Linear layers that are not plain
-`nn.Linear` (PEFT LoRA, int8 dynamic quantized linears from `models/quantize.py`) are called as
-modules, so they keep working.
+rotary is applied at the hidden dtype (bf16: cos / sin rounded to bf16, as transformers does);
+oneDNN's fp32 GEMMs compute in fp32 (unless the user lowers `torch.backends.mkldnn`'s fp32
+matmul precision); SDPA runs at the input dtype with fp32 softmax statistics (the CPU flash
+kernel's accumulators are fp32). Linear layers that are not plain `nn.Linear` (PEFT LoRA, int8
+dynamic quantized linears from `models/quantize.py`) are called as modules, so they keep
+working.
 """
 
 from __future__ import annotations
@@ -71,9 +74,9 @@ def _onednn_linear():
 
 
 def _onednn_dtypes() -> frozenset:
-    """The dtypes `_affine` sends to oneDNN: fp32, and bf16 where oneDNN runs bf16 on this CPU
-    (`torch.ops.mkldnn._is_mkldnn_bf16_supported`: AVX-512 BW/VL/DQ or better on x86, BF16 on
-    Arm; elsewhere its bf16 linear raises or emulates, and F.linear serves)."""
+    """The dtypes `_affine` sends to oneDNN: fp32, and bf16 where PyTorch says oneDNN runs bf16
+    on this CPU (`torch.ops.mkldnn._is_mkldnn_bf16_supported`; on x86 it asks for AVX-512
+    BW/VL/DQ). Elsewhere F.linear serves bf16."""
     if ONEDNN_LINEAR is None:
         return frozenset()
     try:
@@ -88,16 +91,16 @@ ONEDNN_DTYPES = _onednn_dtypes()
 
 
 def _gelu_(x: torch.Tensor) -> torch.Tensor:
-    """Exact GELU in place on a fresh projection output (same bits as F.gelu). Measured on the
-    int8 35M model, skewed 8 x 512, 2 threads: forward 0.49 -> 0.35 s (median of 7,
-    alternating): one [rows, 4C] fp32 tensor a block fewer, and steadier times."""
+    """Exact GELU in place on a fresh projection output (same bits as F.gelu): one [rows, 4C]
+    tensor a block fewer. int8 forwards, A/B alternating, 2 threads, load ~1: 0.52 -> 0.41 s at
+    35M skewed 8 x 512, 0.79 -> 0.57 s at 150M skewed 8 x 256."""
     return torch.ops.aten.gelu_(x)
 
 
 def _affine(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool = False):
-    """x @ w.T + b, then exact gelu when asked. fp32 / bf16 on the CPU run as one oneDNN call
-    with gelu fused (fp32: ~2x the throughput of F.linear's BLAS GEMM, measured on a 2-core AMD
-    EPYC); elsewhere F.linear (+ exact GELU in place)."""
+    """x @ w.T + b, then exact gelu when asked. CPU tensors of a dtype in ONEDNN_DTYPES run as
+    one oneDNN call with gelu fused (fp32: ~2x the throughput of F.linear's BLAS GEMM, measured
+    on a 2-core AMD EPYC); anything else F.linear (+ exact GELU in place)."""
     if (
         ONEDNN_LINEAR is not None
         and w.device.type == "cpu"
@@ -225,7 +228,7 @@ def feed_forward(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
     Each block's [rows, 4C] intermediate stays within FFN_BLOCK_BYTES (cache-sized, and never a
     fresh allocation above glibc's 32 MiB mmap threshold, which page-faults on every call)."""
     inter = layer.intermediate.dense
-    width = layer.output.dense.in_features if hasattr(layer.output.dense, "in_features") else 1
+    width = getattr(layer.output.dense, "in_features", 1)  # 4C; LoRA / int8 linears have it too
     T = h.shape[0]
     blocks = max(1, -(-T * width * 4 // FFN_BLOCK_BYTES))  # fp32 outputs (int8 layers too)
     rows = -(-T // blocks)  # equal blocks: no small tail GEMM

@@ -1060,3 +1060,62 @@ MUTANTS += [
         nth=0,
     ),
 ]
+
+# ------------------------------------------------------------------ packed CPU inference (#20)
+CPU = ("tests/test_cpu_inference.py", "tests/test_quantize.py")
+MUTANTS += [
+    Mutant(
+        "cpu-ffn-last-block-skipped",
+        "off-by-one / index",
+        "models/packed_cpu.py",
+        "    for s in range(0, T, rows):",
+        "    for s in range(0, T - rows, rows):",
+        CPU,
+        "the block loop stops one block short: the last rows keep h without their feed-forward",
+    ),
+    Mutant(
+        "cpu-onednn-gelu-tanh",
+        "wrong scale",
+        "models/packed_cpu.py",
+        '("gelu", [], "none") if gelu',
+        '("gelu", [], "tanh") if gelu',
+        CPU,
+        "oneDNN's GELU attribute set to the tanh approximation (ESM uses the exact erf form)",
+    ),
+    Mutant(
+        "cpu-fallback-gelu-tanh",
+        "wrong scale",
+        "models/packed_cpu.py",
+        "    return torch.ops.aten.gelu_(x)",
+        '    return torch.ops.aten.gelu_(x, approximate="tanh")',
+        CPU,
+        "the in-place GELU of the int8 and F.linear paths takes the tanh approximation",
+    ),
+    Mutant(
+        "cpu-rope-expanded-cos-sin-swapped",
+        "index / stride",
+        "models/packed_cpu.py",
+        "t.expand(T, heads, D).contiguous() for t in (self.cos, self.sin)",
+        "t.expand(T, heads, D).contiguous() for t in (self.sin, self.cos)",
+        CPU,
+        "the 16-bit tables expanded over heads come back in the wrong order",
+    ),
+    Mutant(
+        "cpu-onednn-dtypes-ignored",
+        "ignored flag",
+        "models/packed_cpu.py",
+        "        and w.dtype in ONEDNN_DTYPES",
+        "        and w.dtype in (torch.float32, torch.bfloat16)",
+        CPU,
+        "bf16 sent to oneDNN on a CPU where oneDNN has no bf16 (AVX2): raises or emulates",
+    ),
+    Mutant(
+        "cpu-int8-engine-not-selected",
+        "ignored flag",
+        "models/quantize.py",
+        "        torch.backends.quantized.engine = ENGINE\n",
+        "        pass\n",
+        ("tests/test_quantize.py",),
+        "packing_engine forgets to select oneDNN: weights packed for the slower fbgemm GEMM",
+    ),
+]
